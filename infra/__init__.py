@@ -1,0 +1,1 @@
+"""servestack's Pulumi program, its components and the `servestack` command line."""

@@ -1,0 +1,151 @@
+"""The `servestack` command line (also `python -m infra.cli`).
+
+  servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
+  servestack run                                 the main job on the built-in default
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from infra.offline.plan import ROOT, PlanError, stack_names
+
+OUT_DIR = ROOT / "out"
+EXIT_BAD_INPUT = 2
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="servestack", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    plan = commands.add_parser("plan", help="the offline plan: the real program under Pulumi's mock runtime")
+    plan.add_argument("--stack", help="stack name (stacks/Pulumi.NAME.yaml); every stack when omitted")
+    plan.add_argument("--json", type=Path, help="write the plan JSON here (one stack only)")
+    plan.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    plan.set_defaults(handler=_plan)
+
+    run = commands.add_parser("run", help="the main job: offline plans of every stack")
+    run.set_defaults(handler=_run)
+
+    args = parser.parse_args(argv)
+    handler: Any = args.handler
+    code: int = handler(args)
+    return code
+
+
+def _plan(args: argparse.Namespace) -> int:
+    if args.stack is None:
+        if args.json is not None:
+            errors.print("--json needs --stack: a plan file holds one stack")
+            return EXIT_BAD_INPUT
+        return _plan_all(OUT_DIR / "plans")
+    return _plan_one(args.stack, args.json, quiet=args.quiet)
+
+
+def _plan_one(stack: str, json_path: Path | None, quiet: bool) -> int:
+    # Imported here: the mock runtime is configured once per process, for this stack only.
+    from infra.config import ConfigError
+    from infra.offline.plan import read_stack_config, run_plan, write_plan
+    from infra.offline.schemas import validate_plan
+
+    try:
+        read_stack_config(stack)
+        plan = run_plan(stack)
+    except (PlanError, ConfigError) as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        return EXIT_BAD_INPUT
+    version = str(plan["config"].get("servestack:kubernetesVersion", "1.33"))
+    schema_results = validate_plan(plan, version)
+    if json_path is not None:
+        write_plan(plan, json_path)
+    if not quiet:
+        _print_plan(plan)
+        _print_schema_results(schema_results, version)
+        if json_path is not None:
+            console.print(f"plan written to {json_path}")
+    failures = [r for r in schema_results if r.error]
+    for failure in failures if quiet else []:
+        errors.print(f"{failure.kind}/{failure.name}: {failure.error}")
+    return 1 if failures else 0
+
+
+def _plan_all(out_dir: Path) -> int:
+    worst = 0
+    for stack in stack_names():
+        console.rule(f"[bold]{stack}")
+        # One process per stack: the mock runtime keeps one root stack per process.
+        code = subprocess.run([sys.executable, "-m", "infra.cli", "plan", "--stack", stack,
+                               "--json", str(out_dir / f"{stack}.json")], cwd=ROOT, check=False).returncode
+        worst = max(worst, code)
+    return worst
+
+
+def _run(args: argparse.Namespace) -> int:
+    return _plan_all(OUT_DIR / "plans")
+
+
+def _print_plan(plan: Mapping[str, Any]) -> None:
+    resources = plan["resources"]
+    children: dict[str | None, list[Mapping[str, Any]]] = {}
+    urns = {r["urn"] for r in resources}
+    for resource in resources:
+        parent = resource["parent"] if resource["parent"] in urns else None
+        children.setdefault(parent, []).append(resource)
+
+    tree = Tree(f"[bold]{plan['project']}[/] stack [bold cyan]{plan['stack']}[/]")
+
+    def add(node: Tree, parent: str | None) -> None:
+        for resource in children.get(parent, []):
+            style = "" if resource["custom"] else "bold magenta"
+            branch = node.add(f"[{style}]{resource['name']}[/] [dim]{resource['type']}[/]" if style
+                              else f"{resource['name']} [dim]{resource['type']}[/]")
+            add(branch, resource["urn"])
+
+    add(tree, None)
+    console.print(tree)
+
+    counts = Counter(r["type"] for r in resources if r["custom"])
+    table = Table(title=f"{sum(counts.values())} resources in {plan['stack']}", title_justify="left")
+    table.add_column("type")
+    table.add_column("count", justify="right")
+    for token, count in sorted(counts.items()):
+        table.add_row(token, str(count))
+    console.print(table)
+    if plan["outputs"]:
+        outputs = Table(title="outputs", title_justify="left")
+        outputs.add_column("name")
+        outputs.add_column("value")
+        for key, value in plan["outputs"].items():
+            outputs.add_row(key, escape(str(value)))
+        console.print(outputs)
+
+
+def _print_schema_results(results: Sequence[Any], version: str) -> None:
+    valid = sum(1 for r in results if r.error is None and not r.skipped)
+    skipped = [r for r in results if r.skipped]
+    failures = [r for r in results if r.error]
+    line = f"Kubernetes {version} schemas: {valid} object(s) valid"
+    if skipped:
+        line += f", {len(skipped)} custom resource(s) without a schema ({', '.join(r.kind for r in skipped)})"
+    console.print(line if not failures else f"[red]{line}, {len(failures)} invalid[/]")
+    for failure in failures:
+        console.print(f"  [red]{failure.kind}/{failure.name}[/]: {failure.error}", highlight=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,502 @@
+"""The stack's configuration: one frozen, validated tree read from the stack's Pulumi config.
+
+Keys live in the `servestack` namespace (`servestack:gpu`, `servestack:access`, ...), beside the
+providers' own keys (`aws:region`, `gcp:project`, `gcp:region`, `azure-native:location`). Every problem
+is collected before anything is declared, and reported as one line naming the key, the value and what
+is allowed; `load_stack_config` raises them together as a `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import pulumi
+
+from infra import catalog
+
+NAMESPACE = "servestack"
+ENVIRONMENTS = ("dev", "staging", "prod")
+# Kubernetes minor versions the managed clusters offer and kubernetes-validate has schemas for.
+KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(30, 37))
+REGION_KEYS = {"aws": "aws:region", "gcp": "gcp:region", "azure": "azure-native:location"}
+MODEL_URI_SCHEMES = ("s3://", "gs://", "az://", "abfs://")
+# The image the serving image bakes its model into (serving/Dockerfile).
+DEFAULT_IMAGE_REPOSITORY = "servestack-serving"
+
+
+class ConfigError(pulumi.RunError):
+    """The stack's config is invalid; `problems` holds one message per problem."""
+
+    def __init__(self, stack: str, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"stack {stack}: invalid config ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class GpuConfig:
+    """The GPU node pool. `type` None means CPU only (allowed on `local`)."""
+
+    type: str | None
+    machine_type: str | None
+    count: int  # GPUs per node, and per serving pod
+    min_nodes: int
+    max_nodes: int
+    spot: bool
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class AccessConfig:
+    """Who may reach what. An empty `api_cidrs` means a private Kubernetes API endpoint."""
+
+    endpoint_cidrs: tuple[str, ...]
+    api_cidrs: tuple[str, ...]
+    internal_load_balancer: bool
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """`source` is `image` (baked into the serving image), `bucket` (the stack's model bucket) or a URI."""
+
+    name: str
+    source: str
+    disk_gb: int
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    image: str | None  # full reference; None means the stack's registry + image_tag
+    image_tag: str
+    namespace: str
+    min_replicas: int
+    max_replicas: int
+    cpu: str
+    memory: str
+    api_key: bool
+    port: int  # the load balancer's port
+    drain_seconds: int
+    max_batch_size: int
+    prometheus_operator: bool
+    monitoring_namespace: str
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    kube_context: str | None
+    kubeconfig: str | None
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    availability_zones: int
+    vpc_cidr: str
+
+
+@dataclass(frozen=True)
+class GcpConfig:
+    project: str | None
+    regional: bool
+    network_cidr: str
+
+
+@dataclass(frozen=True)
+class AzureConfig:
+    vnet_cidr: str
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    stack: str
+    cloud: str
+    environment: str
+    region: str | None
+    kubernetes_version: str
+    budget_per_hour: float | None
+    gpu: GpuConfig
+    access: AccessConfig
+    model: ModelConfig
+    serving: ServingConfig
+    local: LocalConfig
+    aws: AwsConfig
+    gcp: GcpConfig
+    azure: AzureConfig
+
+    @property
+    def is_prod(self) -> bool:
+        return self.environment == "prod"
+
+    def gpu_machine(self) -> catalog.GpuMachine | None:
+        if self.cloud == "local" or self.gpu.machine_type is None:
+            return None
+        return catalog.machine(self.cloud, self.gpu.machine_type)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class _Reader:
+    """Reads one config object, remembering each key's full name for messages and collecting problems."""
+
+    def __init__(self, values: Mapping[str, Any], prefix: str, problems: list[str]) -> None:
+        self._values = values
+        self._prefix = prefix
+        self.problems = problems
+        self._seen: set[str] = set()
+
+    def has(self, name: str) -> bool:
+        return self._values.get(name) is not None
+
+    def key(self, name: str) -> str:
+        return f"{self._prefix}{name}"
+
+    def problem(self, name: str, message: str) -> None:
+        self.problems.append(f"{self.key(name)}: {message}")
+
+    def _raw(self, name: str) -> Any:
+        self._seen.add(name)
+        return self._values.get(name, _MISSING)
+
+    def _typed(self, name: str, default: T, kind: type, what: str, parse: Callable[[Any], Any]) -> T:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            return default
+        try:
+            value = parse(raw)
+        except (ValueError, TypeError):
+            value = _MISSING
+        if value is _MISSING or not isinstance(value, kind):
+            self.problem(name, f"{raw!r} is not {what}")
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def text(self, name: str, default: Any = None, allowed: Sequence[str] | None = None) -> Any:
+        value = self._typed(name, default, str, "a string", lambda v: v)
+        if allowed is not None and value is not None and value not in allowed:
+            self.problem(name, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+            return default
+        return value
+
+    def integer(self, name: str, default: int, minimum: int | None = None, maximum: int | None = None) -> int:
+        value = self._typed(name, default, int, "a whole number", _parse_int)
+        if minimum is not None and value < minimum:
+            self.problem(name, f"{value} is less than {minimum}; it must be at least {minimum}")
+            return default
+        if maximum is not None and value > maximum:
+            self.problem(name, f"{value} is greater than {maximum}; it must be at most {maximum}")
+            return default
+        return value
+
+    def number(self, name: str, default: float | None, minimum: float = 0.0) -> float | None:
+        value: float | None = self._typed(name, default, float, "a number", _parse_float)
+        if value is not None and value <= minimum:
+            self.problem(name, f"{value} must be greater than {minimum:g}")
+            return default
+        return value
+
+    def flag(self, name: str, default: bool) -> bool:
+        return self._typed(name, default, bool, "true or false", _parse_bool)
+
+    def cidrs(self, name: str) -> tuple[str, ...]:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            return ()
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                raw = [raw]
+        if not isinstance(raw, list):
+            self.problem(name, f"{raw!r} is not a list of CIDR blocks")
+            return ()
+        good = []
+        for i, item in enumerate(raw):
+            try:
+                good.append(str(ipaddress.ip_network(str(item), strict=False)))
+            except ValueError:
+                self.problem(f"{name}[{i}]", f"{item!r} is not a CIDR block; expected an address and "
+                                             "prefix length such as 203.0.113.0/24 or 2001:db8::/32")
+        return tuple(good)
+
+    def object(self, name: str) -> _Reader:
+        raw = self._raw(name)
+        if raw is _MISSING or raw is None:
+            raw = {}
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except ValueError:
+                pass
+        if not isinstance(raw, Mapping):
+            self.problem(name, f"{raw!r} is not an object")
+            raw = {}
+        return _Reader(raw, f"{self.key(name)}.", self.problems)
+
+    def reject_unknown(self, what: str = "key") -> None:
+        for name in sorted(set(self._values) - self._seen):
+            known = ", ".join(sorted(self._seen))
+            self.problem(name, f"unknown {what}; known: {known}")
+
+
+def _parse_int(raw: Any) -> Any:
+    if isinstance(raw, bool):
+        raise TypeError
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    return int(raw) if isinstance(raw, str) else raw
+
+
+def _parse_float(raw: Any) -> Any:
+    if isinstance(raw, bool):
+        raise TypeError
+    return float(raw) if isinstance(raw, str | int | float) else raw
+
+
+def _parse_bool(raw: Any) -> Any:
+    if isinstance(raw, str):
+        return {"true": True, "false": False}.get(raw.lower(), raw)
+    return raw
+
+
+def is_world(cidr: str) -> bool:
+    """Any /0, IPv4 or IPv6: the whole internet."""
+    return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
+
+
+# --- the tree --------------------------------------------------------------------------------------
+
+
+def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
+    """Build the StackConfig from flat Pulumi config (`"ns:key" -> value`), or raise ConfigError."""
+    problems: list[str] = []
+    ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
+    root = _Reader(ours, f"{NAMESPACE}:", problems)
+
+    cloud = root.text("cloud", None, allowed=catalog.CLOUDS)
+    if cloud is None and "cloud" not in ours:
+        root.problem("cloud", f"missing; allowed: {', '.join(catalog.CLOUDS)}")
+    environment = root.text("environment", "dev", allowed=ENVIRONMENTS)
+    kubernetes_version = root.text("kubernetesVersion", "1.33", allowed=KUBERNETES_VERSIONS)
+    budget = root.number("budgetPerHour", None)
+
+    region = None
+    if cloud in REGION_KEYS:
+        region = values.get(REGION_KEYS[cloud])
+        if not region:
+            problems.append(f"{REGION_KEYS[cloud]}: missing; the {cloud} stacks need a region "
+                            f"(pulumi config set {REGION_KEYS[cloud]} <region>)")
+
+    gpu = _gpu(root.object("gpu"), cloud)
+    access = _access(root.object("access"), environment)
+    model = _model(root.object("model"))
+    serving = _serving(root.object("serving"), cloud)
+    local = _local(root.object("local"), cloud)
+    aws = _aws(root.object("aws"))
+    gcp = _gcp(root.object("gcp"), values, cloud)
+    azure = _azure(root.object("azure"))
+    root.reject_unknown()
+
+    if gpu.type is not None and cloud not in (None, "local"):
+        pool_gpus = gpu.max_nodes * gpu.count
+        if serving.max_replicas * gpu.count > pool_gpus:
+            problems.append(
+                f"{NAMESPACE}:serving.maxReplicas: {serving.max_replicas} pods need "
+                f"{serving.max_replicas * gpu.count} GPUs but the GPU pool holds at most {pool_gpus} "
+                f"({gpu.max_nodes} nodes x {gpu.count}); raise {NAMESPACE}:gpu.maxNodes or lower maxReplicas")
+
+    if problems:
+        raise ConfigError(stack, problems)
+    return StackConfig(stack=stack, cloud=cloud, environment=environment, region=region,
+                       kubernetes_version=kubernetes_version, budget_per_hour=budget, gpu=gpu,
+                       access=access, model=model, serving=serving, local=local, aws=aws, gcp=gcp,
+                       azure=azure)
+
+
+def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
+    on_cloud = cloud not in (None, "local")
+    allowed_types = catalog.gpu_types(cloud) if on_cloud and cloud else sorted(catalog.GPU_TYPES)
+    gpu_type = r.text("type", None)
+    if gpu_type == "none":
+        gpu_type = None
+    if gpu_type is not None and gpu_type not in allowed_types:
+        where = f"on {cloud}" if on_cloud else "by servestack"
+        r.problem("type", f"{gpu_type!r} is not a GPU type known {where}; allowed: {', '.join(allowed_types)}")
+        gpu_type = None
+    elif gpu_type is None and on_cloud and not r.has("type"):
+        r.problem("type", f"missing; the {cloud} stacks need a GPU; allowed: {', '.join(allowed_types)}")
+
+    machine_type = r.text("machineType", None)
+    count = r.integer("count", 0, minimum=1) if r.has("count") else None
+    min_nodes = r.integer("minNodes", 0, minimum=0)
+    max_nodes = r.integer("maxNodes", 1, minimum=1, maximum=100)
+    if min_nodes > max_nodes:
+        r.problem("minNodes", f"{min_nodes} is greater than {r.key('maxNodes')} ({max_nodes}); "
+                              "minNodes must be <= maxNodes")
+    spot = r.flag("spot", False)
+    disk_gb = r.integer("diskGb", 100, minimum=20, maximum=4096)
+    r.reject_unknown()
+
+    if not on_cloud:
+        if machine_type is not None:
+            r.problem("machineType", f"{machine_type!r} is set but the local stack uses the nodes of an "
+                                     "existing cluster; remove it")
+        gpus = 0 if gpu_type is None else (count or 1)
+        return GpuConfig(gpu_type, None, gpus, min_nodes, max_nodes, spot, disk_gb)
+
+    machine = None
+    if machine_type is not None and cloud:
+        try:
+            machine = catalog.machine(cloud, machine_type)
+        except catalog.UnknownMachine:
+            known = ", ".join(m.machine_type for m in catalog.machines(cloud)
+                              if gpu_type is None or m.gpu_type == gpu_type)
+            r.problem("machineType", f"{machine_type!r} is not a GPU machine type known on {cloud}; "
+                                     f"allowed: {known}")
+        else:
+            if gpu_type is not None and machine.gpu_type != gpu_type:
+                r.problem("machineType", f"{machine_type!r} carries {machine.gpu_type}, not the "
+                                         f"configured {r.key('type')} {gpu_type}")
+            elif count is not None and count != machine.gpus:
+                r.problem("count", f"{count} does not match {machine_type}, which has {machine.gpus} GPU(s)")
+    elif gpu_type is not None and cloud:
+        machine = catalog.cheapest(cloud, gpu_type, count)
+        if machine is None:
+            r.problem("count", f"{count} GPUs of type {gpu_type} fit no machine type known on {cloud}")
+    gpus = machine.gpus if machine else (count or 1)
+    return GpuConfig(gpu_type, machine.machine_type if machine else machine_type, gpus, min_nodes,
+                     max_nodes, spot, disk_gb)
+
+
+def _access(r: _Reader, environment: str) -> AccessConfig:
+    endpoint = r.cidrs("endpointCidrs")
+    api = r.cidrs("apiCidrs")
+    internal = r.flag("internalLoadBalancer", False)
+    r.reject_unknown()
+    for i, cidr in enumerate(endpoint):
+        if is_world(cidr) and environment == "prod":
+            r.problem(f"endpointCidrs[{i}]", f"{cidr!r} opens the endpoint to the whole internet, which is "
+                                             "not allowed where servestack:environment is prod; list the "
+                                             "clients' CIDR blocks")
+    for i, cidr in enumerate(api):
+        if is_world(cidr):
+            r.problem(f"apiCidrs[{i}]", f"{cidr!r} opens the Kubernetes API to the whole internet, which "
+                                        "is never allowed; list the operators' CIDR blocks, or none for a "
+                                        "private endpoint")
+    if not endpoint and not internal:
+        r.problem("endpointCidrs", "missing; list the CIDR blocks allowed to reach the endpoint, or set "
+                                   f"{r.key('internalLoadBalancer')} to true")
+    return AccessConfig(endpoint, api, internal)
+
+
+def _model(r: _Reader) -> ModelConfig:
+    name = r.text("name", "tiny")
+    source = r.text("source", "image")
+    disk_gb = r.integer("diskGb", 20, minimum=1, maximum=2048)
+    r.reject_unknown()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
+        r.problem("name", f"{name!r} is not a model name; use lower-case letters, digits, '.', '_' and "
+                          "'-' (at most 63 characters)")
+    if source not in ("image", "bucket") and not source.startswith(MODEL_URI_SCHEMES):
+        r.problem("source", f"{source!r} is not a model source; allowed: image, bucket, or a URI starting "
+                            f"with {', '.join(MODEL_URI_SCHEMES)}")
+    return ModelConfig(name, source, disk_gb)
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
+    image = r.text("image", None)
+    image_tag = r.text("imageTag", "0.1.0")
+    namespace = r.text("namespace", "servestack")
+    min_replicas = r.integer("minReplicas", 1, minimum=1, maximum=100)
+    max_replicas = r.integer("maxReplicas", max(min_replicas, 2), minimum=1, maximum=100)
+    cpu = r.text("cpu", "2")
+    memory = r.text("memory", "8Gi")
+    api_key = r.flag("apiKey", True)
+    port = r.integer("port", 80, minimum=1, maximum=65535)
+    drain_seconds = r.integer("drainSeconds", 30, minimum=1, maximum=3600)
+    max_batch_size = r.integer("maxBatchSize", 16, minimum=1, maximum=1024)
+    prometheus_operator = r.flag("prometheusOperator", False)
+    monitoring_namespace = r.text("monitoringNamespace", "monitoring")
+    r.reject_unknown()
+    if min_replicas > max_replicas:
+        r.problem("minReplicas", f"{min_replicas} is greater than {r.key('maxReplicas')} ({max_replicas}); "
+                                 "minReplicas must be <= maxReplicas")
+    for name, value in (("cpu", cpu), ("memory", memory)):
+        if not _QUANTITY.match(value):
+            r.problem(name, f"{value!r} is not a Kubernetes quantity such as 2, 500m or 8Gi")
+    for name, value in (("namespace", namespace), ("monitoringNamespace", monitoring_namespace)):
+        if not _DNS_LABEL.match(value):
+            r.problem(name, f"{value!r} is not a Kubernetes namespace name (lower-case DNS label)")
+    if image is None and cloud == "local":
+        r.problem("image", "missing; the local stack has no registry of its own, so name the image "
+                           "(for example servestack-serving:0.1.0)")
+    if image is not None and (image.endswith(":latest") or ("@" not in image and ":" not in image.rsplit("/", 1)[-1])):
+        r.problem("image", f"{image!r} has no fixed version; pin it by tag (not latest) or by digest")
+    return ServingConfig(image, image_tag, namespace, min_replicas, max_replicas, cpu, memory, api_key,
+                         port, drain_seconds, max_batch_size, prometheus_operator, monitoring_namespace)
+
+
+def _local(r: _Reader, cloud: str | None) -> LocalConfig:
+    config = LocalConfig(kube_context=r.text("kubeContext", None), kubeconfig=r.text("kubeconfig", None))
+    r.reject_unknown()
+    # Never fall back to whatever cluster the operator's current context happens to point at.
+    if cloud == "local" and config.kube_context is None:
+        r.problem("kubeContext", "missing; the local stack deploys to an existing cluster: name its "
+                                 "kubeconfig context")
+    return config
+
+
+def _private_cidr(r: _Reader, name: str, default: str) -> str:
+    value: str = r.text(name, default)
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        r.problem(name, f"{value!r} is not a CIDR block such as {default}")
+        return default
+    if not network.is_private or network.version != 4 or not 8 <= network.prefixlen <= 20:
+        r.problem(name, f"{value!r} must be a private IPv4 range between /8 and /20, such as {default}")
+        return default
+    return value
+
+
+def _aws(r: _Reader) -> AwsConfig:
+    config = AwsConfig(availability_zones=r.integer("availabilityZones", 2, minimum=2, maximum=3),
+                       vpc_cidr=_private_cidr(r, "vpcCidr", "10.0.0.0/16"))
+    r.reject_unknown()
+    return config
+
+
+def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
+    project = values.get("gcp:project")
+    if cloud == "gcp" and not project:
+        r.problems.append("gcp:project: missing; the gcp stacks need a project "
+                           "(pulumi config set gcp:project <project-id>)")
+    config = GcpConfig(project=project, regional=r.flag("regional", False),
+                       network_cidr=_private_cidr(r, "networkCidr", "10.10.0.0/20"))
+    r.reject_unknown()
+    return config
+
+
+def _azure(r: _Reader) -> AzureConfig:
+    config = AzureConfig(vnet_cidr=_private_cidr(r, "vnetCidr", "10.20.0.0/16"))
+    r.reject_unknown()
+    return config
+
+
+def load_stack_config() -> StackConfig:
+    """Read the running stack's config (as the Pulumi engine or the offline plan set it)."""
+    from pulumi.runtime import config as runtime_config
+
+    values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    return parse_config(pulumi.get_stack(), values)
