@@ -1,0 +1,627 @@
+"""The engine: tokens in, tokens out, many requests at once.
+
+The boundary. The HTTP layer (serving.app) speaks to an engine only through `Engine`:
+`encode_prompt` / `encode_chat` turn text into token ids, `submit` queues a request and returns a
+`RequestHandle` whose async iterator yields `Output` deltas until one carries a finish reason, and
+`cancel()` on a handle frees its batch slot at the next step. The engine knows nothing of HTTP, JSON,
+auth or limits other than its batch size; the app knows nothing of torch, caches or batches. Tests put a
+fake engine behind this same interface.
+
+`TorchEngine` is the continuous-batching implementation: one thread owns the model and loops
+admit -> prefill newcomers -> one decode step for every running sequence -> emit deltas. Requests join the
+running batch between decode steps and leave it when they finish or are cancelled; their keys and values
+stay in a preallocated per-layer buffer (rows = sequences, left-padded; columns = positions), so no step
+recomputes a prefix and a short request never waits for a long one to finish.
+
+Exactness: every row gets its own position ids and a mask that hides its left padding, so greedy output
+is the same token for token whether a request runs alone or in a batch (fp32 on CPU).
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import itertools
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from serving.errors import EngineDead, ServingError
+
+log = logging.getLogger("serving.engine")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens for one request. temperature 0 is greedy; top_k 0 and top_p 1.0 are off."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    """One delta of a request: new text and token count, and on the last one the finish reason."""
+
+    text: str
+    new_tokens: int
+    finish_reason: str | None = None  # "stop" | "length" | "cancelled"
+    queue_seconds: float | None = None  # on the first delta: time from submit to entering the batch
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: ServingError
+
+
+class RequestHandle:
+    """A submitted request as the app sees it: iterate its deltas, or cancel it."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
+        self.id = next(self._ids)
+        self.prompt_ids = list(prompt_ids)
+        self.params = params
+        self.submitted_at = time.monotonic()
+        self.cancelled = threading.Event()
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Output | _Failed] = asyncio.Queue()
+        self._done = False
+
+    def cancel(self) -> None:
+        """Stop generating; the engine frees the slot before its next step."""
+        self.cancelled.set()
+
+    # Called by the engine, from any thread.
+    def push(self, item: Output | _Failed) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+
+    async def __aiter__(self) -> AsyncIterator[Output]:
+        while not self._done:
+            item = await self._events.get()
+            if isinstance(item, _Failed):
+                self._done = True
+                raise item.error
+            if item.finish_reason is not None:
+                self._done = True
+            yield item
+
+
+class Engine(abc.ABC):
+    """What the app needs from an engine. Implementations: `TorchEngine`, and fakes in the tests."""
+
+    model_name: str
+    max_model_len: int
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Begin loading the model and stepping, in the background; return at once."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop stepping and fail whatever is still queued."""
+
+    @property
+    @abc.abstractmethod
+    def loaded(self) -> bool: ...
+
+    @property
+    @abc.abstractmethod
+    def dead(self) -> bool:
+        """True once the loop has failed for good; the process should be restarted."""
+
+    @property
+    @abc.abstractmethod
+    def last_step_at(self) -> float:
+        """time.monotonic() of the loop's last iteration (it also ticks while idle)."""
+
+    @property
+    @abc.abstractmethod
+    def num_running(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def num_waiting(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def load_seconds(self) -> float | None: ...
+
+    @abc.abstractmethod
+    def encode_prompt(self, text: str) -> list[int]: ...
+
+    @abc.abstractmethod
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+
+    @abc.abstractmethod
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
+        """Queue a request (call from the event loop). Deltas arrive through the returned handle."""
+
+
+def choose_device() -> tuple[str, Any]:
+    """CUDA with bf16 when a GPU is present, CPU with fp32 otherwise."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda", torch.bfloat16
+    return "cpu", torch.float32
+
+
+# --- the continuous-batching implementation -------------------------------------------------------
+
+
+class _TextTracker:
+    """Turns a growing list of token ids into text deltas, holding back what may still become a stop string
+    or an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
+        self._tokenizer = tokenizer
+        self._stop = stop
+        self._hold = max((len(s) for s in stop), default=1) - 1
+        self.emitted = 0  # characters of text already sent
+
+    def update(self, token_ids: list[int], final: bool) -> tuple[str, bool]:
+        """Return (new text to send, whether a stop string was found)."""
+        text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+        if self._stop:
+            start = max(0, self.emitted - self._hold)
+            hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            if hits:
+                cut = min(hits)
+                delta = text[self.emitted : cut]
+                self.emitted = max(self.emitted, cut)
+                return delta, True
+        if final:
+            end = len(text)
+        else:
+            end = len(text) - self._hold
+            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
+                end = min(end, len(text) - 1)
+        if end <= self.emitted:
+            return "", False
+        delta = text[self.emitted : end]
+        self.emitted = end
+        return delta, False
+
+
+@dataclass
+class _Seq:
+    handle: RequestHandle
+    text: _TextTracker
+    generator: Any  # torch.Generator, or None for greedy
+    generated: list[int] = field(default_factory=list)
+    pad: int = 0  # left padding columns of this row in the batch buffer
+    first_output_sent: bool = False
+
+    @property
+    def params(self) -> SamplingParams:
+        return self.handle.params
+
+
+class _Window:
+    """The live part of the batch buffer, shared by all layers: `rows` sequences, `length` columns."""
+
+    rows = 0
+    length = 0
+
+
+def _buffer_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        """One layer's keys and values for the running batch, written in place into a preallocated buffer."""
+
+        def __init__(self, window: _Window, keys: Any, values: Any) -> None:
+            super().__init__()
+            self.window = window
+            self.kbuf = keys
+            self.vbuf = values
+            self.is_initialized = True
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            n, start = self.window.rows, self.window.length
+            end = start + key_states.shape[-2]
+            self.kbuf[:n, :, start:end] = key_states
+            self.vbuf[:n, :, start:end] = value_states
+            self.keys = self.kbuf[:n, :, :end]
+            self.values = self.vbuf[:n, :, :end]
+            return self.keys, self.values
+
+        def get_seq_length(self) -> int:
+            return self.window.length
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return self.window.length + query_length, 0
+
+    return BufferLayer
+
+
+class TorchEngine(Engine):
+    """Continuous batching over a Hugging Face causal LM directory (see the module docstring)."""
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        model_name: str,
+        max_batch_size: int = 16,
+        prefill_token_budget: int = 2048,
+        on_step: Callable[[int], None] | None = None,
+    ) -> None:
+        self.model_path = Path(model_path)
+        self.model_name = model_name
+        self.max_batch_size = max_batch_size
+        self.prefill_token_budget = prefill_token_budget
+        self.max_model_len = 0
+        self._on_step = on_step
+        self._inbox: queue.SimpleQueue[RequestHandle] = queue.SimpleQueue()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loaded = False
+        self._dead = False
+        self._last_step_at = time.monotonic()
+        self._load_seconds: float | None = None
+        self._submitted = 0  # counted on the event loop thread
+        self._finished = 0  # counted on the engine thread
+        self._running: list[_Seq] = []
+        self._window = _Window()
+        self._kbufs: list[Any] = []
+        self._vbufs: list[Any] = []
+        self.tokenizer: Any = None
+        self.model: Any = None
+
+    # -- Engine interface --
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @property
+    def dead(self) -> bool:
+        return self._dead
+
+    @property
+    def last_step_at(self) -> float:
+        return self._last_step_at
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return max(0, self._submitted - self._finished - len(self._running))
+
+    @property
+    def load_seconds(self) -> float | None:
+        return self._load_seconds
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 60)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=True))
+
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # some versions return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
+        if self._dead or self._stopping.is_set():
+            raise EngineDead("the engine has stopped")
+        handle = RequestHandle(prompt_ids, params)
+        self._submitted += 1
+        self._inbox.put(handle)
+        self._wake.set()
+        return handle
+
+    # -- loading --
+
+    def load(self) -> None:
+        """Load model and tokenizer (also usable without the loop, e.g. by the benchmark)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        started = time.monotonic()
+        device, dtype = choose_device()
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation="sdpa")
+        self.model = model.to(self.device).eval()
+        config = model.config.get_text_config(decoder=True)
+        self.max_model_len = int(getattr(config, "max_position_embeddings", 0) or 4096)
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = self.tokenizer.eos_token_id
+        self.eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+        self._buffer_layer = _buffer_layer_class()
+        self._load_seconds = time.monotonic() - started
+        self._loaded = True
+        log.info("loaded %s on %s (%s) in %.1fs", self.model_path, device, dtype, self._load_seconds)
+
+    # -- the loop --
+
+    def _main(self) -> None:
+        import torch
+
+        waiting: list[RequestHandle] = []
+        try:
+            self.load()
+            with torch.inference_mode():
+                while not self._stopping.is_set():
+                    self._last_step_at = time.monotonic()
+                    while True:
+                        try:
+                            waiting.append(self._inbox.get_nowait())
+                        except queue.Empty:
+                            break
+                    waiting = self._drop_cancelled(waiting)
+                    admitted = self._admit(waiting)
+                    if admitted:
+                        waiting = waiting[len(admitted) :]
+                        self._prefill(admitted)
+                    if self._running:
+                        self._decode_step()
+                    elif not waiting:
+                        self._wake.wait(0.1)
+                        self._wake.clear()
+        except Exception:
+            log.exception("engine loop failed")
+            self._dead = True
+        finally:
+            failure = _Failed(EngineDead("the engine stopped before finishing this request"))
+            for handle in waiting + [s.handle for s in self._running]:
+                handle.push(failure)
+            while True:
+                try:
+                    self._inbox.get_nowait().push(failure)
+                except queue.Empty:
+                    break
+
+    def _drop_cancelled(self, waiting: list[RequestHandle]) -> list[RequestHandle]:
+        kept = []
+        for handle in waiting:
+            if handle.cancelled.is_set():
+                self._finished += 1
+                handle.push(Output("", 0, "cancelled"))
+            else:
+                kept.append(handle)
+        cancelled = [i for i, s in enumerate(self._running) if s.handle.cancelled.is_set()]
+        for i in cancelled:
+            self._running[i].handle.push(Output("", 0, "cancelled"))
+        self._remove_rows(cancelled)
+        return kept
+
+    def _admit(self, waiting: list[RequestHandle]) -> list[RequestHandle]:
+        """First come, first served, up to the free slots and the prefill token budget (at least one)."""
+        free = self.max_batch_size - len(self._running)
+        admitted: list[RequestHandle] = []
+        longest = 0
+        for handle in waiting[:free]:
+            longest = max(longest, len(handle.prompt_ids))
+            if admitted and longest * (len(admitted) + 1) > self.prefill_token_budget:
+                break
+            admitted.append(handle)
+        return admitted
+
+    def _new_seq(self, handle: RequestHandle) -> _Seq:
+        import torch
+
+        params = handle.params
+        generator = None
+        if params.temperature > 0:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
+        return _Seq(handle=handle, text=_TextTracker(self.tokenizer, params.stop), generator=generator)
+
+    def _prefill(self, handles: list[RequestHandle]) -> None:
+        """Run the prompts of the newcomers (left-padded together), then move their keys and values into
+        the batch buffer and pick their first tokens."""
+        import torch
+        from transformers import DynamicCache
+
+        lengths = [len(h.prompt_ids) for h in handles]
+        width = max(lengths)
+        pads = [width - n for n in lengths]
+        pad_id = 0
+        ids = torch.tensor([[pad_id] * p + h.prompt_ids for p, h in zip(pads, handles, strict=True)])
+        pad_t = torch.tensor(pads)
+        positions = (torch.arange(width)[None, :] - pad_t[:, None]).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        out = self.model(
+            input_ids=ids.to(self.device),
+            position_ids=positions.to(self.device),
+            attention_mask=self._mask(pad_t, query=width, keys=width),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        seqs = [self._new_seq(h) for h in handles]
+        self._merge(seqs, pads, cache, width)
+        self._emit(seqs, out.logits[:, -1, :])
+
+    def _decode_step(self) -> None:
+        import torch
+
+        seqs = self._running
+        length = self._window.length
+        if length + 1 > self._kbufs[0].shape[2]:
+            self._grow(length + 1)
+        pads = torch.tensor([s.pad for s in seqs])
+        ids = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
+        positions = (length - pads)[:, None].to(self.device)
+        out = self.model(
+            input_ids=ids,
+            position_ids=positions,
+            attention_mask=self._mask(pads, query=1, keys=length + 1),
+            cache=self._cache,
+            use_cache=True,
+        )
+        self._window.length = length + 1
+        if self._on_step is not None:
+            self._on_step(len(seqs))
+        self._emit(list(seqs), out.logits[:, -1, :])
+
+    def _mask(self, pads: Any, *, query: int, keys: int) -> Any:
+        """Additive 4D mask [rows, 1, query, keys]: row i sees neither its padding nor the future."""
+        import torch
+
+        cols = torch.arange(keys)[None, None, :]
+        rows = torch.arange(keys - query, keys)[None, :, None]
+        hidden = (cols < pads[:, None, None]) | (cols > rows)
+        mask = torch.zeros(hidden.shape, dtype=self.dtype)
+        mask.masked_fill_(hidden, torch.finfo(self.dtype).min)
+        return mask[:, None].to(self.device)
+
+    # -- the batch buffer --
+
+    def _allocate(self, rows: int, columns: int, like: list[tuple[Any, Any]]) -> None:
+        import torch
+        from transformers.cache_utils import Cache
+
+        self._kbufs = [torch.zeros((rows, k.shape[1], columns, k.shape[3]), dtype=k.dtype, device=k.device)
+                       for k, _ in like]
+        self._vbufs = [torch.zeros((rows, v.shape[1], columns, v.shape[3]), dtype=v.dtype, device=v.device)
+                       for _, v in like]
+        layers = [self._buffer_layer(self._window, k, v) for k, v in zip(self._kbufs, self._vbufs, strict=True)]
+        self._cache = Cache(layers=layers)
+
+    def _grow(self, needed: int) -> None:
+        """Give the buffer room for `needed` columns (in steps of 256, so growth is rare)."""
+        import torch
+
+        columns = -(-max(needed, 1) // 256) * 256
+        n, length = self._window.rows, self._window.length
+        for bufs in (self._kbufs, self._vbufs):
+            for i, old in enumerate(bufs):
+                new = torch.zeros((old.shape[0], old.shape[1], columns, old.shape[3]), dtype=old.dtype,
+                                  device=old.device)
+                new[:n, :, :length] = old[:n, :, :length]
+                bufs[i] = new
+        for layer, k, v in zip(self._cache.layers, self._kbufs, self._vbufs, strict=True):
+            layer.kbuf, layer.vbuf = k, v
+
+    def _merge(self, seqs: list[_Seq], pads: list[int], cache: Any, width: int) -> None:
+        """Append the newcomers' rows (their prefill cache, `width` columns) to the batch buffer."""
+        new_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        if not self._kbufs:
+            self._allocate(self.max_batch_size, max(width + 256, 512), new_kv)
+        n, length = self._window.rows, self._window.length
+        target = max(length, width)
+        if target + 1 > self._kbufs[0].shape[2]:
+            self._grow(target + 1)
+        if target > length and n:  # newcomers are longer: shift the running rows right
+            shift = target - length
+            for buf in (*self._kbufs, *self._vbufs):
+                buf[:n, :, shift:target] = buf[:n, :, :length].clone()
+            for s in self._running:
+                s.pad += shift
+        offset = target - width
+        rows = slice(n, n + len(seqs))
+        for i, (k, v) in enumerate(new_kv):
+            self._kbufs[i][rows, :, offset:target] = k
+            self._vbufs[i][rows, :, offset:target] = v
+        for s, pad in zip(seqs, pads, strict=True):
+            s.pad = offset + pad
+        self._running.extend(seqs)
+        self._window.rows = n + len(seqs)
+        self._window.length = target
+
+    def _remove_rows(self, indices: list[int]) -> None:
+        """Drop finished rows: move the last rows into the holes, then trim padding shared by all rows."""
+        if not indices:
+            return
+        self._finished += len(indices)
+        gone = set(indices)
+        keep = [i for i in range(len(self._running)) if i not in gone]
+        # Rows that stay but sit behind the first hole move down, in order.
+        length = self._window.length
+        moves = [(old, new) for new, old in enumerate(keep) if old != new]
+        for old, new in moves:
+            for buf in (*self._kbufs, *self._vbufs):
+                buf[new, :, :length] = buf[old, :, :length]
+        self._running = [self._running[i] for i in keep]
+        self._window.rows = len(self._running)
+        if not self._running:
+            self._window.length = 0
+            return
+        common = min(s.pad for s in self._running)
+        if common >= 64:  # worth one copy: fewer columns for every later step
+            for buf in (*self._kbufs, *self._vbufs):
+                buf[: len(keep), :, : length - common] = buf[: len(keep), :, common:length].clone()
+            for s in self._running:
+                s.pad -= common
+            self._window.length = length - common
+
+    # -- sampling and emitting --
+
+    def _emit(self, seqs: list[_Seq], logits: Any) -> None:
+        """Pick one token per row, send the text deltas, and retire the rows that finished."""
+        greedy = logits.argmax(dim=-1).tolist()
+        now = time.monotonic()
+        finished: list[int] = []
+        for i, s in enumerate(seqs):
+            params = s.params
+            token = greedy[i] if s.generator is None else _sample(logits[i], params, s.generator)
+            s.generated.append(token)
+            total = len(s.handle.prompt_ids) + len(s.generated)
+            reason = None
+            if token in self.eos_ids and not params.ignore_eos:
+                reason = "stop"
+            elif len(s.generated) >= params.max_tokens or total >= self.max_model_len:
+                reason = "length"
+            ids = s.generated[:-1] if reason == "stop" else s.generated
+            delta, hit_stop = s.text.update(ids, final=reason is not None)
+            if hit_stop:
+                reason = "stop"
+            queue_seconds = None
+            if not s.first_output_sent:
+                s.first_output_sent = True
+                queue_seconds = now - s.handle.submitted_at
+            s.handle.push(Output(delta, 1, reason, queue_seconds))
+            if reason is not None:
+                finished.append(self._running.index(s))
+        self._remove_rows(sorted(finished))
+
+
+def _sample(logits: Any, params: SamplingParams, generator: Any) -> int:
+    """Temperature, then top-k, then top-p (nucleus), then one draw from the request's own generator."""
+    import torch
+
+    scores = logits.float() / params.temperature
+    if 0 < params.top_k < scores.shape[-1]:
+        kth = torch.topk(scores, params.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        sorted_scores, order = torch.sort(scores, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        outside = (torch.cumsum(probs, dim=-1) - probs) > params.top_p
+        sorted_scores = sorted_scores.masked_fill(outside, float("-inf"))
+        scores = torch.full_like(scores, float("-inf")).scatter(0, order, sorted_scores)
+    probs = torch.softmax(scores, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
