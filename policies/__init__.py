@@ -1,0 +1,1 @@
+"""servestack's CrossGuard policy pack: the rules live in `policies.rules`."""

@@ -1,0 +1,186 @@
+"""The GPU budget: what the stack's GPU node pools cost per hour at their maximum scale.
+
+Capacity is read from the node-pool resources themselves (not from the stack's config), so that
+what is priced is what would be deployed. A pool is a GPU pool when it carries the nvidia.com/gpu
+taint or the price catalog knows its machine type. Prices come from `infra.catalog`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pulumi_policy import EnforcementLevel, Severity
+
+from infra import catalog
+from policies.rules import values as v
+from policies.rules.common import Judge, Resource, Rule
+from policies.rules.values import BadValue, Unknown
+
+EKS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+GKE_CLUSTER = "gcp:container/cluster:Cluster"
+GKE_NODE_POOL = "gcp:container/nodePool:NodePool"
+AKS_CLUSTER = "azure-native:containerservice:ManagedCluster"
+AKS_POOL = "azure-native:containerservice:AgentPool"
+GPU_TAINT = "nvidia.com/gpu"
+# GKE spreads a regional cluster's node pools over three zones unless nodeLocations says otherwise.
+GKE_DEFAULT_ZONES = 3
+_ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
+
+
+@dataclass(frozen=True)
+class Pool:
+    resource: Resource
+    label: str
+    cloud: str
+    machine_types: tuple[str, ...]
+    max_nodes: int | Unknown
+    spot: bool | Unknown
+    tainted: bool
+
+
+def _known_machine(cloud: str, machine_type: str) -> catalog.GpuMachine | None:
+    try:
+        return catalog.machine(cloud, machine_type)
+    except catalog.UnknownMachine:
+        return None
+
+
+def _count(value: Any) -> int | Unknown | None:
+    if isinstance(value, Unknown) or value is None:
+        return value
+    return v.port_number(value)  # a whole number given as int, float or string
+
+
+def _has_gpu_taint(taints: Any) -> bool:
+    for taint in v.items(taints):
+        if isinstance(taint, Unknown):
+            continue
+        key = taint.get("key") if isinstance(taint, dict) else str(taint).split("=", 1)[0].split(":", 1)[0]
+        if key == GPU_TAINT:
+            return True
+    return False
+
+
+def _aks_pool(resource: Resource, label: str, p: dict[str, Any]) -> Pool:
+    auto = p.get("enableAutoScaling")
+    if isinstance(auto, Unknown):
+        max_nodes: int | Unknown | None = auto
+    else:
+        max_nodes = _count(p.get("maxCount") if v.truthy(auto or False) else p.get("count"))
+    priority = p.get("scaleSetPriority")
+    spot = priority if isinstance(priority, Unknown) else str(priority or "").lower() == "spot"
+    size = p.get("vmSize")
+    return Pool(resource, label, "azure", (size,) if isinstance(size, str) else (),
+                1 if max_nodes is None else max_nodes, spot, _has_gpu_taint(p.get("nodeTaints")))
+
+
+def _gke_zones(pool: Resource, clusters: dict[str, Resource]) -> int:
+    locations = pool.props.get("nodeLocations")
+    if isinstance(locations, list) and locations:
+        return len(locations)
+    owner = next((clusters[u] for u in (*pool.property_dependencies.get("cluster", ()), *pool.dependencies)
+                  if u in clusters), None)
+    if owner is not None:
+        cluster_locations = owner.props.get("nodeLocations")
+        if isinstance(cluster_locations, list) and cluster_locations:
+            return len(cluster_locations)
+    location = pool.props.get("location") or (owner.props.get("location") if owner else None)
+    return 1 if isinstance(location, str) and _ZONE.match(location) else GKE_DEFAULT_ZONES
+
+
+def pools(resources: list[Resource]) -> list[Pool]:
+    clusters = {r.urn: r for r in resources if r.type == GKE_CLUSTER}
+    found: list[Pool] = []
+    for r in resources:
+        p = r.props
+        if r.type == EKS_NODE_GROUP:
+            types = v.as_list(p.get("instanceTypes"))
+            capacity = p.get("capacityType")
+            found.append(Pool(
+                r, r.name, "aws", tuple(t for t in v.items(types) if isinstance(t, str)),
+                _count(v.dig(p, "scalingConfig", "maxSize")) or 0,
+                capacity if isinstance(capacity, Unknown) else str(capacity or "").upper() == "SPOT",
+                _has_gpu_taint(p.get("taints"))))
+        elif r.type == GKE_NODE_POOL:
+            node = v.as_dict(p.get("nodeConfig"))
+            auto = p.get("autoscaling") if isinstance(p.get("autoscaling"), dict) else None
+            total = _count(auto.get("totalMaxNodeCount")) if auto else None
+            per_zone = _count(auto.get("maxNodeCount")) if auto else _count(p.get("nodeCount"))
+            if total is not None:
+                max_nodes: int | Unknown = total
+            elif isinstance(per_zone, Unknown):
+                max_nodes = per_zone
+            else:
+                max_nodes = (per_zone if per_zone is not None else 1) * _gke_zones(r, clusters)
+            spot_flags = [node.get("spot"), node.get("preemptible")]
+            unknown_spot = next((f for f in spot_flags if isinstance(f, Unknown)), None)
+            machine = node.get("machineType")
+            found.append(Pool(r, r.name, "gcp", (machine,) if isinstance(machine, str) else (), max_nodes,
+                              unknown_spot or any(v.truthy(f) is True for f in spot_flags if f is not None),
+                              _has_gpu_taint(node.get("taints")) or bool(node.get("guestAccelerators"))))
+        elif r.type == AKS_POOL:
+            found.append(_aks_pool(r, r.name, p))
+        elif r.type == AKS_CLUSTER:
+            for i, profile in enumerate(v.items(p.get("agentPoolProfiles"))):
+                if isinstance(profile, dict):
+                    found.append(_aks_pool(r, f"{r.name}.agentPoolProfiles[{i}]", profile))
+    return found
+
+
+def check_budget(resources: list[Resource], config: dict[str, Any], judge: Judge) -> None:
+    lines: list[str] = []
+    total = 0.0
+    try:
+        found = pools(resources)
+    except BadValue as e:
+        judge.unknown(f"a node pool's size: {e}")
+        return
+    for pool in found:
+        known = [m for m in (_known_machine(pool.cloud, t) for t in pool.machine_types) if m is not None]
+        if not known and not pool.tainted:
+            continue  # a CPU pool
+        if isinstance(pool.max_nodes, Unknown) or isinstance(pool.spot, Unknown):
+            unknown = pool.max_nodes if isinstance(pool.max_nodes, Unknown) else pool.spot
+            judge.unknown(f"GPU pool {pool.label}: {unknown}")
+            continue
+        if len(known) < len(pool.machine_types) or not known:
+            judge.unknown(f"GPU pool {pool.label}: machine type(s) {list(pool.machine_types)} are not in the "
+                          f"price catalog for {pool.cloud}")
+            continue
+        price = max(m.price_per_hour(pool.spot) for m in known)  # the dearest type the pool may launch
+        cost = pool.max_nodes * price
+        total += cost
+        lines.append(f"{pool.label}: {pool.max_nodes} x {'/'.join(pool.machine_types)} "
+                     f"{'spot' if pool.spot else 'on-demand'} at ${price:.3f}/h = ${cost:.2f}/h")
+    if not lines:
+        return
+    budget = config.get("budgetPerHour")
+    if budget is None:
+        judge.unknown("the policy config sets no budgetPerHour for this stack "
+                      f"(GPU capacity at max scale: ${total:.2f}/h)")
+        return
+    if total > float(budget):
+        judge.violation(f"GPU capacity at max scale costs ${total:.2f}/h, over the budget of "
+                        f"${float(budget):.2f}/h: " + "; ".join(lines) + ". Lower maxNodes, use spot "
+                        "capacity or a smaller machine type, or raise servestack:budgetPerHour.")
+
+
+BUDGET_RULES = [
+    Rule(
+        name="gpu-budget",
+        description="The stack's GPU node pools at maximum scale, priced from the catalog, stay within the "
+                    "stack's $/hour budget.",
+        severity=Severity.HIGH,
+        enforcement=EnforcementLevel.MANDATORY,
+        remediation="Lower the GPU pool's maxNodes, use spot capacity or a cheaper machine type, or raise "
+                    "servestack:budgetPerHour (and regenerate the stack's policy config).",
+        types=frozenset({EKS_NODE_GROUP, GKE_NODE_POOL, AKS_POOL, AKS_CLUSTER}),
+        check=check_budget,
+        stack=True,
+        config={"budgetPerHour": {
+            "type": "number", "exclusiveMinimum": 0,
+            "description": "The stack's budget for GPU capacity at max scale, $/hour."}},
+    ),
+]

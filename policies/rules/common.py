@@ -1,0 +1,215 @@
+"""What every rule shares: its settings, its exemptions, and how it reports what it cannot verify.
+
+A rule is a small function that looks at one resource (or at the whole stack) and tells a `Judge`
+what is wrong and what it cannot know. The judge reports violations through pulumi_policy's
+`report_violation` at the policy's enforcement level. What cannot be verified during preview is
+raised at the end as `CannotVerify`, which pulumi_policy's analyzer reports as an advisory
+diagnostic ("can't run policy ... during preview: cannot verify ..."), after the violations already
+reported; with the policy's `failClosed` setting it is reported as a violation instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyConfigSchema,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    Severity,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
+
+from policies.rules.values import Unknown, plain
+
+
+class CannotVerify(UnknownValueError):
+    """Raised after a rule has judged all it could: these facts are unknown until the update runs."""
+
+    def __init__(self, reasons: Sequence[str]) -> None:
+        super().__init__(UNKNOWN_STRING_VALUE, [])
+        self.reasons = list(reasons)
+        self.message = "cannot verify: " + "; ".join(self.reasons)
+
+
+FAIL_CLOSED: dict[str, dict[str, Any]] = {
+    "failClosed": {
+        "type": "boolean",
+        "default": False,
+        "description": "Report values unknown during preview as violations instead of advisory notes.",
+    },
+}
+EXEMPTIONS: dict[str, dict[str, Any]] = {
+    "exemptions": {
+        "type": "array",
+        "default": [],
+        "description": "Resources this rule skips. Each names a resource (its URN or logical name) or a "
+                       "Kubernetes namespace, and gives the reason, which reviewers read.",
+        "items": {
+            "type": "object",
+            "properties": {
+                "resource": {"type": "string", "description": "URN or logical name"},
+                "namespace": {"type": "string", "description": "Kubernetes namespace"},
+                "reason": {"type": "string", "minLength": 1},
+            },
+            "required": ["reason"],
+        },
+    },
+}
+
+
+def settings(config: Mapping[str, Any], schema: PolicyConfigSchema) -> dict[str, Any]:
+    """The policy's config over the defaults its schema declares (the thresholds live in the schema)."""
+    values = {k: v["default"] for k, v in schema.properties.items() if "default" in v}
+    values.update(plain(config))
+    return values
+
+
+@dataclass
+class Resource:
+    """One resource as a rule sees it: inputs as plain values, unknowns as `Unknown`."""
+
+    type: str
+    urn: str
+    name: str
+    props: dict[str, Any]
+    parent: str | None = None
+    dependencies: tuple[str, ...] = ()
+    property_dependencies: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str | None:
+        ns = (self.props.get("metadata") or {}).get("namespace") if isinstance(
+            self.props.get("metadata"), dict) else None
+        return ns if isinstance(ns, str) else None
+
+
+class Judge:
+    """Collects one rule's verdict on one resource or on the stack."""
+
+    def __init__(self, report: ReportViolation, config: Mapping[str, Any], subject: str) -> None:
+        self._report = report
+        self._fail_closed = bool(config.get("failClosed", False))
+        self.subject = subject
+        self.violations: list[str] = []
+        self.unknowns: list[str] = []
+
+    def violation(self, message: str, urn: str | None = None) -> None:
+        self.violations.append(message)
+        self._report(message, urn)
+
+    def unknown(self, message: str) -> None:
+        self.unknowns.append(message)
+
+    def unknown_value(self, value: Unknown, what: str) -> None:
+        self.unknown(f"{what}: {value}")
+
+    def finish(self) -> None:
+        if not self.unknowns:
+            return
+        if self._fail_closed:
+            for message in self.unknowns:
+                self.violation(f"cannot verify (failClosed is set): {message}")
+            return
+        raise CannotVerify(self.unknowns)
+
+
+def exemption(config: Mapping[str, Any], resource: Resource, judge: Judge) -> str | None:
+    """The reason this resource is exempt from the rule, or None. Entries without a reason do not count."""
+    for i, entry in enumerate(config.get("exemptions") or []):
+        if not isinstance(entry, dict):
+            continue
+        target = entry.get("resource")
+        namespace = entry.get("namespace")
+        matches = (target is not None and target in (resource.urn, resource.name)) or (
+            namespace is not None and target is None and namespace == resource.namespace)
+        if not matches:
+            continue
+        reason = entry.get("reason")
+        if isinstance(reason, str) and reason.strip():
+            return reason.strip()
+        judge.violation(f"exemptions[{i}] names this resource but gives no reason, so it does not apply; "
+                        "add a reason reviewers can read")
+    return None
+
+
+ResourceCheck = Callable[[Resource, dict[str, Any], Judge], None]
+StackCheck = Callable[[list[Resource], dict[str, Any], Judge], None]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A rule's metadata; `policy()` builds the pulumi_policy object the pack and the offline check run."""
+
+    name: str
+    description: str
+    severity: Severity
+    enforcement: EnforcementLevel
+    remediation: str
+    types: frozenset[str]
+    check: Any  # ResourceCheck or StackCheck
+    stack: bool = False
+    config: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+
+    def schema(self) -> PolicyConfigSchema:
+        properties = {**self.config, **FAIL_CLOSED}
+        if not self.stack:
+            properties.update(EXEMPTIONS)
+        return PolicyConfigSchema(properties=dict(properties))
+
+    def policy(self) -> ResourceValidationPolicy | StackValidationPolicy:
+        schema = self.schema()
+        common = dict(enforcement_level=self.enforcement, config_schema=schema, severity=self.severity,
+                      remediation_steps=self.remediation, tags=sorted(self._tags()))
+        if self.stack:
+            return StackValidationPolicy(name=self.name, description=self.description,
+                                         validate=self._stack_validator(schema), **common)  # type: ignore[arg-type]
+        return ResourceValidationPolicy(name=self.name, description=self.description,
+                                        validate=self._resource_validator(schema), **common)  # type: ignore[arg-type]
+
+    def _tags(self) -> set[str]:
+        return {t.split(":", 1)[0] for t in self.types}
+
+    def _resource_validator(self, schema: PolicyConfigSchema) -> Callable[..., None]:
+        check: ResourceCheck = self.check
+
+        def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
+            if args.resource_type not in self.types:
+                return
+            config = settings(args.get_config(), schema)
+            resource = Resource(args.resource_type, args.urn, args.name, plain(args.props),
+                                parent=args.opts.parent if args.opts else None)
+            judge = Judge(report, config, args.urn)
+            if exemption(config, resource, judge) is not None:
+                return
+            check(resource, config, judge)
+            judge.finish()
+
+        validate.__name__ = self.name.replace("-", "_")
+        return validate
+
+    def _stack_validator(self, schema: PolicyConfigSchema) -> Callable[..., None]:
+        check: StackCheck = self.check
+
+        def validate(args: StackValidationArgs, report: ReportViolation) -> None:
+            config = settings(args.get_config(), schema)
+            resources = [
+                Resource(r.resource_type, r.urn, r.name, plain(r.props),
+                         parent=r.parent.urn if r.parent is not None else None,
+                         dependencies=tuple(d.urn for d in r.dependencies),
+                         property_dependencies={k: tuple(d.urn for d in v)
+                                                for k, v in r.property_dependencies.items()})
+                for r in args.resources
+            ]
+            judge = Judge(report, config, "stack")
+            check(resources, config, judge)
+            judge.finish()
+
+        validate.__name__ = self.name.replace("-", "_")
+        return validate

@@ -1,0 +1,430 @@
+"""Firewall rules: every way AWS, GCP and Azure write an ingress rule, read into one shape.
+
+`openings(resource)` turns a security group, a standalone rule, a GCP firewall or an Azure NSG rule
+into `Opening`s: one per allow-ingress entry that is in force, with its protocol, its ports and
+whether its sources add up to the whole internet. Deny rules, egress rules and disabled rules open
+nothing and yield nothing. The four network rules are then small tests over openings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from pulumi_policy import EnforcementLevel, Severity
+
+from policies.rules import values as v
+from policies.rules.common import Judge, Resource, Rule
+from policies.rules.values import ALL, ICMP_PROTOCOLS, PORT_PROTOCOLS, BadValue, PortRanges, Unknown
+
+AWS_SG = "aws:ec2/securityGroup:SecurityGroup"
+AWS_SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
+AWS_VPC_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+AWS_VPC_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+AWS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+GCP_FIREWALL = "gcp:compute/firewall:Firewall"
+AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
+AZURE_RULE = "azure-native:network:SecurityRule"
+FIREWALL_TYPES = frozenset({AWS_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_NODE_GROUP, GCP_FIREWALL, AZURE_NSG,
+                            AZURE_RULE})
+
+ADMIN_PORTS = ["22", "3389", "5985-5986", "2375-2376", "6443", "10250"]
+# Databases, caches, coordination and ML tooling that must never face the internet.
+DATA_PORTS = [
+    "1433", "1521", "3306", "5432", "27017-27019", "9042", "5984", "11211",  # SQL Server .. memcached
+    "6379-6380", "9200", "9300",  # Redis, Elasticsearch / OpenSearch
+    "2379-2380",  # etcd
+    "8265", "10001", "52365",  # Ray: dashboard, client, agent (its GCS uses 6379)
+    "8888",  # Jupyter
+    "6006",  # TensorBoard
+    "8000-8002",  # Triton HTTP, gRPC, metrics
+    "5000",  # MLflow tracking
+]
+
+
+@dataclass(frozen=True)
+class Opening:
+    """One allow-ingress entry in force. `ports` is None for protocols without ports (ICMP, GRE, ...)."""
+
+    where: str
+    protocol: str | Unknown
+    ports: PortRanges | Unknown | None
+    world: bool | Unknown
+    sources: str
+    problem: str | None = None
+
+
+def _problem(where: str, message: str) -> Opening:
+    return Opening(where, ALL, v.ALL_PORTS, Unknown(where), "", problem=message)
+
+
+def _ports_for(proto: str | Unknown, ranges: Callable[[], PortRanges],
+               all_keeps_ports: bool = False) -> PortRanges | Unknown | None:
+    """The ports an entry opens. AWS and GCP ignore ports for "all protocols"; Azure's "*" keeps them."""
+    if isinstance(proto, Unknown):
+        return proto
+    if proto == ALL:
+        return ranges() if all_keeps_ports else v.ALL_PORTS
+    if proto in PORT_PROTOCOLS:
+        return ranges()
+    return None  # ICMP types and codes, GRE, ESP, ... are not ports
+
+
+def _proto(raw: Any) -> str | Unknown:
+    return raw if isinstance(raw, Unknown) else v.protocol(raw)
+
+
+def _union(specs: list[Any]) -> PortRanges:
+    """Port specs ("22", "20-25", 443.0, "*") as ranges; no spec at all means every port."""
+    return tuple(r for s in specs for r in v.port_range(s)) if specs else v.ALL_PORTS
+
+
+def _sources_text(sources: list[Any]) -> str:
+    return ", ".join(str(s) for s in sources if s not in (None, ""))
+
+
+def _active(*conditions: bool | Unknown, world: bool | Unknown) -> bool | Unknown:
+    """Combine "is this entry in force" with "is it world-open": False wins, then Unknown."""
+    for condition in conditions:
+        if condition is False:
+            return False
+    if world is False:
+        return False
+    for condition in (*conditions, world):
+        if isinstance(condition, Unknown):
+            return condition
+    return True
+
+
+def _aws_entry(where: str, entry: dict[str, Any], proto_key: str, source_keys: tuple[str, ...],
+               in_force: bool | Unknown = True) -> Opening:
+    try:
+        proto = _proto(entry.get(proto_key))
+        from_port, to_port = entry.get("fromPort"), entry.get("toPort")
+        if isinstance(from_port, Unknown) or isinstance(to_port, Unknown):
+            ports: PortRanges | Unknown | None = _ports_for(proto, lambda: v.ALL_PORTS)
+            if ports is not None and not isinstance(ports, Unknown) and proto != ALL:
+                ports = from_port if isinstance(from_port, Unknown) else to_port
+        else:
+            ports = _ports_for(proto, lambda: v.from_to(from_port, to_port))
+        sources = [s for key in source_keys for s in v.items(entry.get(key))]
+        world = v.world_sources(sources)
+    except BadValue as e:
+        return _problem(where, str(e))
+    return Opening(where, proto, ports, _active(in_force, world=world), _sources_text(sources))
+
+
+def _aws_group(resource: Resource) -> Iterator[Opening]:
+    for i, entry in enumerate(v.items(resource.props.get("ingress"))):
+        where = f"ingress[{i}]"
+        if isinstance(entry, Unknown):
+            yield _problem(where, str(entry))
+        elif isinstance(entry, dict):
+            yield _aws_entry(where, entry, "protocol", ("cidrBlocks", "ipv6CidrBlocks"))
+
+
+def _aws_rule(resource: Resource) -> Iterator[Opening]:
+    kind = resource.props.get("type")
+    ingress: bool | Unknown = kind if isinstance(kind, Unknown) else str(kind).lower() == "ingress"
+    yield _aws_entry("rule", resource.props, "protocol", ("cidrBlocks", "ipv6CidrBlocks"), ingress)
+
+
+def _aws_vpc_rule(resource: Resource) -> Iterator[Opening]:
+    yield _aws_entry("rule", resource.props, "ipProtocol", ("cidrIpv4", "cidrIpv6"))
+
+
+def _aws_node_group(resource: Resource) -> Iterator[Opening]:
+    remote = resource.props.get("remoteAccess")
+    if isinstance(remote, Unknown):
+        yield _problem("remoteAccess", str(remote))
+    elif isinstance(remote, dict) and remote.get("ec2SshKey") is not None:
+        groups = v.items(remote.get("sourceSecurityGroupIds"))
+        if not groups:
+            # EKS opens SSH to 0.0.0.0/0 when remoteAccess names a key and no source security groups.
+            yield Opening("remoteAccess", v.TCP, ((22, 22),), True,
+                          "0.0.0.0/0 (EKS default: ec2SshKey without sourceSecurityGroupIds)")
+
+
+def _gcp_firewall(resource: Resource) -> Iterator[Opening]:
+    p = resource.props
+    direction = p.get("direction")
+    ingress: bool | Unknown = (direction if isinstance(direction, Unknown)
+                               else direction is None or str(direction).upper() == "INGRESS")
+    disabled = p.get("disabled")
+    enabled: bool | Unknown = disabled if isinstance(disabled, Unknown) else not v.truthy(disabled)
+    ranges = v.items(p.get("sourceRanges"))
+    if not ranges and not v.items(p.get("sourceTags")) and not v.items(p.get("sourceServiceAccounts")):
+        # GCP applies an ingress rule with no source at all to 0.0.0.0/0.
+        world: bool | Unknown = True
+        sources = "no source given (GCP then means 0.0.0.0/0)"
+    else:
+        try:
+            world = v.world_sources(ranges)
+        except BadValue as e:
+            yield _problem("sourceRanges", str(e))
+            return
+        sources = _sources_text(ranges)
+    for i, allow in enumerate(v.items(p.get("allows"))):
+        where = f"allows[{i}]"
+        if isinstance(allow, Unknown):
+            yield _problem(where, str(allow))
+            continue
+        if not isinstance(allow, dict):
+            continue
+        try:
+            proto = _proto(allow.get("protocol"))
+            port_specs = v.items(allow.get("ports"))
+            unknown_port = next((s for s in port_specs if isinstance(s, Unknown)), None)
+            known = [s for s in port_specs if not isinstance(s, Unknown)]
+            ports = _ports_for(proto, partial(_union, known))
+            if unknown_port is not None and ports is not None and proto != ALL:
+                ports = unknown_port
+        except BadValue as e:
+            yield _problem(where, str(e))
+            continue
+        yield Opening(where, proto, ports, _active(ingress, enabled, world=world), sources)
+
+
+def _azure_entry(where: str, rule: dict[str, Any]) -> Opening:
+    access, direction = rule.get("access"), rule.get("direction")
+    allow: bool | Unknown = access if isinstance(access, Unknown) else str(access).lower() == "allow"
+    inbound: bool | Unknown = (direction if isinstance(direction, Unknown)
+                               else str(direction).lower() == "inbound")
+    sources = v.items(rule.get("sourceAddressPrefix")) + v.items(rule.get("sourceAddressPrefixes"))
+    if not sources and not v.items(rule.get("sourceApplicationSecurityGroups")):
+        if allow is False or inbound is False:
+            return Opening(where, ALL, v.ALL_PORTS, False, "")
+        return _problem(where, "no source address prefix or application security group given")
+    try:
+        proto = _proto(rule.get("protocol"))
+        specs = v.items(rule.get("destinationPortRange")) + v.items(rule.get("destinationPortRanges"))
+        unknown_port = next((s for s in specs if isinstance(s, Unknown)), None)
+        known = [s for s in specs if not isinstance(s, Unknown)]
+        ports = _ports_for(proto, partial(_union, known), all_keeps_ports=True)
+        if unknown_port is not None and ports is not None:
+            ports = unknown_port
+        world = v.world_sources(sources, azure=True)
+    except BadValue as e:
+        return _problem(where, str(e))
+    return Opening(where, proto, ports, _active(allow, inbound, world=world), _sources_text(sources))
+
+
+def _azure_nsg(resource: Resource) -> Iterator[Opening]:
+    for i, rule in enumerate(v.items(resource.props.get("securityRules"))):
+        name = rule.get("name") if isinstance(rule, dict) else None
+        where = f"securityRules[{i}]" + (f" ({name})" if isinstance(name, str) else "")
+        if isinstance(rule, Unknown):
+            yield _problem(where, str(rule))
+        elif isinstance(rule, dict):
+            yield _azure_entry(where, rule)
+
+
+def _azure_rule(resource: Resource) -> Iterator[Opening]:
+    yield _azure_entry("rule", resource.props)
+
+
+READERS: dict[str, Callable[[Resource], Iterator[Opening]]] = {
+    AWS_SG: _aws_group,
+    AWS_SG_RULE: _aws_rule,
+    AWS_VPC_INGRESS: _aws_vpc_rule,
+    AWS_NODE_GROUP: _aws_node_group,
+    GCP_FIREWALL: _gcp_firewall,
+    AZURE_NSG: _azure_nsg,
+    AZURE_RULE: _azure_rule,
+}
+
+
+def openings(resource: Resource) -> list[Opening]:
+    reader = READERS.get(resource.type)
+    return list(reader(resource)) if reader else []
+
+
+# --- the rules ---------------------------------------------------------------------------------------
+
+# A test looks at a (known) protocol and its ports and says what is wrong with opening them to the world.
+Test = Callable[[str, PortRanges | None], str | None]
+
+
+def _judge_openings(resource: Resource, judge: Judge, test: Test, fix: str) -> None:
+    for o in openings(resource):
+        if o.problem is not None:
+            judge.unknown(f"{o.where}: {o.problem}")
+            continue
+        if o.world is False:
+            continue
+        if isinstance(o.protocol, Unknown) or isinstance(o.ports, Unknown):
+            what = o.protocol if isinstance(o.protocol, Unknown) else o.ports
+            judge.unknown(f"{o.where}: {what}")
+            continue
+        wrong = test(o.protocol, o.ports)
+        if wrong is None:
+            continue
+        if o.world is True:
+            judge.violation(f"{o.where} opens {wrong} to the whole internet (sources: {o.sources}). {fix}")
+        else:
+            judge.unknown(f"{o.where} would open {wrong} to the internet, and {o.world}")
+
+
+def _proto_text(proto: str) -> str:
+    return "every protocol" if proto == ALL else proto
+
+
+def _port_test(ports_of: Callable[[dict[str, Any]], PortRanges], label: str,
+               config: dict[str, Any]) -> Test:
+    watched = ports_of(config)
+
+    def test(proto: str, ports: PortRanges | None) -> str | None:
+        if ports is None or not v.overlaps(ports, watched):
+            return None
+        hit = tuple((max(lo, wlo), min(hi, whi)) for lo, hi in ports for wlo, whi in watched
+                    if lo <= whi and wlo <= hi)
+        return f"{label} {v.show_ports(hit)} ({_proto_text(proto)})"
+
+    return test
+
+
+def _config_ports(config: dict[str, Any], *keys: str) -> PortRanges:
+    values: list[Any] = []
+    for key in keys:
+        values.extend(config.get(key) or [])
+    return v.ports_from_config(values)
+
+
+def check_admin_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
+    test = _port_test(lambda c: _config_ports(c, "adminPorts", "extraAdminPorts"), "admin port(s)", config)
+    _judge_openings(resource, judge, test,
+                    "Limit the sources to your operators' CIDR blocks, or reach the nodes through SSM, IAP "
+                    "or Bastion instead.")
+
+
+def check_data_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
+    test = _port_test(lambda c: _config_ports(c, "dataPorts", "extraDataPorts"), "data/ML port(s)", config)
+    _judge_openings(resource, judge, test,
+                    "Keep databases, caches and ML tools on private addresses; let clients in by security "
+                    "group, network tag or CIDR.")
+
+
+def check_all_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
+    def test(proto: str, ports: PortRanges | None) -> str | None:
+        if proto == ALL:
+            return "every protocol and port"
+        if ports is not None and v.covers_all_ports(ports):
+            return f"every {proto} port"
+        return None
+
+    _judge_openings(resource, judge, test,
+                    "Open only the ports the service needs, to the sources that need them.")
+
+
+def check_public_allowlist(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
+    allowed = _config_ports(config, "allowedPublicPorts")
+
+    def test(proto: str, ports: PortRanges | None) -> str | None:
+        if proto in ICMP_PROTOCOLS:
+            return None  # ICMP carries no service; path MTU discovery needs it
+        if ports is None:
+            return f"protocol {proto}"
+        rest = v.outside(ports, allowed)
+        return f"{_proto_text(proto)} port(s) {v.show_ports(rest)}" if rest else None
+
+    _judge_openings(resource, judge, test,
+                    f"Only {v.show_ports(allowed)} may face the internet (allowedPublicPorts); restrict the "
+                    "sources or put the service behind the load balancer.")
+
+
+def check_aws_inline_and_standalone(resources: list[Resource], config: dict[str, Any], judge: Judge) -> None:
+    groups = {r.urn: r for r in resources if r.type == AWS_SG}
+    inline = {urn for urn, g in groups.items()
+              if v.items(g.props.get("ingress")) or v.items(g.props.get("egress"))}
+    for rule in resources:
+        if rule.type not in (AWS_SG_RULE, AWS_VPC_INGRESS, AWS_VPC_EGRESS):
+            continue
+        targets = [u for u in rule.property_dependencies.get("securityGroupId", ()) if u in groups]
+        if not targets:
+            candidates = [u for u in rule.dependencies if u in groups]
+            if len(candidates) > 1 and any(u in inline for u in candidates):
+                judge.unknown(f"{rule.urn}: depends on several security groups and the one its "
+                              "securityGroupId names is not known")
+                continue
+            targets = candidates
+        for urn in targets:
+            if urn in inline:
+                judge.violation(
+                    f"security group {groups[urn].name} has inline ingress/egress rules and standalone rule "
+                    f"{rule.name} also manages it; the two fight over the group's rules on every update. "
+                    "Move all its rules to standalone rule resources (vpc.SecurityGroupIngressRule/"
+                    "EgressRule), or all inline.", urn)
+
+
+def _ports_schema(description: str, default: list[str]) -> dict[str, Any]:
+    return {"type": "array", "default": default, "description": description,
+            "items": {"type": ["integer", "string"], "description": "a port, or a range \"low-high\""}}
+
+
+NETWORK_RULES = [
+    Rule(
+        name="no-world-admin-ports",
+        description="No firewall rule opens an administration port (SSH, RDP, WinRM, Docker, the Kubernetes "
+                    "API, the kubelet) to the whole internet.",
+        severity=Severity.CRITICAL,
+        enforcement=EnforcementLevel.MANDATORY,
+        remediation="Restrict the rule's sources to known CIDR blocks, a security group or a network tag, "
+                    "or reach machines through SSM Session Manager, IAP TCP forwarding or Azure Bastion.",
+        types=FIREWALL_TYPES,
+        check=check_admin_ports,
+        config={
+            "adminPorts": _ports_schema("Administration ports.", ADMIN_PORTS),
+            "extraAdminPorts": _ports_schema("More administration ports, added to adminPorts.", []),
+        },
+    ),
+    Rule(
+        name="no-world-all-ports",
+        description="No firewall rule opens every protocol or every port to the whole internet.",
+        severity=Severity.CRITICAL,
+        enforcement=EnforcementLevel.MANDATORY,
+        remediation="Name the protocol (tcp/udp) and the ports the service needs; protocol -1, all or * "
+                    "opens everything.",
+        types=FIREWALL_TYPES,
+        check=check_all_ports,
+    ),
+    Rule(
+        name="no-world-data-ports",
+        description="No firewall rule opens a database, cache, etcd or ML tool port (Redis, Ray, Jupyter, "
+                    "TensorBoard, Triton, MLflow, ...) to the whole internet.",
+        severity=Severity.CRITICAL,
+        enforcement=EnforcementLevel.MANDATORY,
+        remediation="Keep data and ML services on private addresses; admit clients by security group, "
+                    "network tag or private CIDR.",
+        types=FIREWALL_TYPES,
+        check=check_data_ports,
+        config={
+            "dataPorts": _ports_schema("Data and ML ports.", DATA_PORTS),
+            "extraDataPorts": _ports_schema("More data ports, added to dataPorts.", []),
+        },
+    ),
+    Rule(
+        name="world-ingress-allowlist",
+        description="Traffic from the whole internet reaches only the allow-listed public ports.",
+        severity=Severity.HIGH,
+        enforcement=EnforcementLevel.ADVISORY,  # the prod stacks' policy config makes it mandatory
+        remediation="Serve the public through the load balancer on an allow-listed port (443 by default), "
+                    "or restrict the rule's sources.",
+        types=FIREWALL_TYPES,
+        check=check_public_allowlist,
+        config={"allowedPublicPorts": _ports_schema("Ports that may face the internet.", ["443"])},
+    ),
+    Rule(
+        name="aws-sg-inline-xor-standalone",
+        description="An AWS security group is managed either by inline ingress/egress blocks or by "
+                    "standalone rule resources, never both.",
+        severity=Severity.MEDIUM,
+        enforcement=EnforcementLevel.MANDATORY,
+        remediation="Keep each security group's rules in one place: all standalone "
+                    "(vpc.SecurityGroupIngressRule/EgressRule, recommended) or all inline.",
+        types=frozenset({AWS_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_VPC_EGRESS}),
+        check=check_aws_inline_and_standalone,
+        stack=True,
+    ),
+]
