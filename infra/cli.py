@@ -19,13 +19,13 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from infra.offline.plan import ROOT, PlanError, stack_names
+from infra.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
 
 OUT_DIR = ROOT / "out"
 EXIT_BAD_INPUT = 2
 
 console = Console()
-errors = Console(stderr=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("--stack", help="stack name (stacks/Pulumi.NAME.yaml); every stack when omitted")
     plan.add_argument("--json", type=Path, help="write the plan JSON here (one stack only)")
     plan.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    plan.add_argument("--stacks-dir", type=Path, default=STACKS_DIR, help="where the stack files are")
     plan.set_defaults(handler=_plan)
 
     run = commands.add_parser("run", help="the main job: offline plans of every stack")
@@ -53,19 +54,19 @@ def _plan(args: argparse.Namespace) -> int:
         if args.json is not None:
             errors.print("--json needs --stack: a plan file holds one stack")
             return EXIT_BAD_INPUT
-        return _plan_all(OUT_DIR / "plans")
-    return _plan_one(args.stack, args.json, quiet=args.quiet)
+        return _plan_all(OUT_DIR / "plans", args.stacks_dir)
+    return _plan_one(args.stack, args.json, args.stacks_dir, quiet=args.quiet)
 
 
-def _plan_one(stack: str, json_path: Path | None, quiet: bool) -> int:
+def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool) -> int:
     # Imported here: the mock runtime is configured once per process, for this stack only.
     from infra.config import ConfigError
     from infra.offline.plan import read_stack_config, run_plan, write_plan
     from infra.offline.schemas import validate_plan
 
     try:
-        read_stack_config(stack)
-        plan = run_plan(stack)
+        read_stack_config(stack, stacks_dir)
+        plan = run_plan(stack, stacks_dir)
     except (PlanError, ConfigError) as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return EXIT_BAD_INPUT
@@ -84,13 +85,14 @@ def _plan_one(stack: str, json_path: Path | None, quiet: bool) -> int:
     return 1 if failures else 0
 
 
-def _plan_all(out_dir: Path) -> int:
+def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
     worst = 0
-    for stack in stack_names():
+    for stack in stack_names(stacks_dir):
         console.rule(f"[bold]{stack}")
         # One process per stack: the mock runtime keeps one root stack per process.
-        code = subprocess.run([sys.executable, "-m", "infra.cli", "plan", "--stack", stack,
-                               "--json", str(out_dir / f"{stack}.json")], cwd=ROOT, check=False).returncode
+        code = subprocess.run([sys.executable, "-m", "infra.cli", "plan", "--stack", stack, "--stacks-dir",
+                               str(stacks_dir), "--json", str(out_dir / f"{stack}.json")],
+                              cwd=ROOT, check=False).returncode
         worst = max(worst, code)
     return worst
 

@@ -8,6 +8,7 @@ is allowed; `load_stack_config` raises them together as a `ConfigError`.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
@@ -105,9 +106,20 @@ class GcpConfig:
     network_cidr: str
 
 
+# Azure CNI overlay's pod range and the cluster's service range: neither may overlap the VNet.
+AZURE_POD_CIDR = "10.244.0.0/16"
+AZURE_SERVICE_CIDR = "10.0.0.0/16"
+AZURE_DNS_SERVICE_IP = "10.0.0.10"
+
+
 @dataclass(frozen=True)
 class AzureConfig:
     vnet_cidr: str
+    # The API server has no public endpoint; the default in prod, and wherever apiCidrs is empty.
+    private_cluster: bool
+    system_vm_size: str  # the CPU system pool's VM size
+    # Public ranges allowed through the model storage account's firewall (operators uploading models).
+    storage_cidrs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -176,12 +188,13 @@ class _Reader:
         if value is _MISSING or not isinstance(value, kind):
             self.problem(name, f"{raw!r} is not {what}")
             return default
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[return-value]
 
-    def text(self, name: str, default: Any = None, allowed: Sequence[str] | None = None) -> Any:
+    def text(self, name: str, default: Any = None, allowed: Sequence[str] | None = None,
+             what: str = "an allowed value") -> Any:
         value = self._typed(name, default, str, "a string", lambda v: v)
         if allowed is not None and value is not None and value not in allowed:
-            self.problem(name, f"{value!r} is not allowed; allowed: {', '.join(allowed)}")
+            self.problem(name, f"{value!r} is not {what}; allowed: {', '.join(allowed)}")
             return default
         return value
 
@@ -231,10 +244,8 @@ class _Reader:
         if raw is _MISSING or raw is None:
             raw = {}
         if isinstance(raw, str):
-            try:
+            with contextlib.suppress(ValueError):
                 raw = json.loads(raw)
-            except ValueError:
-                pass
         if not isinstance(raw, Mapping):
             self.problem(name, f"{raw!r} is not an object")
             raw = {}
@@ -280,11 +291,12 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
     root = _Reader(ours, f"{NAMESPACE}:", problems)
 
-    cloud = root.text("cloud", None, allowed=catalog.CLOUDS)
+    cloud = root.text("cloud", None, allowed=catalog.CLOUDS, what="a known cloud")
     if cloud is None and "cloud" not in ours:
         root.problem("cloud", f"missing; allowed: {', '.join(catalog.CLOUDS)}")
-    environment = root.text("environment", "dev", allowed=ENVIRONMENTS)
-    kubernetes_version = root.text("kubernetesVersion", "1.33", allowed=KUBERNETES_VERSIONS)
+    environment = root.text("environment", "dev", allowed=ENVIRONMENTS, what="a known environment")
+    kubernetes_version = root.text("kubernetesVersion", "1.33", allowed=KUBERNETES_VERSIONS,
+                                   what="a supported Kubernetes version")
     budget = root.number("budgetPerHour", None)
 
     region = None
@@ -296,12 +308,12 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
 
     gpu = _gpu(root.object("gpu"), cloud)
     access = _access(root.object("access"), environment)
-    model = _model(root.object("model"))
+    model = _model(root.object("model"), cloud)
     serving = _serving(root.object("serving"), cloud)
     local = _local(root.object("local"), cloud)
     aws = _aws(root.object("aws"))
     gcp = _gcp(root.object("gcp"), values, cloud)
-    azure = _azure(root.object("azure"))
+    azure = _azure(root.object("azure"), environment, access)
     root.reject_unknown()
 
     if gpu.type is not None and cloud not in (None, "local"):
@@ -376,7 +388,9 @@ def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
 
 
 def _access(r: _Reader, environment: str) -> AccessConfig:
+    problems_before = len(r.problems)
     endpoint = r.cidrs("endpointCidrs")
+    malformed = len(r.problems) > problems_before
     api = r.cidrs("apiCidrs")
     internal = r.flag("internalLoadBalancer", False)
     r.reject_unknown()
@@ -390,13 +404,14 @@ def _access(r: _Reader, environment: str) -> AccessConfig:
             r.problem(f"apiCidrs[{i}]", f"{cidr!r} opens the Kubernetes API to the whole internet, which "
                                         "is never allowed; list the operators' CIDR blocks, or none for a "
                                         "private endpoint")
-    if not endpoint and not internal:
+    # An empty list would leave the load balancer open to the world: say so rather than default to it.
+    if not endpoint and not malformed and not internal:
         r.problem("endpointCidrs", "missing; list the CIDR blocks allowed to reach the endpoint, or set "
                                    f"{r.key('internalLoadBalancer')} to true")
     return AccessConfig(endpoint, api, internal)
 
 
-def _model(r: _Reader) -> ModelConfig:
+def _model(r: _Reader, cloud: str | None) -> ModelConfig:
     name = r.text("name", "tiny")
     source = r.text("source", "image")
     disk_gb = r.integer("diskGb", 20, minimum=1, maximum=2048)
@@ -407,6 +422,9 @@ def _model(r: _Reader) -> ModelConfig:
     if source not in ("image", "bucket") and not source.startswith(MODEL_URI_SCHEMES):
         r.problem("source", f"{source!r} is not a model source; allowed: image, bucket, or a URI starting "
                             f"with {', '.join(MODEL_URI_SCHEMES)}")
+    if source == "bucket" and cloud == "local":
+        r.problem("source", "'bucket' needs the stack's model bucket, and the local stack has none; use image "
+                            "or a URI")
     return ModelConfig(name, source, disk_gb)
 
 
@@ -419,7 +437,7 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
     image_tag = r.text("imageTag", "0.1.0")
     namespace = r.text("namespace", "servestack")
     min_replicas = r.integer("minReplicas", 1, minimum=1, maximum=100)
-    max_replicas = r.integer("maxReplicas", max(min_replicas, 2), minimum=1, maximum=100)
+    max_replicas = r.integer("maxReplicas", min_replicas, minimum=1, maximum=100)
     cpu = r.text("cpu", "2")
     memory = r.text("memory", "8Gi")
     api_key = r.flag("apiKey", True)
@@ -488,10 +506,41 @@ def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
     return config
 
 
-def _azure(r: _Reader) -> AzureConfig:
-    config = AzureConfig(vnet_cidr=_private_cidr(r, "vnetCidr", "10.20.0.0/16"))
+_AZURE_VM_SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
+
+
+def _azure(r: _Reader, environment: str, access: AccessConfig) -> AzureConfig:
+    vnet_cidr = _private_cidr(r, "vnetCidr", "10.20.0.0/16")
+    private_cluster = r.flag("privateCluster", environment == "prod" or not access.api_cidrs)
+    system_vm_size = r.text("systemVmSize", "Standard_D4ds_v5")
+    storage_cidrs = r.cidrs("storageCidrs")
     r.reject_unknown()
-    return config
+    vnet = ipaddress.ip_network(vnet_cidr)
+    for name, cidr in (("pod", AZURE_POD_CIDR), ("service", AZURE_SERVICE_CIDR)):
+        if vnet.overlaps(ipaddress.ip_network(cidr)):
+            r.problem("vnetCidr", f"{vnet_cidr!r} overlaps the cluster's {name} range {cidr}; choose a range "
+                                  "outside it, such as 10.20.0.0/16")
+    if not private_cluster and not access.api_cidrs:
+        r.problem("privateCluster", "false, but servestack:access.apiCidrs is empty, which would open the "
+                                    "Kubernetes API to the whole internet; list the operators' CIDR blocks "
+                                    "or set privateCluster to true")
+    if private_cluster and access.api_cidrs:
+        r.problem("privateCluster", "true, but servestack:access.apiCidrs is set; a private cluster's API "
+                                    "has no public endpoint to restrict: remove apiCidrs or set "
+                                    "privateCluster to false")
+    if not _AZURE_VM_SIZE.match(system_vm_size):
+        r.problem("systemVmSize", f"{system_vm_size!r} is not an Azure VM size such as Standard_D4ds_v5")
+    storage_ranges = []
+    for i, cidr in enumerate(storage_cidrs):
+        network = ipaddress.ip_network(cidr)
+        # The storage firewall takes public IPv4 ranges up to /30, or single addresses.
+        if network.version != 4 or not network.is_global or 30 < network.prefixlen < 32 or is_world(cidr):
+            r.problem(f"storageCidrs[{i}]", f"{cidr!r} is not allowed; the storage firewall takes public "
+                                            "IPv4 ranges from /1 to /30, or single addresses (/32)")
+            continue
+        storage_ranges.append(str(network.network_address) if network.prefixlen == 32 else cidr)
+    return AzureConfig(vnet_cidr=vnet_cidr, private_cluster=private_cluster, system_vm_size=system_vm_size,
+                       storage_cidrs=tuple(storage_ranges))
 
 
 def load_stack_config() -> StackConfig:

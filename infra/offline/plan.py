@@ -14,7 +14,7 @@ import runpy
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,8 @@ def read_stack_config(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, An
     path = stacks_dir / f"Pulumi.{stack}.yaml"
     if not path.is_file():
         known = ", ".join(stack_names(stacks_dir)) or "none"
-        raise PlanError(f"unknown stack {stack!r}: there is no {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}; "
-                        f"known stacks: {known}")
+        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+        raise PlanError(f"unknown stack {stack!r}: there is no {shown}; known stacks: {known}")
     document = yaml.safe_load(path.read_text()) or {}
     config = document.get("config") or {}
     if not isinstance(config, Mapping):
@@ -128,7 +128,7 @@ def _masked(value: Any) -> Any:
 def _engine_config(config: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
     """Config as the engine hands it to a program: strings, with objects JSON-encoded."""
     values: dict[str, str] = {}
-    secret_keys = []
+    secret_keys: list[str] = []
     for key, value in config.items():
         if isinstance(value, Mapping) and set(value) == {"secure"}:
             values[key], secret_keys = SECRET, [*secret_keys, key]
@@ -140,7 +140,7 @@ def _engine_config(config: Mapping[str, Any]) -> tuple[dict[str, str], list[str]
 
 
 @contextmanager
-def _working_directory(path: Path):  # type: ignore[no-untyped-def]
+def _working_directory(path: Path) -> Iterator[None]:
     previous = Path.cwd()
     os.chdir(path)
     try:
@@ -178,12 +178,14 @@ async def _resolve_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def plan_in_subprocess(stack: str, json_path: Path | None = None) -> dict[str, Any]:
+def plan_in_subprocess(stack: str, json_path: Path | None = None,
+                       stacks_dir: Path = STACKS_DIR) -> dict[str, Any]:
     """Plan one stack in a fresh process (the mock runtime holds one stack per process)."""
     with tempfile.TemporaryDirectory() as tmp:
         target = json_path or Path(tmp) / f"{stack}.json"
         result = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "plan", "--stack", stack, "--json", str(target), "--quiet"],
+            [sys.executable, "-m", "infra.cli", "plan", "--stack", stack, "--stacks-dir", str(stacks_dir),
+             "--json", str(target), "--quiet"],
             capture_output=True, text=True, cwd=ROOT, check=False)
         if result.returncode != 0:
             raise PlanError((result.stderr or result.stdout).strip() or f"plan of {stack} failed")

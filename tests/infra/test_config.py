@@ -1,0 +1,218 @@
+"""The stack config: a valid stack parses into the typed tree; each bad config gets its exact message."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from infra.config import ConfigError, parse_config
+
+VALID_AWS: dict[str, Any] = {
+    "servestack:cloud": "aws",
+    "aws:region": "us-east-1",
+    "servestack:environment": "prod",
+    "servestack:gpu": {"type": "nvidia-l4", "minNodes": 1, "maxNodes": 8},
+    "servestack:access": {"endpointCidrs": ["203.0.113.0/24"]},
+}
+VALID_LOCAL: dict[str, Any] = {
+    "servestack:cloud": "local",
+    "servestack:local": {"kubeContext": "kind-servestack"},
+    "servestack:access": {"endpointCidrs": ["10.0.0.0/8"]},
+    "servestack:serving": {"image": "servestack-serving:0.1.0"},
+}
+
+
+def test_valid_aws_config_fills_the_tree_from_the_catalog() -> None:
+    config = parse_config("aws-prod", VALID_AWS)
+    assert config.cloud == "aws" and config.region == "us-east-1" and config.is_prod
+    # The cheapest L4 machine on AWS is chosen when none is named.
+    assert config.gpu.machine_type == "g6.xlarge"
+    assert config.gpu.count == 1
+    assert (config.gpu.min_nodes, config.gpu.max_nodes, config.gpu.spot) == (1, 8, False)
+    assert config.access.endpoint_cidrs == ("203.0.113.0/24",)
+    assert config.access.api_cidrs == ()  # a private API endpoint
+    assert config.kubernetes_version == "1.33"
+    assert config.serving.image is None  # taken from the stack's registry
+
+
+def test_config_values_arrive_as_strings_from_the_engine() -> None:
+    # The engine hands every value over as a string, objects JSON-encoded.
+    values = {**VALID_AWS, "servestack:gpu": '{"type": "nvidia-l4", "minNodes": "0", "maxNodes": 2.0, '
+                                               '"spot": "true"}', "servestack:budgetPerHour": "3.5"}
+    config = parse_config("aws-dev", values)
+    assert (config.gpu.min_nodes, config.gpu.max_nodes, config.gpu.spot) == (0, 2, True)
+    assert config.budget_per_hour == 3.5
+
+
+def test_local_stack_may_run_without_gpu() -> None:
+    config = parse_config("local", VALID_LOCAL)
+    assert config.gpu.type is None and config.gpu.count == 0
+    assert config.local.kube_context == "kind-servestack"
+
+
+BAD_CONFIGS = [
+    pytest.param(
+        VALID_AWS, {"servestack:cloud": "gcpp"},
+        ["servestack:cloud: 'gcpp' is not a known cloud; allowed: local, aws, gcp, azure"],
+        id="unknown-cloud"),
+    pytest.param(
+        VALID_AWS, {"servestack:cloud": None},
+        ["servestack:cloud: missing; allowed: local, aws, gcp, azure"],
+        id="missing-cloud"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["10.0.0.0/33", "bad"]}},
+        ["servestack:access.endpointCidrs[0]: '10.0.0.0/33' is not a CIDR block; expected an address and "
+         "prefix length such as 203.0.113.0/24 or 2001:db8::/32",
+         "servestack:access.endpointCidrs[1]: 'bad' is not a CIDR block; expected an address and "
+         "prefix length such as 203.0.113.0/24 or 2001:db8::/32"],
+        id="malformed-cidr"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24", "0.0.0.0/0"]}},
+        ["servestack:access.endpointCidrs[1]: '0.0.0.0/0' opens the endpoint to the whole internet, which "
+         "is not allowed where servestack:environment is prod; list the clients' CIDR blocks"],
+        id="world-endpoint-in-prod"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["::0/0"]}},
+        ["servestack:access.endpointCidrs[0]: '::/0' opens the endpoint to the whole internet, which "
+         "is not allowed where servestack:environment is prod; list the clients' CIDR blocks"],
+        id="world-ipv6-endpoint-in-prod"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"], "apiCidrs": ["1.2.3.4/0"]}},
+        ["servestack:access.apiCidrs[0]: '0.0.0.0/0' opens the Kubernetes API to the whole internet, which "
+         "is never allowed; list the operators' CIDR blocks, or none for a private endpoint"],
+        id="world-api-any-environment"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {}},
+        ["servestack:access.endpointCidrs: missing; list the CIDR blocks allowed to reach the endpoint, or "
+         "set servestack:access.internalLoadBalancer to true"],
+        id="no-endpoint-cidrs"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": []}},
+        ["servestack:access.endpointCidrs: missing; list the CIDR blocks allowed to reach the endpoint, or "
+         "set servestack:access.internalLoadBalancer to true"],
+        id="empty-endpoint-cidrs"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "minNodes": 3, "maxNodes": 2},
+                    "servestack:serving": {"maxReplicas": 1}},
+        ["servestack:gpu.minNodes: 3 is greater than servestack:gpu.maxNodes (2); minNodes must be <= "
+         "maxNodes"],
+        id="min-over-max-nodes"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"minReplicas": 3, "maxReplicas": 2}},
+        ["servestack:serving.minReplicas: 3 is greater than servestack:serving.maxReplicas (2); "
+         "minReplicas must be <= maxReplicas"],
+        id="min-over-max-replicas"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-t4", "maxNodes": 2}},
+        ["servestack:gpu.type: 'nvidia-t4' is not a GPU type known on aws; allowed: nvidia-a10g, "
+         "nvidia-h100-80gb, nvidia-l4, nvidia-l40s, nvidia-tesla-a100"],
+        id="gpu-unknown-for-cloud"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "machineType": "g5.xlarge"}},
+        ["servestack:gpu.machineType: 'g5.xlarge' carries nvidia-a10g, not the configured "
+         "servestack:gpu.type nvidia-l4"],
+        id="machine-type-for-other-gpu"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "machineType": "g9.huge"}},
+        ["servestack:gpu.machineType: 'g9.huge' is not a GPU machine type known on aws; allowed: g6.xlarge, "
+         "g6.2xlarge, g6.12xlarge"],
+        id="unknown-machine-type"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"maxNodes": 2}},
+        ["servestack:gpu.type: missing; the aws stacks need a GPU; allowed: nvidia-a10g, nvidia-h100-80gb, "
+         "nvidia-l4, nvidia-l40s, nvidia-tesla-a100"],
+        id="cloud-without-gpu"),
+    pytest.param(
+        VALID_AWS, {"aws:region": None},
+        ["aws:region: missing; the aws stacks need a region (pulumi config set aws:region <region>)"],
+        id="missing-aws-region"),
+    pytest.param(
+        VALID_AWS, {"servestack:cloud": "azure", "aws:region": None},
+        ["azure-native:location: missing; the azure stacks need a region "
+         "(pulumi config set azure-native:location <region>)",
+         "servestack:gpu.type: 'nvidia-l4' is not a GPU type known on azure; allowed: nvidia-a10, "
+         "nvidia-a100-80gb, nvidia-h100-80gb, nvidia-t4"],
+        id="missing-azure-location"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpus": {"type": "nvidia-l4"}},
+        ["servestack:gpus: unknown key; known: access, aws, azure, budgetPerHour, cloud, environment, gcp, "
+         "gpu, kubernetesVersion, local, model, serving"],
+        id="unknown-key"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "minNodes": "x", "maxNodes": 2, "spot": "yes"},
+                    "servestack:serving": {"maxReplicas": 1}},
+        ["servestack:gpu.minNodes: 'x' is not a whole number", "servestack:gpu.spot: 'yes' is not true or false"],
+        id="wrong-types"),
+    pytest.param(
+        VALID_AWS, {"servestack:environment": "qa", "servestack:budgetPerHour": -1},
+        ["servestack:environment: 'qa' is not a known environment; allowed: dev, staging, prod",
+         "servestack:budgetPerHour: -1.0 must be greater than 0"],
+        id="environment-and-budget"),
+    pytest.param(
+        VALID_AWS, {"servestack:kubernetesVersion": "1.20"},
+        ["servestack:kubernetesVersion: '1.20' is not a supported Kubernetes version; allowed: 1.30, 1.31, "
+         "1.32, 1.33, 1.34, 1.35, 1.36"],
+        id="old-kubernetes"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"image": "servestack-serving:latest", "cpu": "two"}},
+        ["servestack:serving.cpu: 'two' is not a Kubernetes quantity such as 2, 500m or 8Gi",
+         "servestack:serving.image: 'servestack-serving:latest' has no fixed version; pin it by tag (not "
+         "latest) or by digest"],
+        id="serving-image-and-quantity"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"minReplicas": 4, "maxReplicas": 9}},
+        ["servestack:serving.maxReplicas: 9 pods need 9 GPUs but the GPU pool holds at most 8 (8 nodes x 1); "
+         "raise servestack:gpu.maxNodes or lower maxReplicas"],
+        id="more-pods-than-gpus"),
+    pytest.param(
+        VALID_AWS, {"servestack:model": {"name": "GLM 4", "source": "http://example.com/model"}},
+        ["servestack:model.name: 'GLM 4' is not a model name; use lower-case letters, digits, '.', '_' and "
+         "'-' (at most 63 characters)",
+         "servestack:model.source: 'http://example.com/model' is not a model source; allowed: image, bucket, "
+         "or a URI starting with s3://, gs://, az://, abfs://"],
+        id="model"),
+    pytest.param(
+        VALID_AWS, {"servestack:aws": {"vpcCidr": "8.8.0.0/16", "availabilityZones": 4}},
+        ["servestack:aws.availabilityZones: 4 is greater than 3; it must be at most 3",
+         "servestack:aws.vpcCidr: '8.8.0.0/16' must be a private IPv4 range between /8 and /20, such as "
+         "10.0.0.0/16"],
+        id="aws-network"),
+    pytest.param(
+        VALID_LOCAL, {"servestack:local": {}, "servestack:serving": {}},
+        ["servestack:serving.image: missing; the local stack has no registry of its own, so name the image "
+         "(for example servestack-serving:0.1.0)",
+         "servestack:local.kubeContext: missing; the local stack deploys to an existing cluster: name its "
+         "kubeconfig context"],
+        id="local-without-image-or-context"),
+    pytest.param(
+        VALID_LOCAL, {"servestack:model": {"source": "bucket"}, "servestack:gpu": {"machineType": "g6.xlarge"}},
+        ["servestack:gpu.machineType: 'g6.xlarge' is set but the local stack uses the nodes of an existing "
+         "cluster; remove it",
+         "servestack:model.source: 'bucket' needs the stack's model bucket, and the local stack has none; use "
+         "image or a URI"],
+        id="local-bucket-and-machine"),
+]
+
+
+@pytest.mark.parametrize(("base", "change", "expected"), BAD_CONFIGS)
+def test_bad_config_is_rejected_with_one_message_per_problem(
+        base: dict[str, Any], change: dict[str, Any], expected: list[str]) -> None:
+    values = {k: v for k, v in {**base, **change}.items() if v is not None}
+    with pytest.raises(ConfigError) as raised:
+        parse_config("test", values)
+    assert raised.value.problems == expected
+    # The error's text carries every problem, for the CLI and for `pulumi up`.
+    for problem in expected:
+        assert problem in str(raised.value)
+
+
+def test_gcp_needs_a_project_and_a_region() -> None:
+    values = {**VALID_AWS, "servestack:cloud": "gcp"}
+    del values["aws:region"]
+    with pytest.raises(ConfigError) as raised:
+        parse_config("gcp-prod", values)
+    assert raised.value.problems == [
+        "gcp:region: missing; the gcp stacks need a region (pulumi config set gcp:region <region>)",
+        "gcp:project: missing; the gcp stacks need a project (pulumi config set gcp:project <project-id>)",
+    ]
