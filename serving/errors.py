@@ -107,6 +107,9 @@ def _param_of(loc: tuple[Any, ...]) -> str | None:
 
 def validation_error(exc: RequestValidationError) -> BadRequest:
     first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return BadRequest(f"the body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}",
+                          code="invalid_json")
     param = _param_of(tuple(first.get("loc", ())))
     message = str(first.get("msg", "invalid request"))
     if param:

@@ -1,0 +1,115 @@
+"""Start the server: `python -m serving` (settings from the environment, see serving.settings).
+
+SIGTERM (or Ctrl-C) drains: readiness turns 503 and new requests get 503 at once, the requests in flight
+get up to SERVESTACK_DRAIN_SECONDS to finish, then the server stops and the process exits 0. A second
+signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import uvicorn
+
+log = logging.getLogger("serving")
+
+
+def _offline_environment() -> None:
+    """No network at run time, and caches only under /tmp (the root filesystem may be read-only)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HOME", "/tmp/hf-home")
+    os.environ.setdefault("XDG_CACHE_HOME", "/tmp/cache")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, with SIGTERM meaning: drain first (see the module docstring), then stop."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Any, drain_seconds: float) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_seconds = drain_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining: asyncio.Future[None] | None = None
+
+    async def serve(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handled = (signal.SIGTERM, signal.SIGINT)
+        original = {sig: signal.signal(sig, self._on_signal) for sig in handled}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is not None or self._loop is None:
+            self.should_exit = True
+            return
+        log.info("signal %s: draining for up to %.0fs", signal.Signals(sig).name, self.drain_seconds)
+        self.lifecycle.begin_drain()
+        self._draining = asyncio.run_coroutine_threadsafe(self._drain(), self._loop)  # type: ignore[assignment]
+
+    async def _drain(self) -> None:
+        finished = await self.lifecycle.wait_idle(self.drain_seconds)
+        if not finished:
+            log.warning("drain time is up with %d requests in flight; stopping", self.lifecycle.in_flight)
+        self.should_exit = True
+
+
+def main() -> int:
+    _offline_environment()
+    from pydantic import ValidationError
+
+    from serving.app import build_app
+    from serving.engine import TorchEngine
+    from serving.settings import Settings, describe
+
+    try:
+        settings = Settings()  # type: ignore[call-arg]  # filled from the environment
+    except ValidationError as error:
+        print(f"servestack: bad settings:\n{describe(error)}", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    holder: dict[str, Any] = {}
+    engine = TorchEngine(
+        settings.model_path,
+        model_name=settings.served_model_name,
+        max_batch_size=settings.max_batch_size,
+        on_step=lambda size: holder["metrics"].batch_size.observe(size),
+    )
+    app = build_app(settings, engine)
+    holder["metrics"] = app.state.ctx.metrics
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        access_log=False,
+    )
+    DrainingServer(config, app.state.lifecycle, settings.drain_seconds).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

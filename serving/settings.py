@@ -1,0 +1,79 @@
+"""Settings of the server, read once from the environment.
+
+    MODEL_PATH                            the model directory (required)
+    SERVESTACK_MODEL_NAME                 the served model id (default: the directory's name)
+    SERVESTACK_HOST, SERVESTACK_PORT      where to listen (default 0.0.0.0:8000)
+    SERVESTACK_API_KEY                    when set and non-empty, `Authorization: Bearer <key>` is required
+                                          (probes and /metrics stay open)
+    SERVESTACK_MAX_BATCH_SIZE             sequences decoded together per step (default 16)
+    SERVESTACK_MAX_QUEUE                  running + waiting requests allowed; beyond it, 429 (default 64)
+    SERVESTACK_MAX_INPUT_TOKENS           longest prompt accepted, in tokens (default 2048)
+    SERVESTACK_MAX_TOKENS                 upper bound of a request's max_tokens, and its default (default 512)
+    SERVESTACK_REQUEST_TIMEOUT_SECONDS    a request still unfinished after this gets 504 (default 300)
+    SERVESTACK_DRAIN_SECONDS              after SIGTERM, time allowed for requests in flight (default 30)
+    SERVESTACK_STALL_SECONDS              readiness fails when the engine loop has not ticked for this long
+                                          (default 60)
+    SERVESTACK_LOG_LEVEL                  uvicorn/python log level (default info)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SERVESTACK_", extra="ignore", populate_by_name=True)
+
+    model_path: Path = Field(validation_alias="MODEL_PATH")
+    model_name: str = ""
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535)
+    api_key: SecretStr | None = None
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    max_queue: int = Field(64, ge=1)
+    max_input_tokens: int = Field(2048, ge=1)
+    max_tokens: int = Field(512, ge=1)
+    request_timeout_seconds: float = Field(300.0, gt=0)
+    drain_seconds: float = Field(30.0, ge=0)
+    stall_seconds: float = Field(60.0, gt=0)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("model_path")
+    @classmethod
+    def _is_model_dir(cls, value: Path) -> Path:
+        if not (value / "config.json").is_file():
+            raise ValueError(f"{value} is not a model directory (no config.json)")
+        return value
+
+    @property
+    def served_model_name(self) -> str:
+        return self.model_name or self.model_path.name
+
+    @property
+    def key(self) -> str | None:
+        """The API key, or None when auth is off."""
+        value = self.api_key.get_secret_value() if self.api_key is not None else ""
+        return value or None
+
+
+def env_name(field: str) -> str:
+    """The environment variable behind a settings field."""
+    return "MODEL_PATH" if field == "model_path" else f"SERVESTACK_{field.upper()}"
+
+
+def describe(error: ValidationError) -> str:
+    """One line per bad variable: its name, what is wrong and the value given."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        if field == "MODEL_PATH":
+            field = "model_path"
+        line = f"{env_name(field)}: {item['msg']}"
+        if item.get("type") != "missing":
+            line += f" (got {item.get('input')!r})"
+        lines.append(line)
+    return "\n".join(lines)
