@@ -107,8 +107,9 @@ def check_endpoint(resource: Resource, config: dict[str, Any], judge: Judge) -> 
             ranges = profile.get("authorizedIPRanges")
             if not ranges:
                 judge.violation("the API server is public and apiServerAccessProfile.authorizedIPRanges is "
-                                "not set, so AKS lets the whole internet reach it. Set enablePrivateCluster=true "
-                                "or list your operators' CIDRs in authorizedIPRanges.")
+                                "not set, so AKS lets the whole internet reach it. Set "
+                                "enablePrivateCluster=true, or list your operators' CIDRs in "
+                                "authorizedIPRanges.")
             else:
                 _cidr_verdict(ranges, "apiServerAccessProfile.authorizedIPRanges", judge,
                               "List your operators' CIDR blocks, or make the cluster private.")
@@ -220,7 +221,8 @@ CLUSTER_RULES = [
         enforcement=EnforcementLevel.MANDATORY,
         remediation="EKS: vpcConfig.endpointPublicAccess=false or publicAccessCidrs; GKE: "
                     "privateClusterConfig.enablePrivateEndpoint or "
-                    "masterAuthorizedNetworksConfig.cidrBlocks; AKS: apiServerAccessProfile.enablePrivateCluster or authorizedIPRanges.",
+                    "masterAuthorizedNetworksConfig.cidrBlocks; AKS: "
+                    "apiServerAccessProfile.enablePrivateCluster or authorizedIPRanges.",
         types=frozenset({EKS_CLUSTER, GKE_CLUSTER, AKS_CLUSTER}),
         check=check_endpoint,
     ),
