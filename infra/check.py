@@ -132,10 +132,11 @@ def check_plan(plan: Mapping[str, Any], config: Mapping[str, Any] | None = None)
         elif isinstance(policy, StackValidationPolicy):
             resources = _stack_resources(plan)
             types = {r.urn: r.resource_type for r in resources}
-            args = StackValidationArgs(resources, settings)
+            stack_args = StackValidationArgs(resources, settings)
             try:
-                _run(policy.validate, args,
-                     lambda message, urn=None: note(message, urn or stack_urn, types.get(urn or "", "stack")))
+                _run(policy.validate, stack_args,
+                     lambda message, urn=None, types=types: note(message, urn or stack_urn,
+                                                                 types.get(urn or "", "stack")))
             except UnknownValueError as e:
                 note(e.message, stack_urn, "stack", EnforcementLevel.ADVISORY)
             except _NotApplicableError:

@@ -309,7 +309,8 @@ def check_data_ports(resource: Resource, config: dict[str, Any], judge: Judge) -
 def check_all_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
     def test(proto: str, ports: PortRanges | None) -> str | None:
         if proto == ALL:
-            return "every protocol and port"
+            every = ports is None or v.covers_all_ports(ports)
+            return "every protocol and port" if every else f"every protocol on port(s) {v.show_ports(ports)}"
         if ports is not None and v.covers_all_ports(ports):
             return f"every {proto} port"
         return None

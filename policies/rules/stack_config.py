@@ -17,10 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
-
 ROOT = Path(__file__).resolve().parents[2]
-STACKS_DIR = ROOT / "stacks"
 CONFIG_DIR = ROOT / "policies" / "config"
 ENVIRONMENTS = ("dev", "staging", "prod")
 
@@ -50,20 +47,16 @@ def pack_config(stack_config: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def stack_names() -> list[str]:
-    return sorted(p.name[len("Pulumi."):-len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
-
-
-def read_stack_config(stack: str) -> dict[str, Any]:
-    data = yaml.safe_load((STACKS_DIR / f"Pulumi.{stack}.yaml").read_text()) or {}
-    return dict(data.get("config") or {})
-
-
 def render(stack: str) -> str:
+    """The committed policies/config/<stack>.json for this stack file."""
+    from infra.offline.plan import read_stack_config
+
     return json.dumps(pack_config(read_stack_config(stack)), indent=2, sort_keys=True) + "\n"
 
 
 def main() -> int:
+    from infra.offline.plan import stack_names
+
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     for stack in stack_names():
         path = CONFIG_DIR / f"{stack}.json"
