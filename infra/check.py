@@ -156,7 +156,7 @@ def print_table(console: Console, stack: str, violations: Sequence[Violation]) -
         console.print(f"[green]policy check of {stack}: no violations[/]")
         return
     table = Table(title=title, title_justify="left", show_lines=True)
-    table.add_column("rule", style="bold")
+    table.add_column("rule", style="bold", no_wrap=True)
     table.add_column("resource")
     table.add_column("enforcement")
     table.add_column("message", overflow="fold")

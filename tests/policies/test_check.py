@@ -1,0 +1,114 @@
+"""`servestack check`: the pack on offline plans, every shipped stack, the exit codes and the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE
+
+from infra import check
+from infra.offline.plan import STACKS_DIR, stack_names
+from policies.rules.stack_config import CONFIG_DIR, StackConfigError, pack_config, render
+
+STACKS = stack_names(STACKS_DIR)
+SG = "aws:ec2/securityGroup:SecurityGroup"
+SERVICE = "kubernetes:core/v1:Service"
+
+
+def _resource(type_: str, name: str, inputs: dict[str, Any], deps: list[str] | None = None) -> dict[str, Any]:
+    return {"urn": f"urn:pulumi:t::servestack::{type_}::{name}", "type": type_, "name": name, "parent": None,
+            "custom": True, "inputs": inputs, "dependencies": deps or []}
+
+
+def _plan(*resources: dict[str, Any], config: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"project": "servestack", "stack": "t", "config": config or {"servestack:environment": "dev"},
+            "resources": list(resources), "outputs": {}}
+
+
+HTTPS_WORLD = _resource(SG, "lb", {"ingress": [{"protocol": "tcp", "fromPort": 443.0, "toPort": 443.0,
+                                                "cidrBlocks": ["0.0.0.0/0"]}]})
+HTTP_WORLD = _resource(SG, "web", {"ingress": [{"protocol": "tcp", "fromPort": 80.0, "toPort": 80.0,
+                                                "cidrBlocks": ["0.0.0.0/0"]}]})
+SSH_WORLD = _resource(SG, "bastion", {"ingress": [{"protocol": "tcp", "fromPort": 22.0, "toPort": 22.0,
+                                                   "ipv6CidrBlocks": ["::/0"]}]})
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_shipped_stack_has_no_mandatory_violation(stack: str, stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    violations = check.check_plan(stack_plan(stack))
+    mandatory = [f"{v.policy} {v.urn}: {v.message}" for v in violations if v.level == "mandatory"]
+    assert mandatory == []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_committed_policy_config_matches_the_stack(stack: str) -> None:
+    path = CONFIG_DIR / f"{stack}.json"
+    assert path.is_file(), f"missing {path}; run python -m policies.rules.stack_config"
+    assert path.read_text() == render(stack), f"{path} is stale; run python -m policies.rules.stack_config"
+
+
+def test_pack_config_from_stack_config() -> None:
+    assert pack_config({"servestack:environment": "prod", "servestack:budgetPerHour": "12.5"}) == {
+        "world-ingress-allowlist": {"enforcementLevel": "mandatory"}, "gpu-budget": {"budgetPerHour": 12.5}}
+    assert pack_config({})["world-ingress-allowlist"] == {"enforcementLevel": "advisory"}
+    with pytest.raises(StackConfigError, match="servestack:environment: 'qa' is not allowed"):
+        pack_config({"servestack:environment": "qa"})
+    with pytest.raises(StackConfigError, match="servestack:budgetPerHour: 'lots' is not a number"):
+        pack_config({"servestack:budgetPerHour": "lots"})
+
+
+def test_allowlist_is_advisory_in_dev_and_mandatory_in_prod() -> None:
+    dev = check.check_plan(_plan(HTTPS_WORLD, HTTP_WORLD))
+    prod = check.check_plan(_plan(HTTPS_WORLD, HTTP_WORLD, config={"servestack:environment": "prod"}))
+    for violations, level in ((dev, "advisory"), (prod, "mandatory")):
+        allowlist = [v for v in violations if v.policy == "world-ingress-allowlist"]
+        assert [(v.urn.rsplit("::", 1)[-1], v.level) for v in allowlist] == [("web", level)]
+
+
+def test_unknown_values_are_reported_as_cannot_verify() -> None:
+    plan = _plan(_resource(SG, "nodes", {"ingress": [{"protocol": "tcp", "fromPort": 22.0, "toPort": 22.0,
+                                                      "cidrBlocks": UNKNOWN_ARRAY_VALUE}]}))
+    admin = [v for v in check.check_plan(plan) if v.policy == "no-world-admin-ports"]
+    assert len(admin) == 1 and admin[0].level == "advisory" and admin[0].message.startswith("cannot verify")
+
+
+def _cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    check.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    code: int = args.handler(args)
+    return code
+
+
+def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad, good = tmp_path / "bad.json", tmp_path / "good.json"
+    bad.write_text(json.dumps(_plan(SSH_WORLD, HTTPS_WORLD)))
+    good.write_text(json.dumps(_plan(HTTPS_WORLD)))
+    out = tmp_path / "violations.json"
+
+    assert _cli(["check", "--plan", str(bad), "--json", str(out)]) == 1
+    rows = json.loads(out.read_text())["violations"]
+    assert {(r["policy"], r["level"]) for r in rows} >= {("no-world-admin-ports", "mandatory"),
+                                                         ("world-ingress-allowlist", "advisory")}
+    assert all(set(r) == {"policy", "urn", "type", "level", "message"} for r in rows)
+    assert all(r["type"] == SG and r["urn"].endswith("::bastion") for r in rows)
+    printed = capsys.readouterr().out
+    assert "no-world-admin-ports" in printed and "mandatory" in printed
+
+    assert _cli(["check", "--plan", str(good), "--json", str(out)]) == 0
+    assert json.loads(out.read_text()) == {"violations": []}
+    assert _cli(["check", "--plan", str(tmp_path / "missing.json")]) == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_policy_config_file_overrides(tmp_path: Path) -> None:
+    plan, config = tmp_path / "plan.json", tmp_path / "config.json"
+    plan.write_text(json.dumps(_plan(SSH_WORLD)))
+    config.write_text(json.dumps({"no-world-admin-ports": {"exemptions": [
+        {"resource": "bastion", "reason": "break-glass host, IPv6 only, removed after the incident"}]}}))
+    assert _cli(["check", "--plan", str(plan), "--policy-config", str(config)]) == 0
