@@ -67,6 +67,8 @@ def _with_manifest(files: dict[str, bytes], **overrides: str) -> dict[str, bytes
 class Store:
     """One storage backend: write files under a prefix with the cloud's own client, name its URL."""
 
+    env: dict[str, str]  # what serving.fetch needs in its environment to reach this backend
+
     def upload(self, prefix: str, files: dict[str, bytes]) -> None:
         raise NotImplementedError
 
@@ -76,7 +78,7 @@ class Store:
 
 class S3Store(Store):
     def __init__(self, endpoint: str) -> None:
-        import boto3
+        import boto3  # type: ignore[import-untyped]
 
         self.endpoint = endpoint
         self.env = {
@@ -115,7 +117,7 @@ class S3Store(Store):
 class GcsStore(Store):
     def __init__(self, endpoint: str) -> None:
         from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
+        from google.cloud import storage  # type: ignore[import-untyped]
 
         self.env = {"STORAGE_EMULATOR_HOST": endpoint, "NO_GCE_CHECK": "true"}
         os.environ["STORAGE_EMULATOR_HOST"] = endpoint  # read by the client at construction
@@ -160,7 +162,7 @@ class AzureStore(Store):
 class LocalStore(Store):
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.env: dict[str, str] = {}
+        self.env = {}
 
     def upload(self, prefix: str, files: dict[str, bytes]) -> None:
         for name, data in files.items():
