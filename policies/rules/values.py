@@ -8,6 +8,7 @@ an `Unknown` marker instead of an exception, so that a rule can still judge ever
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ PortRanges = tuple[tuple[int, int], ...]
 ALL_PORTS: PortRanges = ((0, 65535),)
 # Azure writes the whole internet as a service tag; "*" and "Any" mean every address.
 AZURE_WORLD_TAGS = frozenset({"*", "internet", "any"})
+AZURE_TAG = re.compile(r"^[A-Za-z][A-Za-z0-9.\-]*$")
 
 
 @dataclass(frozen=True)
@@ -154,8 +156,8 @@ def world_sources(values: Sequence[Any], azure: bool = False) -> bool | Unknown:
         try:
             networks.append(parse_network(text))
         except BadValue:
-            if azure and not any(c in text for c in "./:"):
-                continue  # another service tag: a named, bounded set of addresses
+            if azure and AZURE_TAG.match(text):
+                continue  # another service tag (VirtualNetwork, Storage.EastUS): a bounded set of addresses
             raise
     if covers_world(networks):
         return True
