@@ -191,6 +191,8 @@ async def _stream_one(
                     return result
                 result.ok = True
                 result.ttft, result.latency = first - sent, last - sent
+                # Without usage from the server, each text chunk counts as one token.
+                result.output_tokens = result.output_tokens or len(result.itl) + 1
                 return result
             chunk = json.loads(data)
             if chunk.get("error"):

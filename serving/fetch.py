@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 
 MANIFEST = "manifest.json"
 CHUNK_BYTES = 8 * 1024 * 1024
+PROGRESS_EVERY_S = 15.0  # a line per big file now and then, for `kubectl logs` of the init container
 
 _AZURE_ACCOUNT = re.compile(r"[a-z0-9]{3,24}")
 _AZURE_CONTAINER = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
@@ -101,22 +102,17 @@ def parse_source(url: str) -> Source:
     if scheme in ("abfs", "abfss"):
         match = _ABFS_HOST.fullmatch(parts.netloc)
         if match is None or parts.query:
-            raise FetchError(
-                f"source {url!r}: expected {scheme}://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX"
-            )
+            raise FetchError(f"source {url!r}: expected {scheme}://CONTAINER@ACCOUNT.dfs.core.windows.net/PREFIX")
         return _azure_source(url, match["container"], parts.path, match["account"])
     raise FetchError(f"source {url!r}: unsupported scheme {scheme!r}; use {forms}")
 
 
 def _azure_source(url: str, container: str, path: str, account: str) -> Source:
     if not _AZURE_ACCOUNT.fullmatch(account):
-        raise FetchError(
-            f"source {url!r}: storage account {account!r} must be 3-24 lowercase letters or digits"
-        )
+        raise FetchError(f"source {url!r}: storage account {account!r} must be 3-24 lowercase letters or digits")
     if not _AZURE_CONTAINER.fullmatch(container):
         raise FetchError(
-            f"source {url!r}: container {container!r} must be 3-63 lowercase letters, digits "
-            "or single hyphens"
+            f"source {url!r}: container {container!r} must be 3-63 lowercase letters, digits or single hyphens"
         )
     return Source(url, "az", _join(container, path), account)
 
@@ -154,9 +150,11 @@ def open_filesystem(source: Source) -> Any:
 
 def list_files(fs: Any, source: Source) -> list[RemoteFile]:
     """Every file under the source, with sizes, and sha256 hashes where the manifest gives them."""
-    if source.protocol == "file" and not os.path.isdir(source.root):
-        raise FetchError(f"source {source.url}: not found (no such directory)")
+    if source.protocol == "file" and not os.path.exists(source.root):
+        raise FetchError(f"source {source.url}: not found (no such file or directory)")
     listing: dict[str, dict[str, Any]] = fs.find(source.root, detail=True)
+    if source.root in listing:
+        raise FetchError(f"source {source.url}: is a file; SOURCE must name a directory of model files")
     prefix = source.root.rstrip("/") + "/"
     files = {
         path[len(prefix) :]: int(info["size"])
@@ -217,27 +215,29 @@ def is_complete(path: Path, remote: RemoteFile) -> bool:
     return remote.sha256 is None or _sha256_of(path) == remote.sha256
 
 
-def _copy(fs: Any, remote: RemoteFile, target: Path, source: Source) -> None:
+def _copy(fs: Any, remote: RemoteFile, target: Path, source: Source, log: Callable[[str], None] = print) -> None:
     """Stream one file to a temporary name, verify it, then rename it into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.partial")
     digest = hashlib.sha256()
     written = 0
+    next_report = time.monotonic() + PROGRESS_EVERY_S
     try:
         with fs.open(remote.path, "rb") as src, partial.open("wb") as out:
             while chunk := src.read(CHUNK_BYTES):
                 digest.update(chunk)
                 out.write(chunk)
                 written += len(chunk)
+                if time.monotonic() >= next_report:
+                    log(f"  {remote.name}: {_human(written)} of {_human(remote.size)}")
+                    next_report += PROGRESS_EVERY_S
             out.flush()
             os.fsync(out.fileno())
         where = f"{source.url}: {remote.name}"
         if written != remote.size:
             raise FetchError(f"{where}: size mismatch, got {written} bytes, expected {remote.size}")
         if remote.sha256 is not None and digest.hexdigest() != remote.sha256:
-            raise FetchError(
-                f"{where}: sha256 mismatch, got {digest.hexdigest()}, {MANIFEST} says {remote.sha256}"
-            )
+            raise FetchError(f"{where}: sha256 mismatch, got {digest.hexdigest()}, {MANIFEST} says {remote.sha256}")
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
@@ -263,7 +263,7 @@ def fetch(source: str, dest: str | Path, *, log: Callable[[str], None] = print) 
                 log(f"  {remote.name}: already complete, skipped")
                 continue
             started = time.monotonic()
-            _copy(fs, remote, target, parsed)
+            _copy(fs, remote, target, parsed, log)
             seconds = max(time.monotonic() - started, 1e-6)
             report.fetched.append(remote.name)
             report.bytes_fetched += remote.size

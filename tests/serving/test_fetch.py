@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from serving import fetch as fetch_module
-from serving.fetch import FetchError, RemoteFile, Source, fetch, main, parse_source
+from serving.fetch import FetchError, RemoteFile, Source, fetch, main, open_filesystem, parse_source
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE = REPO / "node_modules" / ".bin" / "azurite-blob"
@@ -232,9 +232,7 @@ def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_p
     if request.param == "local":
         backend = LocalStore(tmp_path / "source")
     else:
-        backend = request.getfixturevalue(
-            {"s3": "s3_store", "gs": "gcs_store", "az": "azure_store"}[request.param]
-        )
+        backend = request.getfixturevalue({"s3": "s3_store", "gs": "gcs_store", "az": "azure_store"}[request.param])
     for name, value in backend.env.items():
         monkeypatch.setenv(name, value)
     return backend
@@ -245,9 +243,7 @@ def _prefix() -> str:
 
 
 def _tree(root: Path) -> dict[str, bytes]:
-    return {
-        path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()
-    }
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in root.rglob("*") if path.is_file()}
 
 
 # --- SOURCE parsing ---------------------------------------------------------------------------------
@@ -271,9 +267,7 @@ def _tree(root: Path) -> dict[str, bytes]:
         ("/opt/model", "file", "/opt/model", None),
     ],
 )
-def test_parse_source_accepts_documented_forms(
-    url: str, protocol: str, root: str, account: str | None
-) -> None:
+def test_parse_source_accepts_documented_forms(url: str, protocol: str, root: str, account: str | None) -> None:
     assert parse_source(url) == Source(url, protocol, root, account)
 
 
@@ -359,9 +353,7 @@ def test_fetch_of_a_missing_source_fails_naming_it(
     assert "Traceback" not in err
 
 
-def test_fetch_of_a_missing_s3_bucket_fails_naming_it(
-    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fetch_of_a_missing_s3_bucket_fails_naming_it(s3_store: S3Store, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in s3_store.env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(FetchError, match=r"^source s3://no-such-bucket/tiny: not found"):
@@ -387,13 +379,35 @@ def test_fetch_from_azure_with_a_wrong_key_fails_naming_the_source(
     prefix = _prefix()
     azure_store.upload(prefix, _model_files())
     wrong_key = "A" * 86 + "=="
-    monkeypatch.setenv(
-        "AZURE_STORAGE_CONNECTION_STRING", _azurite_connection_string(azure_store.port, wrong_key)
-    )
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", _azurite_connection_string(azure_store.port, wrong_key))
     with pytest.raises(FetchError) as error:
         fetch(azure_store.url(prefix), tmp_path / "model", log=lambda _: None)
     assert str(error.value).startswith(f"source {azure_store.url(prefix)}: access denied")
     assert "Server failed to authenticate the request" in str(error.value)
+
+
+def test_a_source_naming_a_single_file_is_refused(store: Store, tmp_path: Path) -> None:
+    prefix = _prefix()
+    store.upload(prefix, {"model.gguf": b"GGUF"})
+    url = store.url(f"{prefix}/model.gguf")
+    with pytest.raises(FetchError, match=r"is a file; SOURCE must name a directory"):
+        fetch(url, tmp_path / "model", log=lambda _: None)
+
+
+def test_azure_authenticates_with_workload_identity_for_the_account_in_the_uri(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No key or connection string in the pod: adlfs gets azure-identity's DefaultAzureCredential, which
+    picks up AKS workload identity (AZURE_FEDERATED_TOKEN_FILE). Constructing it makes no request."""
+    for name in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                 "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ANON", "AZURE_STORAGE_CLIENT_ID"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    fs = open_filesystem(parse_source("abfs://models@servestackmodels.dfs.core.windows.net/tiny"))
+    assert fs.account_name == "servestackmodels"
+    assert fs.connection_string is None and fs.anon is False
+    assert type(fs.credential).__module__.startswith("azure.identity.aio")
+    assert type(fs.credential).__name__ == "DefaultAzureCredential"
+    assert fs.service_client.url == "https://servestackmodels.blob.core.windows.net/"
 
 
 # --- local-only cases -------------------------------------------------------------------------------
@@ -465,7 +479,7 @@ def test_the_command_exits_non_zero_without_a_traceback(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert result.returncode == 1
-    assert result.stderr.strip() == f"fetch failed: source {missing}: not found (no such directory)"
+    assert result.stderr.strip() == f"fetch failed: source {missing}: not found (no such file or directory)"
 
 
 def test_the_command_copies_a_local_directory(tmp_path: Path) -> None:
@@ -480,6 +494,13 @@ def test_the_command_copies_a_local_directory(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert _tree(tmp_path / "copy") == _tree(source)
-    assert result.stdout.rstrip().endswith(
-        f"{tmp_path / 'copy'}: {len(_tree(source))} fetched, 0 already complete"
-    )
+    assert result.stdout.rstrip().endswith(f"{tmp_path / 'copy'}: {len(_tree(source))} fetched, 0 already complete")
+
+
+def test_long_copies_report_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fetch_module, "CHUNK_BYTES", 64 * 1024)
+    monkeypatch.setattr(fetch_module, "PROGRESS_EVERY_S", 0.0)
+    LocalStore(tmp_path).upload("source", {"model.safetensors": bytes(256 * 1024)})
+    lines: list[str] = []
+    fetch(str(tmp_path / "source"), tmp_path / "model", log=lines.append)
+    assert "  model.safetensors: 128.0 KiB of 256.0 KiB" in lines
