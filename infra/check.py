@@ -41,7 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from policies.rules import build_policies
-from policies.rules.stack_config import StackConfigError, pack_config
+from policies.rules.stack_config import StackConfigError, committed, merged, pack_config
 
 EXIT_BAD_INPUT = 2
 
@@ -101,9 +101,13 @@ def _run(validate: Any, args: Any, report: Any) -> None:
 
 
 def check_plan(plan: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> list[Violation]:
-    """Run every policy of the pack on the plan; `config` is policy-pack config (default: from the plan)."""
+    """Run every policy of the pack on the plan with this policy-pack config.
+
+    By default the config is the stack's policies/config/<stack>.json (exemptions and thresholds), with
+    the budget and enforcement levels derived from the plan's own stack config.
+    """
     if config is None:
-        config = pack_config(plan.get("config") or {})
+        config = merged(committed(str(plan["stack"])), pack_config(plan.get("config") or {}))
     found: list[Violation] = []
     stack_urn = f"urn:pulumi:{plan['stack']}::{plan['project']}::pulumi:pulumi:Stack::{plan['project']}-{plan['stack']}"
     for policy in build_policies():
@@ -157,14 +161,14 @@ def print_table(console: Console, stack: str, violations: Sequence[Violation]) -
         return
     table = Table(title=title, title_justify="left", show_lines=True)
     table.add_column("rule", style="bold", no_wrap=True)
-    table.add_column("resource")
-    table.add_column("enforcement")
-    table.add_column("message", overflow="fold")
+    table.add_column("resource", overflow="fold", max_width=36)
+    table.add_column("enforcement", no_wrap=True)
+    table.add_column("message", ratio=1)
     order = {"mandatory": 0, "advisory": 1}
     for v in sorted(violations, key=lambda v: (order.get(v.level, 2), v.policy, v.urn)):
         style = "red" if v.level == "mandatory" else "yellow"
         resource = v.urn.rsplit("::", 1)[-1] if "::" in v.urn else v.urn
-        table.add_row(v.policy, escape(f"{resource}\n{v.type}"), f"[{style}]{v.level}[/]", escape(v.message))
+        table.add_row(v.policy, escape(resource), f"[{style}]{v.level}[/]", escape(v.message))
     console.print(table)
 
 

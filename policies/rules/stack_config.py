@@ -4,7 +4,8 @@ Policies cannot read stack config, so what they need from it travels as policy-p
 GPU budget, and the enforcement level of the public-port allow-list (mandatory where the stack's
 environment is prod). `pulumi preview --policy-pack policies --policy-pack-config
 policies/config/<stack>.json` uses the committed files; `servestack check` derives the same from
-the plan. Regenerate the files after changing a stack's environment or budget:
+the plan (over the file's own entries, such as exemptions). Regenerate the files after changing a
+stack's environment or budget; entries written by hand are kept:
 
     python -m policies.rules.stack_config
 """
@@ -47,11 +48,32 @@ def pack_config(stack_config: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
+def merged(existing: Mapping[str, Any], derived: Mapping[str, Any]) -> dict[str, Any]:
+    """The derived settings over a config file's own entries (exemptions, thresholds stay as written)."""
+    out: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in existing.items()}
+    for policy, settings in derived.items():
+        current = out.get(policy)
+        out[policy] = {**(current if isinstance(current, dict) else {}), **settings}
+    return out
+
+
+def committed(stack: str) -> dict[str, Any]:
+    """The stack's policies/config/<stack>.json as written, or {} when there is none."""
+    path = CONFIG_DIR / f"{stack}.json"
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise StackConfigError(f"{path}: expected a JSON object of policy names to settings")
+    return data
+
+
 def render(stack: str) -> str:
-    """The committed policies/config/<stack>.json for this stack file."""
+    """What policies/config/<stack>.json must hold: its own entries plus what the stack file says."""
     from infra.offline.plan import read_stack_config
 
-    return json.dumps(pack_config(read_stack_config(stack)), indent=2, sort_keys=True) + "\n"
+    config = merged(committed(stack), pack_config(read_stack_config(stack)))
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def main() -> int:

@@ -88,7 +88,7 @@ def _analyze(servicer: Any, type_: str, urn: str, props: dict[str, Any]) -> Any:
                                                  properties=_struct(props)), None)
 
 
-def _configure(servicer: Any, config: dict[str, tuple[int, dict[str, Any]]]) -> None:
+def _configure(servicer: Any, config: dict[str, tuple[Any, dict[str, Any]]]) -> None:
     request = proto.ConfigureAnalyzerRequest()
     for name, (level, props) in config.items():
         request.policyConfig[name].CopyFrom(proto.PolicyConfig(enforcementLevel=level, properties=_struct(props)))

@@ -13,7 +13,7 @@ from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE
 
 from infra import check
 from infra.offline.plan import STACKS_DIR, stack_names
-from policies.rules.stack_config import CONFIG_DIR, StackConfigError, pack_config, render
+from policies.rules.stack_config import CONFIG_DIR, StackConfigError, merged, pack_config, render
 
 STACKS = stack_names(STACKS_DIR)
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -112,3 +112,23 @@ def test_policy_config_file_overrides(tmp_path: Path) -> None:
     config.write_text(json.dumps({"no-world-admin-ports": {"exemptions": [
         {"resource": "bastion", "reason": "break-glass host, IPv6 only, removed after the incident"}]}}))
     assert _cli(["check", "--plan", str(plan), "--policy-config", str(config)]) == 0
+
+
+def test_regenerating_keeps_hand_written_entries() -> None:
+    existing = {"k8s-no-privileged": {"exemptions": [{"namespace": "gpu-operator", "reason": "driver"}]},
+                "gpu-budget": {"budgetPerHour": 1.0, "failClosed": True}}
+    derived = pack_config({"servestack:environment": "prod", "servestack:budgetPerHour": 9})
+    assert merged(existing, derived) == {
+        "k8s-no-privileged": {"exemptions": [{"namespace": "gpu-operator", "reason": "driver"}]},
+        "gpu-budget": {"budgetPerHour": 9.0, "failClosed": True},
+        "world-ingress-allowlist": {"enforcementLevel": "mandatory"}}
+
+
+def test_readme_lists_every_rule_with_its_default_enforcement() -> None:
+    from policies.rules import RULES
+
+    readme = (CONFIG_DIR.parent / "README.md").read_text()
+    for rule in RULES:
+        row = next((line for line in readme.splitlines() if line.startswith(f"| `{rule.name}` |")), None)
+        assert row is not None, f"policies/README.md lacks a row for {rule.name}"
+        assert row.split("|")[2].strip().startswith(rule.enforcement.value), row

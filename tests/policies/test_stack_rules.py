@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pulumi_policy import PolicyResource
 from pulumi_policy.proxy import UNKNOWN_NUMBER_VALUE
 
 from infra import catalog
@@ -56,7 +57,7 @@ def test_node_group_in_public_subnet() -> None:
     assert verdict.urns == [urn(NODE_GROUP, "gpu")] and "public-a" in verdict.messages[0]
 
 
-def _eks_gpu(max_size: object, instance: str = "g6.xlarge", capacity: str = "ON_DEMAND") -> object:
+def _eks_gpu(max_size: object, instance: str = "g6.xlarge", capacity: str = "ON_DEMAND") -> PolicyResource:
     return stack_resource(NODE_GROUP, "gpu", {
         "instanceTypes": [instance], "capacityType": capacity, "scalingConfig": {"minSize": 0.0, "maxSize": max_size},
         "taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]})
