@@ -99,11 +99,19 @@ class AwsConfig:
     vpc_cidr: str
 
 
+GKE_RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
+
+
 @dataclass(frozen=True)
 class GcpConfig:
     project: str | None
-    regional: bool
-    network_cidr: str
+    regional: bool  # a regional control plane (three replicas) rather than a zonal one
+    network_cidr: str  # the nodes' subnetwork
+    zones: tuple[str, ...] = ()  # where the GPU pool may run; empty means every zone offering the GPU
+    release_channel: str = "REGULAR"
+    pods_cidr: str = "10.64.0.0/14"  # the subnetwork's secondary range for pods
+    services_cidr: str = "10.68.0.0/20"  # the subnetwork's secondary range for services
+    master_cidr: str = "172.16.0.32/28"  # the control plane's private range (exactly a /28)
 
 
 # Azure CNI overlay's pod range and the cluster's service range: neither may overlap the VNet.
@@ -500,10 +508,72 @@ def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
     if cloud == "gcp" and not project:
         r.problems.append("gcp:project: missing; the gcp stacks need a project "
                            "(pulumi config set gcp:project <project-id>)")
-    config = GcpConfig(project=project, regional=r.flag("regional", False),
-                       network_cidr=_private_cidr(r, "networkCidr", "10.10.0.0/20"))
+    defaults = GcpConfig(project=None, regional=False, network_cidr="10.10.0.0/20")
+    config = GcpConfig(
+        project=project,
+        regional=r.flag("regional", defaults.regional),
+        network_cidr=_private_cidr(r, "networkCidr", defaults.network_cidr),
+        zones=_gcp_zones(r, values.get("gcp:region")),
+        release_channel=r.text("releaseChannel", defaults.release_channel, allowed=GKE_RELEASE_CHANNELS,
+                               what="a GKE release channel"),
+        pods_cidr=_gcp_range(r, "podsCidr", defaults.pods_cidr, shortest=21, longest=9),
+        services_cidr=_gcp_range(r, "servicesCidr", defaults.services_cidr, shortest=27, longest=16),
+        master_cidr=_gcp_range(r, "masterCidr", defaults.master_cidr, shortest=28, longest=28),
+    )
     r.reject_unknown()
+    ranges = {"networkCidr": config.network_cidr, "podsCidr": config.pods_cidr,
+              "servicesCidr": config.services_cidr, "masterCidr": config.master_cidr}
+    names = list(ranges)
+    for i, first in enumerate(names):
+        for second in names[i + 1:]:
+            if ipaddress.ip_network(ranges[first]).overlaps(ipaddress.ip_network(ranges[second])):
+                r.problem(second, f"{ranges[second]!r} overlaps {r.key(first)} ({ranges[first]}); the "
+                                  "GKE ranges must be disjoint")
     return config
+
+
+def _gcp_range(r: _Reader, name: str, default: str, shortest: int, longest: int) -> str:
+    """A private IPv4 range whose prefix length lies between `longest` and `shortest`."""
+    value: str = r.text(name, default)
+    size = f"a /{longest}" if longest == shortest else f"between /{longest} and /{shortest}"
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        r.problem(name, f"{value!r} is not a CIDR block such as {default}")
+        return default
+    if not network.is_private or network.version != 4 or not longest <= network.prefixlen <= shortest:
+        r.problem(name, f"{value!r} must be a private IPv4 range {size}, such as {default}")
+        return default
+    return value
+
+
+_GCP_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
+
+
+def _gcp_zones(r: _Reader, region: Any) -> tuple[str, ...]:
+    """Zone names, each in the stack's region; whether the GPU is offered there is checked by the gcp module."""
+    raw = r._raw("zones")
+    if raw is _MISSING or raw is None:
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        r.problem("zones", f"{raw!r} is not a non-empty list of zones such as [\"us-central1-a\"]")
+        return ()
+    zones = []
+    for i, zone in enumerate(raw):
+        if not isinstance(zone, str) or not _GCP_ZONE.match(zone):
+            r.problem(f"zones[{i}]", f"{zone!r} is not a zone name such as us-central1-a")
+        elif region and not zone.startswith(f"{region}-"):
+            r.problem(f"zones[{i}]", f"{zone!r} is not in the stack's region gcp:region ({region})")
+        elif zone in zones:
+            r.problem(f"zones[{i}]", f"{zone!r} is listed twice")
+        else:
+            zones.append(zone)
+    return tuple(zones)
 
 
 _AZURE_VM_SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")

@@ -1,0 +1,708 @@
+"""The GCP platform: a private GKE cluster with a GPU node pool that scales from zero.
+
+One component, `servestack:gcp:GpuCluster`, declares everything the serving deployment needs:
+
+- the project APIs it uses (left enabled on destroy: other workloads may share them);
+- a custom-mode VPC with one subnetwork for the stack's region (secondary ranges for pods and services,
+  private Google access), a Cloud Router with Cloud NAT for egress, flow logs in prod;
+- explicit ingress firewall rules on the nodes' network tag, and a logged low-priority deny-all;
+- a dedicated least-privilege node service account;
+- a private, VPC-native GKE Standard cluster (zonal or regional) with Workload Identity, Dataplane V2,
+  shielded nodes, a release channel, and Secrets encrypted with a Cloud KMS key in prod;
+- a small CPU system pool and the GPU pool: GKE installs the driver and the device plugin, the pool is
+  tainted, labelled, and autoscales from zero (spot when the stack says so);
+- an Artifact Registry Docker repository and a GCS model bucket;
+- a Google service account for the serving pods, bound through Workload Identity to exactly the serving
+  Kubernetes service account, allowed to read the model bucket and nothing else;
+- a kubeconfig (a secret) that authenticates through `gke-gcloud-auth-plugin`, and a Kubernetes provider.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from ipaddress import ip_network
+from typing import Any
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_kubernetes as k8s
+
+from infra.config import ConfigError, StackConfig
+from infra.platform import (
+    GPU_POOL_LABEL,
+    GPU_POOL_VALUE,
+    GPU_TAINT_EFFECT,
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    GPU_TOLERATION,
+    Platform,
+)
+from infra.serving import PORT as POD_PORT
+
+# The serving Kubernetes service account (infra/serving.py names it so, in config.serving.namespace).
+SERVING_SERVICE_ACCOUNT = "servestack"
+
+# Where each GPU is offered, per region (Compute Engine "GPU locations", 2025). A zone missing here
+# cannot be configured: add it once Google lists it.
+GPU_ZONES: dict[str, dict[str, tuple[str, ...]]] = {
+    "us-central1": {
+        "nvidia-l4": ("us-central1-a", "us-central1-b", "us-central1-c"),
+        "nvidia-tesla-a100": ("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"),
+        "nvidia-a100-80gb": ("us-central1-a", "us-central1-c"),
+        "nvidia-h100-80gb": ("us-central1-a", "us-central1-c"),
+    },
+    "us-east1": {
+        "nvidia-l4": ("us-east1-b", "us-east1-c", "us-east1-d"),
+        "nvidia-tesla-a100": ("us-east1-b",),
+    },
+    "us-east4": {
+        "nvidia-l4": ("us-east4-a", "us-east4-c"),
+        "nvidia-a100-80gb": ("us-east4-c",),
+        "nvidia-h100-80gb": ("us-east4-a", "us-east4-b", "us-east4-c"),
+    },
+    "us-west1": {
+        "nvidia-l4": ("us-west1-a", "us-west1-b", "us-west1-c"),
+        "nvidia-tesla-a100": ("us-west1-b",),
+        "nvidia-h100-80gb": ("us-west1-a", "us-west1-b"),
+    },
+    "us-west4": {
+        "nvidia-l4": ("us-west4-a", "us-west4-c"),
+        "nvidia-tesla-a100": ("us-west4-b",),
+    },
+    "europe-west1": {
+        "nvidia-l4": ("europe-west1-b", "europe-west1-c"),
+    },
+    "europe-west4": {
+        "nvidia-l4": ("europe-west4-a", "europe-west4-b", "europe-west4-c"),
+        "nvidia-tesla-a100": ("europe-west4-a", "europe-west4-b"),
+        "nvidia-a100-80gb": ("europe-west4-a",),
+        "nvidia-h100-80gb": ("europe-west4-b", "europe-west4-c"),
+    },
+    "asia-southeast1": {
+        "nvidia-l4": ("asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c"),
+        "nvidia-tesla-a100": ("asia-southeast1-b", "asia-southeast1-c"),
+        "nvidia-a100-80gb": ("asia-southeast1-c",),
+        "nvidia-h100-80gb": ("asia-southeast1-b", "asia-southeast1-c"),
+    },
+}
+# The machine family that carries each GPU: G2 for L4, A2 for A100, A3 for H100.
+GPU_MACHINE_FAMILIES = {
+    "nvidia-l4": "g2-",
+    "nvidia-tesla-a100": "a2-highgpu-",
+    "nvidia-a100-80gb": "a2-ultragpu-",
+    "nvidia-h100-80gb": "a3-",
+}
+
+APIS = ("compute.googleapis.com", "container.googleapis.com", "artifactregistry.googleapis.com",
+        "iam.googleapis.com", "iamcredentials.googleapis.com", "storage.googleapis.com",
+        "containerfilesystem.googleapis.com", "logging.googleapis.com", "monitoring.googleapis.com")
+PROD_APIS = ("cloudkms.googleapis.com",)
+
+PODS_RANGE = "pods"
+SERVICES_RANGE = "services"
+SYSTEM_MACHINE_TYPE = "e2-standard-2"
+# Google's health-check and load-balancer proxy ranges.
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+# The control plane reaches the nodes for the kubelet (10250) and for admission webhooks (443, 8443, 9443).
+CONTROL_PLANE_PORTS = ("443", "8443", "9443", "10250")
+# GKE's own rules (the load balancers' included) have priority 1000; ours sit beside them, and the
+# logged deny-all sits below everything, just above the implied deny.
+ALLOW_PRIORITY = 1000
+DENY_ALL_PRIORITY = 65534
+CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# Secrets-encryption key rotation: 90 days.
+KEY_ROTATION = "7776000s"
+
+
+@dataclass(frozen=True)
+class GpuClusterArgs:
+    config: StackConfig
+    project: str
+    region: str
+    zones: tuple[str, ...]  # where the GPU pool runs (validated against GPU_ZONES)
+
+
+def gpu_zones(config: StackConfig) -> tuple[str, ...]:
+    """The GPU pool's zones: the configured ones, or every zone of the region that offers the GPU.
+
+    Raises ConfigError naming the key, the value and what is allowed.
+    """
+    region, gpu_type, machine_type = config.region or "", config.gpu.type or "", config.gpu.machine_type or ""
+    problems = []
+    family = GPU_MACHINE_FAMILIES.get(gpu_type)
+    if family is None:
+        problems.append(f"servestack:gpu.type: {gpu_type!r} has no GKE machine family known to servestack; "
+                        f"allowed: {', '.join(sorted(GPU_MACHINE_FAMILIES))}")
+    elif not machine_type.startswith(family):
+        problems.append(f"servestack:gpu.machineType: {machine_type!r} does not carry {gpu_type}; use a "
+                        f"{family}* machine type")
+    offered = GPU_ZONES.get(region, {}).get(gpu_type, ())
+    if not offered:
+        regions = sorted(r for r, gpus in GPU_ZONES.items() if gpu_type in gpus)
+        problems.append(f"gcp:region: {region!r} offers no {gpu_type} GPUs known to servestack; allowed for "
+                        f"{gpu_type}: {', '.join(regions) or 'none'}")
+    for i, zone in enumerate(config.gcp.zones if offered else ()):
+        if zone not in offered:
+            problems.append(f"servestack:gcp.zones[{i}]: {gpu_type} is not offered in {zone!r}; allowed in "
+                            f"{region}: {', '.join(offered)}")
+    if problems:
+        raise ConfigError(config.stack, problems)
+    return config.gcp.zones or offered
+
+
+def build(config: StackConfig) -> Platform:
+    if config.gcp.project is None or config.region is None:  # guaranteed by the config's validation
+        raise ConfigError(config.stack, ["gcp:project and gcp:region are required"])
+    cluster = GpuCluster("servestack", GpuClusterArgs(config, config.gcp.project, config.region,
+                                                      gpu_zones(config)))
+    return cluster.platform
+
+
+class GpuCluster(pulumi.ComponentResource):
+    """The GCP resources of one stack; `platform` is what the serving deployment runs on."""
+
+    cluster_name: pulumi.Output[str]
+    kubeconfig: pulumi.Output[str]
+    registry_url: pulumi.Output[str]
+    model_bucket_uri: pulumi.Output[str]
+    serving_service_account: pulumi.Output[str]
+    platform: Platform
+
+    def __init__(self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("servestack:gcp:GpuCluster", name, None, opts)
+        config = args.config
+        self._name, self._args = name, args
+        self._labels = {"app": "servestack", "stack": _label(config.stack), "environment": config.environment}
+        self._node_tag = _slug(f"servestack-{config.stack}-node", 63)
+
+        self._apis = self._enable_apis()
+        after_apis = pulumi.ResourceOptions(parent=self, depends_on=self._apis)
+        network, subnet = self._network(after_apis)
+        self._firewall_rules(network, after_apis)
+        node_sa = self._node_service_account(after_apis)
+        registry = self._registry(node_sa, after_apis)
+        bucket = self._model_bucket(after_apis)
+        key = self._secrets_key(after_apis) if config.is_prod else None
+        cluster = self._cluster(network, subnet, node_sa, key)
+        system_pool = self._system_pool(cluster, node_sa)
+        gpu_pool = self._gpu_pool(cluster, node_sa, system_pool)
+        serving_sa = self._serving_identity(cluster, bucket)
+
+        private_endpoint = _private_endpoint(config)
+        server = (cluster.private_cluster_config.apply(_private_ip) if private_endpoint else cluster.endpoint)
+        self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(
+            args.project, cluster.location, cluster.name, server, cluster.master_auth.cluster_ca_certificate,
+        ).apply(_kubeconfig))
+        provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig,
+                                opts=pulumi.ResourceOptions(parent=self))
+
+        self.cluster_name = cluster.name
+        self.registry_url = repository_url(args.region, args.project, registry.repository_id)
+        self.model_bucket_uri = pulumi.Output.concat("gs://", bucket.name)
+        self.serving_service_account = serving_sa.email
+        self.platform = Platform(
+            cloud="gcp",
+            k8s_provider=provider,
+            gpu_node_selector={GPU_POOL_LABEL: GPU_POOL_VALUE},
+            # GKE taints no spot node; the GPU taint is the only one.
+            gpu_tolerations=(GPU_TOLERATION,),
+            # GKE runs its own NVIDIA device plugin on GPU nodes (with the driver it installs).
+            needs_device_plugin=False,
+            registry_url=self.registry_url,
+            model_bucket_uri=self.model_bucket_uri,
+            service_account_annotations={"iam.gke.io/gcp-service-account": serving_sa.email},
+            internal_load_balancer_annotations={"networking.gke.io/load-balancer-type": "Internal"},
+            internal_cidrs=(config.gcp.network_cidr,),
+            ready=(system_pool, gpu_pool),
+            cluster=cluster,
+        )
+        self.register_outputs({
+            "cluster_name": self.cluster_name,
+            "kubeconfig": self.kubeconfig,
+            "registry_url": self.registry_url,
+            "model_bucket_uri": self.model_bucket_uri,
+            "serving_service_account": self.serving_service_account,
+        })
+
+    # --- project ---------------------------------------------------------------------------------
+
+    def _enable_apis(self) -> list[pulumi.Resource]:
+        config = self._args.config
+        apis = APIS + (PROD_APIS if config.is_prod else ())
+        return [gcp.projects.Service(
+            f"{self._name}-api-{api.split('.')[0]}",
+            project=self._args.project,
+            service=api,
+            disable_on_destroy=False,
+            opts=pulumi.ResourceOptions(parent=self),
+        ) for api in apis]
+
+    # --- network ---------------------------------------------------------------------------------
+
+    def _network(self, opts: pulumi.ResourceOptions) -> tuple[gcp.compute.Network, gcp.compute.Subnetwork]:
+        name, args, config = self._name, self._args, self._args.config
+        network = gcp.compute.Network(
+            f"{name}-network",
+            project=args.project,
+            description=f"servestack {config.stack}: the GKE cluster's network",
+            auto_create_subnetworks=False,
+            routing_mode="REGIONAL",
+            opts=opts,
+        )
+        subnet = gcp.compute.Subnetwork(
+            f"{name}-subnet-{args.region}",
+            project=args.project,
+            region=args.region,
+            network=network.id,
+            description=f"servestack {config.stack}: nodes, with secondary ranges for pods and services",
+            ip_cidr_range=config.gcp.network_cidr,
+            secondary_ip_ranges=[
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(range_name=PODS_RANGE,
+                                                           ip_cidr_range=config.gcp.pods_cidr),
+                gcp.compute.SubnetworkSecondaryIpRangeArgs(range_name=SERVICES_RANGE,
+                                                           ip_cidr_range=config.gcp.services_cidr),
+            ],
+            # Private nodes reach Google APIs (Artifact Registry, GCS) without NAT.
+            private_ip_google_access=True,
+            log_config=gcp.compute.SubnetworkLogConfigArgs(
+                aggregation_interval="INTERVAL_5_SEC", flow_sampling=0.5, metadata="INCLUDE_ALL_METADATA",
+            ) if config.is_prod else None,
+            opts=opts,
+        )
+        router = gcp.compute.Router(
+            f"{name}-router",
+            project=args.project,
+            region=args.region,
+            network=network.id,
+            description=f"servestack {config.stack}: Cloud NAT for the private nodes' egress",
+            opts=opts,
+        )
+        gcp.compute.RouterNat(
+            f"{name}-nat",
+            project=args.project,
+            region=args.region,
+            router=router.name,
+            nat_ip_allocate_option="AUTO_ONLY",
+            source_subnetwork_ip_ranges_to_nat="LIST_OF_SUBNETWORKS",
+            subnetworks=[gcp.compute.RouterNatSubnetworkArgs(name=subnet.id,
+                                                             source_ip_ranges_to_nats=["ALL_IP_RANGES"])],
+            log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
+            opts=opts,
+        )
+        return network, subnet
+
+    def _firewall_rules(self, network: gcp.compute.Network, opts: pulumi.ResourceOptions) -> None:
+        name, args, config = self._name, self._args, self._args.config
+        log = gcp.compute.FirewallLogConfigArgs(metadata="INCLUDE_ALL_METADATA")
+
+        def allow(suffix: str, description: str, sources: Sequence[str], protocol: str,
+                  ports: Sequence[str] | None) -> None:
+            gcp.compute.Firewall(
+                f"{name}-{suffix}",
+                project=args.project,
+                network=network.id,
+                description=description,
+                direction="INGRESS",
+                priority=ALLOW_PRIORITY,
+                source_ranges=list(sources),
+                target_tags=[self._node_tag],
+                allows=[gcp.compute.FirewallAllowArgs(protocol=protocol, ports=list(ports) if ports else None)],
+                log_config=log if config.is_prod else None,
+                opts=opts,
+            )
+
+        lb_port = str(config.serving.port)
+        clients = config.access.endpoint_cidrs
+        if config.access.internal_load_balancer:
+            clients = (config.gcp.network_cidr,)
+        # A firewall rule holds IPv4 or IPv6 ranges, not both.
+        for version, suffix in ((4, ""), (6, "-v6")):
+            sources = [c for c in clients if ip_network(c).version == version]
+            if sources:
+                allow(f"allow-lb-clients{suffix}",
+                      f"servestack {config.stack}: the allowed clients to the serving load balancer's port "
+                      f"{lb_port} (GKE adds the same rule from loadBalancerSourceRanges)",
+                      sources, "tcp", [lb_port])
+        allow("allow-health-checks",
+              f"servestack {config.stack}: Google's health checks and load-balancer proxies to the serving "
+              f"ports ({lb_port} on the node, {POD_PORT} on the pod)",
+              HEALTH_CHECK_RANGES, "tcp", sorted({lb_port, str(POD_PORT)}, key=int))
+        allow("allow-control-plane",
+              f"servestack {config.stack}: the GKE control plane to the kubelet and admission webhooks",
+              [config.gcp.master_cidr], "tcp", CONTROL_PLANE_PORTS)
+        for protocol in ("tcp", "udp", "icmp"):
+            allow(f"allow-internal-{protocol}",
+                  f"servestack {config.stack}: nodes and pods to nodes and pods inside the VPC ({protocol})",
+                  [config.gcp.network_cidr, config.gcp.pods_cidr], protocol, None)
+        gcp.compute.Firewall(
+            f"{name}-deny-all-ingress",
+            project=args.project,
+            network=network.id,
+            description=f"servestack {config.stack}: deny and log every other ingress",
+            direction="INGRESS",
+            priority=DENY_ALL_PRIORITY,
+            source_ranges=["0.0.0.0/0"],
+            denies=[gcp.compute.FirewallDenyArgs(protocol="all")],
+            log_config=log,
+            opts=opts,
+        )
+
+    # --- identity --------------------------------------------------------------------------------
+
+    def _node_service_account(self, opts: pulumi.ResourceOptions) -> gcp.serviceaccount.Account:
+        name, args, config = self._name, self._args, self._args.config
+        account = gcp.serviceaccount.Account(
+            f"{name}-node-sa",
+            project=args.project,
+            account_id=_account_id(config.stack, "nodes"),
+            display_name=f"servestack {config.stack} GKE nodes",
+            description="GKE nodes: logs, metrics and image pulls; nothing else",
+            opts=opts,
+        )
+        gcp.projects.IAMMember(
+            f"{name}-node-sa-default-node-role",
+            project=args.project,
+            # GKE's least-privilege role for node service accounts (logging, monitoring, autoscaling metrics).
+            role="roles/container.defaultNodeServiceAccount",
+            member=account.email.apply(_sa_member),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return account
+
+    def _serving_identity(self, cluster: gcp.container.Cluster,
+                          bucket: gcp.storage.Bucket) -> gcp.serviceaccount.Account:
+        name, args, config = self._name, self._args, self._args.config
+        account = gcp.serviceaccount.Account(
+            f"{name}-serving-sa",
+            project=args.project,
+            account_id=_account_id(config.stack, "serving"),
+            display_name=f"servestack {config.stack} serving pods",
+            description=f"Workload Identity of {config.serving.namespace}/{SERVING_SERVICE_ACCOUNT}: reads "
+                        "the model bucket",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self._apis),
+        )
+        gcp.serviceaccount.IAMMember(
+            f"{name}-serving-workload-identity",
+            service_account_id=account.name,
+            role="roles/iam.workloadIdentityUser",
+            member=workload_identity_member(args.project, config.serving.namespace),
+            # The workload pool exists once the cluster does.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+        )
+        gcp.storage.BucketIAMMember(
+            f"{name}-serving-model-reader",
+            bucket=bucket.name,
+            role="roles/storage.objectViewer",
+            member=account.email.apply(_sa_member),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return account
+
+    # --- registry and model store ----------------------------------------------------------------
+
+    def _registry(self, node_sa: gcp.serviceaccount.Account,
+                  opts: pulumi.ResourceOptions) -> gcp.artifactregistry.Repository:
+        name, args, config = self._name, self._args, self._args.config
+        registry = gcp.artifactregistry.Repository(
+            f"{name}-registry",
+            project=args.project,
+            location=args.region,
+            repository_id=_slug(f"servestack-{config.stack}", 63),
+            format="DOCKER",
+            description=f"servestack {config.stack}: the serving image",
+            # Tags are deploy pins: in prod, a pushed tag can never be moved.
+            docker_config=gcp.artifactregistry.RepositoryDockerConfigArgs(immutable_tags=config.is_prod),
+            labels=self._labels,
+            opts=opts,
+        )
+        gcp.artifactregistry.RepositoryIamMember(
+            f"{name}-registry-node-reader",
+            project=args.project,
+            location=args.region,
+            repository=registry.name,
+            role="roles/artifactregistry.reader",
+            member=node_sa.email.apply(_sa_member),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return registry
+
+    def _model_bucket(self, opts: pulumi.ResourceOptions) -> gcp.storage.Bucket:
+        name, args, config = self._name, self._args, self._args.config
+        return gcp.storage.Bucket(
+            f"{name}-models",
+            project=args.project,
+            location=args.region.upper(),
+            storage_class="STANDARD",
+            uniform_bucket_level_access=True,
+            public_access_prevention="enforced",
+            versioning=gcp.storage.BucketVersioningArgs(enabled=True),
+            # Keep the three newest replaced versions of each object; older ones go.
+            lifecycle_rules=[gcp.storage.BucketLifecycleRuleArgs(
+                action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                condition=gcp.storage.BucketLifecycleRuleConditionArgs(num_newer_versions=3,
+                                                                       with_state="ARCHIVED"),
+            )],
+            force_destroy=not config.is_prod,
+            labels=self._labels,
+            opts=opts,
+        )
+
+    def _secrets_key(self, opts: pulumi.ResourceOptions) -> tuple[gcp.kms.CryptoKey, gcp.kms.CryptoKeyIAMMember]:
+        """The key GKE encrypts Secrets in etcd with. Kept on destroy: GCP never deletes key rings, and
+        data encrypted with a destroyed key is lost."""
+        name, args = self._name, self._args
+        kept = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True))
+        ring = gcp.kms.KeyRing(f"{name}-keyring", project=args.project, location=args.region, opts=kept)
+        key = gcp.kms.CryptoKey(
+            f"{name}-secrets-key",
+            key_ring=ring.id,
+            purpose="ENCRYPT_DECRYPT",
+            rotation_period=KEY_ROTATION,
+            labels=self._labels,
+            opts=kept,
+        )
+        project = gcp.organizations.get_project_output(project_id=args.project,
+                                                       opts=pulumi.InvokeOutputOptions(parent=self))
+        grant = gcp.kms.CryptoKeyIAMMember(
+            f"{name}-secrets-key-gke",
+            crypto_key_id=key.id,
+            role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
+            # The GKE service agent encrypts and decrypts with it.
+            member=project.number.apply(_gke_service_agent),
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        return key, grant
+
+    # --- cluster ---------------------------------------------------------------------------------
+
+    def _cluster(self, network: gcp.compute.Network, subnet: gcp.compute.Subnetwork,
+                 node_sa: gcp.serviceaccount.Account,
+                 key: tuple[gcp.kms.CryptoKey, gcp.kms.CryptoKeyIAMMember] | None) -> gcp.container.Cluster:
+        name, args, config = self._name, self._args, self._args.config
+        private_endpoint = _private_endpoint(config)
+        authorized = list(config.access.api_cidrs)
+        if private_endpoint:
+            authorized.append(config.gcp.network_cidr)
+        # With a key, GKE must be allowed to use it before the cluster is created.
+        depends: list[pulumi.Resource] = [*self._apis, key[1]] if key is not None else [*self._apis]
+        return gcp.container.Cluster(
+            f"{name}-cluster",
+            project=args.project,
+            location=args.region if config.gcp.regional else args.zones[0],
+            description=f"servestack {config.stack}: GPU inference",
+            network=network.id,
+            subnetwork=subnet.id,
+            networking_mode="VPC_NATIVE",
+            ip_allocation_policy=gcp.container.ClusterIpAllocationPolicyArgs(
+                cluster_secondary_range_name=PODS_RANGE, services_secondary_range_name=SERVICES_RANGE),
+            # Node pools are managed on their own; the default pool is created and removed at once. It runs
+            # as the node service account too, so that it never needs the Compute Engine default account.
+            remove_default_node_pool=True,
+            initial_node_count=1,
+            node_config=gcp.container.ClusterNodeConfigArgs(
+                service_account=node_sa.email,
+                oauth_scopes=[CLOUD_PLATFORM_SCOPE],
+                workload_metadata_config=gcp.container.ClusterNodeConfigWorkloadMetadataConfigArgs(
+                    mode="GKE_METADATA"),
+                shielded_instance_config=gcp.container.ClusterNodeConfigShieldedInstanceConfigArgs(
+                    enable_secure_boot=True, enable_integrity_monitoring=True),
+                metadata={"disable-legacy-endpoints": "true"},
+                tags=[self._node_tag],
+            ),
+            private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
+                enable_private_nodes=True,
+                enable_private_endpoint=private_endpoint,
+                master_ipv4_cidr_block=config.gcp.master_cidr,
+            ),
+            master_authorized_networks_config=gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(
+                cidr_blocks=[gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(
+                    cidr_block=cidr, display_name=_authorized_name(cidr, config.gcp.network_cidr))
+                    for cidr in authorized],
+                gcp_public_cidrs_access_enabled=False,
+            ),
+            master_auth=gcp.container.ClusterMasterAuthArgs(
+                client_certificate_config=gcp.container.ClusterMasterAuthClientCertificateConfigArgs(
+                    issue_client_certificate=False)),
+            workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(
+                workload_pool=f"{args.project}.svc.id.goog"),
+            release_channel=gcp.container.ClusterReleaseChannelArgs(channel=config.gcp.release_channel),
+            min_master_version=config.kubernetes_version,
+            # Dataplane V2 enforces NetworkPolicy itself (the network_policy add-on must stay off with it).
+            datapath_provider="ADVANCED_DATAPATH",
+            enable_shielded_nodes=True,
+            enable_legacy_abac=False,
+            database_encryption=gcp.container.ClusterDatabaseEncryptionArgs(
+                state="ENCRYPTED", key_name=key[0].id) if key is not None else None,
+            logging_config=gcp.container.ClusterLoggingConfigArgs(
+                enable_components=["SYSTEM_COMPONENTS", "WORKLOADS"]),
+            monitoring_config=gcp.container.ClusterMonitoringConfigArgs(
+                # DCGM: GPU metrics from GKE's managed DCGM exporter.
+                enable_components=["SYSTEM_COMPONENTS", "DCGM"],
+                managed_prometheus=gcp.container.ClusterMonitoringConfigManagedPrometheusArgs(enabled=True),
+            ),
+            # Give idle GPU nodes back sooner; node auto-provisioning stays off (the pools are explicit).
+            cluster_autoscaling=gcp.container.ClusterClusterAutoscalingArgs(
+                enabled=False, autoscaling_profile="OPTIMIZE_UTILIZATION"),
+            deletion_protection=config.is_prod,
+            resource_labels=self._labels,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=depends,
+                                        # GKE owns the default pool's config once it is gone.
+                                        ignore_changes=["nodeConfig", "initialNodeCount"]),
+        )
+
+    def _node_config(self, node_sa: gcp.serviceaccount.Account, machine_type: str, disk_gb: int,
+                     labels: dict[str, str], **extra: Any) -> gcp.container.NodePoolNodeConfigArgs:
+        return gcp.container.NodePoolNodeConfigArgs(
+            machine_type=machine_type,
+            image_type="COS_CONTAINERD",
+            disk_type="pd-balanced",
+            disk_size_gb=disk_gb,
+            service_account=node_sa.email,
+            oauth_scopes=[CLOUD_PLATFORM_SCOPE],
+            workload_metadata_config=gcp.container.NodePoolNodeConfigWorkloadMetadataConfigArgs(
+                mode="GKE_METADATA"),
+            shielded_instance_config=gcp.container.NodePoolNodeConfigShieldedInstanceConfigArgs(
+                enable_secure_boot=True, enable_integrity_monitoring=True),
+            metadata={"disable-legacy-endpoints": "true"},
+            tags=[self._node_tag],
+            labels=labels,
+            resource_labels=self._labels,
+            **extra,
+        )
+
+    def _system_pool(self, cluster: gcp.container.Cluster,
+                     node_sa: gcp.serviceaccount.Account) -> gcp.container.NodePool:
+        name, args, config = self._name, self._args, self._args.config
+        return gcp.container.NodePool(
+            f"{name}-system-pool",
+            project=args.project,
+            cluster=cluster.id,
+            location=cluster.location,
+            node_locations=list(args.zones) if config.gcp.regional else [args.zones[0]],
+            initial_node_count=1,
+            autoscaling=gcp.container.NodePoolAutoscalingArgs(
+                total_min_node_count=2 if config.is_prod else 1, total_max_node_count=4 if config.is_prod else 3,
+                location_policy="BALANCED"),
+            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+            node_config=self._node_config(node_sa, SYSTEM_MACHINE_TYPE, 50, {"servestack.io/pool": "system"}),
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
+        )
+
+    def _gpu_pool(self, cluster: gcp.container.Cluster, node_sa: gcp.serviceaccount.Account,
+                  system_pool: gcp.container.NodePool) -> gcp.container.NodePool:
+        name, args, config = self._name, self._args, self._args.config
+        gpu = config.gpu
+        return gcp.container.NodePool(
+            f"{name}-gpu-pool",
+            project=args.project,
+            cluster=cluster.id,
+            location=cluster.location,
+            node_locations=list(args.zones),
+            # Created empty: a GPU stockout then never fails `pulumi up`; pending pods scale it up.
+            initial_node_count=0,
+            autoscaling=gcp.container.NodePoolAutoscalingArgs(
+                total_min_node_count=gpu.min_nodes,
+                total_max_node_count=gpu.max_nodes,
+                # ANY takes whichever zone has capacity, which is what spot GPUs need.
+                location_policy="ANY" if gpu.spot else "BALANCED",
+            ),
+            management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
+            upgrade_settings=gcp.container.NodePoolUpgradeSettingsArgs(strategy="SURGE", max_surge=1,
+                                                                       max_unavailable=0),
+            node_config=self._node_config(
+                node_sa, gpu.machine_type or "", gpu.disk_gb, {GPU_POOL_LABEL: GPU_POOL_VALUE},
+                guest_accelerators=[gcp.container.NodePoolNodeConfigGuestAcceleratorArgs(
+                    type=gpu.type or "",
+                    count=gpu.count,
+                    # GKE installs the driver (and runs its device plugin); LATEST carries the newest CUDA.
+                    gpu_driver_installation_config=gcp.container
+                    .NodePoolNodeConfigGuestAcceleratorGpuDriverInstallationConfigArgs(gpu_driver_version="LATEST"),
+                )],
+                # GKE adds this taint itself only when the cluster already has a non-GPU pool; declaring it
+                # makes it certain (and matches what GKE would add, so nothing drifts).
+                taints=[gcp.container.NodePoolNodeConfigTaintArgs(key=GPU_TAINT_KEY, value=GPU_TAINT_VALUE,
+                                                                  effect=_gke_effect(GPU_TAINT_EFFECT))],
+                spot=gpu.spot,
+                # gVNIC: required by A3, faster on G2 and A2. Image streaming: the large serving image
+                # starts before it is fully pulled, which shortens every scale-from-zero.
+                gvnic=gcp.container.NodePoolNodeConfigGvnicArgs(enabled=True),
+                gcfs_config=gcp.container.NodePoolNodeConfigGcfsConfigArgs(enabled=True),
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[system_pool],
+                                        ignore_changes=["initialNodeCount"]),
+        )
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def workload_identity_member(project: str, namespace: str) -> str:
+    """The IAM member of the serving Kubernetes service account under Workload Identity."""
+    return f"serviceAccount:{project}.svc.id.goog[{namespace}/{SERVING_SERVICE_ACCOUNT}]"
+
+
+def repository_url(region: str, project: str, repository_id: pulumi.Input[str]) -> pulumi.Output[str]:
+    return pulumi.Output.concat(f"{region}-docker.pkg.dev/{project}/", repository_id)
+
+
+def _private_endpoint(config: StackConfig) -> bool:
+    """Prod always, and any stack that lists no operator CIDRs, keeps the API on the private endpoint."""
+    return config.is_prod or not config.access.api_cidrs
+
+
+def _slug(text: str, limit: int) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:limit].rstrip("-")
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", text.lower())[:63]
+
+
+def _account_id(stack: str, role: str) -> str:
+    """A service account id (6-30 characters) unique per stack and role."""
+    prefix = _slug(f"ss-{stack}", 30 - len(role) - 1)
+    return f"{prefix}-{role}"
+
+
+def _sa_member(email: str) -> str:
+    return f"serviceAccount:{email}"
+
+
+def _gke_service_agent(project_number: str) -> str:
+    return f"serviceAccount:service-{project_number}@container-engine-robot.iam.gserviceaccount.com"
+
+
+def _gke_effect(effect: str) -> str:
+    """Kubernetes' NoSchedule as GKE's API spells it: NO_SCHEDULE."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", effect).upper()
+
+
+def _authorized_name(cidr: str, network_cidr: str) -> str:
+    return "servestack VPC" if cidr == network_cidr else f"operators {cidr}"
+
+
+def _private_ip(private_config: Any) -> str:
+    return str(private_config.private_endpoint) if private_config and private_config.private_endpoint else ""
+
+
+def _kubeconfig(values: list[Any]) -> str:
+    project, location, cluster_name, server, ca_data = values
+    context = f"gke_{project}_{location}_{cluster_name}"
+    return json.dumps({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": context, "cluster": {"server": f"https://{server}",
+                                                   "certificate-authority-data": ca_data}}],
+        "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
+        "current-context": context,
+        "users": [{"name": context, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "gke-gcloud-auth-plugin",
+            "installHint": "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin",
+            "provideClusterInfo": True,
+            "interactiveMode": "Never",
+        }}}],
+    }, indent=2)
