@@ -261,6 +261,15 @@ def test_streamed_requests_are_measured_from_the_wire(stub: Stub) -> None:
     assert stub.behaviour.max_in_flight == 2
 
 
+def test_a_rate_spaces_the_requests_as_a_poisson_process(stub: Stub) -> None:
+    result = _load(stub, concurrency=8, requests=6, output_len=2, rate=10.0)
+    assert result.completed == 6
+    expected = arrival_offsets(6, 10.0)
+    arrivals = sorted(stub.behaviour.arrivals)
+    for offset, arrival in zip(expected, arrivals, strict=True):
+        assert offset - 0.05 <= arrival - arrivals[0] < offset + SLACK_S
+
+
 def test_every_request_asks_for_an_exact_streamed_length(stub: Stub) -> None:
     stub.behaviour.api_key = "sk-test"
     result = _load(stub, api_key="sk-test", requests=3, input_len=12, output_len=7)
