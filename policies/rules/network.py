@@ -20,6 +20,7 @@ from policies.rules.common import Judge, Resource, Rule
 from policies.rules.values import ALL, ICMP_PROTOCOLS, PORT_PROTOCOLS, BadValue, PortRanges, Unknown
 
 AWS_SG = "aws:ec2/securityGroup:SecurityGroup"
+AWS_DEFAULT_SG = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
 AWS_SG_RULE = "aws:ec2/securityGroupRule:SecurityGroupRule"
 AWS_VPC_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 AWS_VPC_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
@@ -27,7 +28,7 @@ AWS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 GCP_FIREWALL = "gcp:compute/firewall:Firewall"
 AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
 AZURE_RULE = "azure-native:network:SecurityRule"
-FIREWALL_TYPES = frozenset({AWS_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_NODE_GROUP, GCP_FIREWALL, AZURE_NSG,
+FIREWALL_TYPES = frozenset({AWS_SG, AWS_DEFAULT_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_NODE_GROUP, GCP_FIREWALL, AZURE_NSG,
                             AZURE_RULE})
 
 ADMIN_PORTS = ["22", "3389", "5985-5986", "2375-2376", "6443", "10250"]
@@ -227,6 +228,7 @@ def _azure_rule(resource: Resource) -> Iterator[Opening]:
 
 READERS: dict[str, Callable[[Resource], Iterator[Opening]]] = {
     AWS_SG: _aws_group,
+    AWS_DEFAULT_SG: _aws_group,
     AWS_SG_RULE: _aws_rule,
     AWS_VPC_INGRESS: _aws_vpc_rule,
     AWS_NODE_GROUP: _aws_node_group,
@@ -336,7 +338,7 @@ def check_public_allowlist(resource: Resource, config: dict[str, Any], judge: Ju
 
 
 def check_aws_inline_and_standalone(resources: list[Resource], config: dict[str, Any], judge: Judge) -> None:
-    groups = {r.urn: r for r in resources if r.type == AWS_SG}
+    groups = {r.urn: r for r in resources if r.type in (AWS_SG, AWS_DEFAULT_SG)}
     inline = {urn for urn, g in groups.items()
               if v.items(g.props.get("ingress")) or v.items(g.props.get("egress"))}
     for rule in resources:
@@ -424,7 +426,7 @@ NETWORK_RULES = [
         enforcement=EnforcementLevel.MANDATORY,
         remediation="Keep each security group's rules in one place: all standalone "
                     "(vpc.SecurityGroupIngressRule/EgressRule, recommended) or all inline.",
-        types=frozenset({AWS_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_VPC_EGRESS}),
+        types=frozenset({AWS_SG, AWS_DEFAULT_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_VPC_EGRESS}),
         check=check_aws_inline_and_standalone,
         stack=True,
     ),

@@ -108,6 +108,8 @@ CASES = [
          {"extraAdminPorts": [8443]}),
     Case("aws-sg-jupyter-world", DATA, SG, sg("tcp", 8888.0, 8888.0, **WORLD4), "violation", "8888"),
     Case("aws-sg-ray-dashboard-world", DATA, SG, sg("tcp", 8265.0, 8265.0, **WORLD4), "violation", "8265"),
+    Case("aws-default-sg-all-from-world", ALL, "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
+         sg("-1", 0.0, 0.0, ipv6CidrBlocks=["::/0"]), "violation"),
     Case("aws-sg-ssh-private-cidr", ADMIN, SG, sg("tcp", 22.0, 22.0, cidrBlocks=["10.0.0.0/8"]), "pass"),
     Case("aws-sg-ssh-from-security-group", ADMIN, SG, sg("tcp", 22.0, 22.0, securityGroups=["sg-0abc"]), "pass"),
     Case("aws-sg-ssh-from-prefix-list", ADMIN, SG, sg("tcp", 22.0, 22.0, prefixListIds=["pl-0abc"]), "pass"),
