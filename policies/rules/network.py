@@ -28,8 +28,8 @@ AWS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 GCP_FIREWALL = "gcp:compute/firewall:Firewall"
 AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
 AZURE_RULE = "azure-native:network:SecurityRule"
-FIREWALL_TYPES = frozenset({AWS_SG, AWS_DEFAULT_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_NODE_GROUP, GCP_FIREWALL, AZURE_NSG,
-                            AZURE_RULE})
+FIREWALL_TYPES = frozenset({AWS_SG, AWS_DEFAULT_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_NODE_GROUP,
+                            GCP_FIREWALL, AZURE_NSG, AZURE_RULE})
 
 ADMIN_PORTS = ["22", "3389", "5985-5986", "2375-2376", "6443", "10250"]
 # Databases, caches, coordination and ML tooling that must never face the internet.
