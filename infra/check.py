@@ -172,6 +172,27 @@ def print_table(console: Console, stack: str, violations: Sequence[Violation]) -
     console.print(table)
 
 
+def check_all(plans_dir: Path, out_dir: Path, console: Console | None = None) -> int:
+    """Check every plan in `plans_dir` (as `servestack plan` writes them), write `out_dir/<stack>.json`,
+    print each stack's table and a summary; 1 when any stack has a mandatory violation."""
+    console = console or Console()
+    summary = Table(title="policy check", title_justify="left")
+    for column in ("stack", "mandatory", "advisory"):
+        summary.add_column(column, justify="left" if column == "stack" else "right")
+    worst = 0
+    for path in sorted(plans_dir.glob("*.json")):
+        plan = json.loads(path.read_text())
+        violations = check_plan(plan)
+        write_json(violations, out_dir / path.name)
+        print_table(console, plan["stack"], violations)
+        mandatory = sum(1 for v in violations if v.level == "mandatory")
+        summary.add_row(plan["stack"], f"[red]{mandatory}[/]" if mandatory else "0",
+                        str(len(violations) - mandatory))
+        worst = max(worst, 1 if mandatory else 0)
+    console.print(summary)
+    return worst
+
+
 def register(commands: Any) -> None:
     """Add the `check` subcommand to the servestack command line."""
     parser = commands.add_parser("check", help="run the policy pack on a stack's offline plan")
@@ -191,7 +212,11 @@ def run(args: argparse.Namespace) -> int:
     console = Console()
     errors = Console(stderr=True, soft_wrap=True)
     try:
-        plan = load_plan(args.plan) if args.plan is not None else plan_in_subprocess(args.stack)
+        if args.plan is not None:
+            plan = load_plan(args.plan)
+        else:
+            with console.status(f"planning {args.stack} under the mock runtime"):
+                plan = plan_in_subprocess(args.stack)
         config = json.loads(args.policy_config.read_text()) if args.policy_config is not None else None
         violations = check_plan(plan, config)
     except (PlanError, OSError, ValueError, StackConfigError) as error:

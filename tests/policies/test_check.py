@@ -132,3 +132,15 @@ def test_readme_lists_every_rule_with_its_default_enforcement() -> None:
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{rule.name}` |")), None)
         assert row is not None, f"policies/README.md lacks a row for {rule.name}"
         assert row.split("|")[2].strip().startswith(rule.enforcement.value), row
+
+
+def test_check_all_writes_one_report_per_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plans = tmp_path / "plans"
+    plans.mkdir()
+    (plans / "a.json").write_text(json.dumps({**_plan(HTTPS_WORLD), "stack": "a"}))
+    assert check.check_all(plans, tmp_path / "check") == 0
+    (plans / "b.json").write_text(json.dumps({**_plan(SSH_WORLD), "stack": "b"}))
+    assert check.check_all(plans, tmp_path / "check") == 1
+    assert json.loads((tmp_path / "check" / "a.json").read_text()) == {"violations": []}
+    assert json.loads((tmp_path / "check" / "b.json").read_text())["violations"]
+    assert "policy check" in capsys.readouterr().out
