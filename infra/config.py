@@ -97,6 +97,13 @@ class LocalConfig:
 class AwsConfig:
     availability_zones: int
     vpc_cidr: str
+    nat_gateways: str | None  # "single" or "perAz"; None: perAz in prod, single elsewhere
+    flow_logs: bool | None  # None: on in prod
+    gpu_ami_type: str
+    system_instance_type: str
+    system_min_nodes: int
+    system_max_nodes: int
+    admin_principal_arns: tuple[str, ...]
 
 
 GKE_RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
@@ -496,11 +503,48 @@ def _private_cidr(r: _Reader, name: str, default: str) -> str:
     return value
 
 
+AWS_NAT_GATEWAYS = ("single", "perAz")
+# EKS managed node group AMI types that carry the NVIDIA driver (Bottlerocket also the device plugin).
+AWS_GPU_AMI_TYPES = ("BOTTLEROCKET_x86_64_NVIDIA", "AL2023_x86_64_NVIDIA")
+_AWS_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_AWS_PRINCIPAL_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")
+
+
 def _aws(r: _Reader) -> AwsConfig:
-    config = AwsConfig(availability_zones=r.integer("availabilityZones", 2, minimum=2, maximum=3),
-                       vpc_cidr=_private_cidr(r, "vpcCidr", "10.0.0.0/16"))
+    zones = r.integer("availabilityZones", 2, minimum=2, maximum=3)
+    vpc_cidr = _private_cidr(r, "vpcCidr", "10.0.0.0/16")
+    nat = r.text("natGateways", None, allowed=AWS_NAT_GATEWAYS)
+    flow_logs = r.flag("flowLogs", False) if r.has("flowLogs") else None
+    ami_type = r.text("gpuAmiType", AWS_GPU_AMI_TYPES[0], allowed=AWS_GPU_AMI_TYPES)
+    system_type = r.text("systemInstanceType", "m6i.large")
+    system_min = r.integer("systemMinNodes", 2, minimum=1, maximum=10)
+    system_max = r.integer("systemMaxNodes", max(system_min, 3), minimum=1, maximum=20)
+    admins = r._raw("adminPrincipalArns")
     r.reject_unknown()
-    return config
+    if not _AWS_INSTANCE_TYPE.match(system_type):
+        r.problem("systemInstanceType", f"{system_type!r} is not an EC2 instance type such as m6i.large")
+    if system_min > system_max:
+        r.problem("systemMinNodes", f"{system_min} is greater than {r.key('systemMaxNodes')} ({system_max}); "
+                                    "systemMinNodes must be <= systemMaxNodes")
+    arns: list[str] = []
+    if admins is not _MISSING and admins is not None:
+        if isinstance(admins, str):
+            try:
+                admins = json.loads(admins)
+            except ValueError:
+                admins = [admins]
+        if not isinstance(admins, list):
+            r.problem("adminPrincipalArns", f"{admins!r} is not a list of IAM role or user ARNs")
+            admins = []
+        for i, arn in enumerate(admins):
+            if isinstance(arn, str) and _AWS_PRINCIPAL_ARN.match(arn):
+                arns.append(arn)
+            else:
+                r.problem(f"adminPrincipalArns[{i}]", f"{arn!r} is not an IAM role or user ARN such as "
+                                                      "arn:aws:iam::123456789012:role/platform-admin")
+    return AwsConfig(availability_zones=zones, vpc_cidr=vpc_cidr, nat_gateways=nat, flow_logs=flow_logs,
+                     gpu_ami_type=ami_type, system_instance_type=system_type, system_min_nodes=system_min,
+                     system_max_nodes=system_max, admin_principal_arns=tuple(arns))
 
 
 def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:

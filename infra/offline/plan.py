@@ -97,6 +97,7 @@ class _RecordingMonitor(mocks.MockMonitor):
                 "provider": request.provider.rsplit("::", 1)[0] if request.provider else None,
                 "inputs": _plain(rpc.deserialize_properties(request.object)),
                 "dependencies": sorted(set(request.dependencies)),
+                "ignoreChanges": list(request.ignoreChanges),
             })
         return response
 

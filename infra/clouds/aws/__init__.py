@@ -1,0 +1,147 @@
+"""The `aws` platform: VPC, security groups, EKS with a GPU node group that scales from zero, ECR, a model
+bucket and IRSA, returned as the same Platform value as every other cloud.
+
+Design choices (docs/aws.md explains them for users):
+- NAT: one shared gateway unless `servestack:aws.natGateways` says `perAz` (the default in prod).
+- Scale from zero: the cluster autoscaler on EKS managed node groups (labels and taints of an empty
+  group come from the EKS API, the GPU count from the instance type and the Auto Scaling group's tags).
+- Device plugin: Bottlerocket NVIDIA nodes bring their own; AL2023 NVIDIA nodes need the DaemonSet.
+- Load balancer: the AWS Load Balancer Controller, given a security group this module owns, so that
+  the only rule admitting clients is ours and visible in the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.clouds.aws.cluster import (
+    ADDON_VERSIONS,
+    SYSTEM_AMI_TYPE,
+    SYSTEM_DISK_GB,
+    SYSTEM_POOL_LABEL_VALUE,
+    ClusterArgs,
+    EksCluster,
+    NodePoolSpec,
+    gpu_pool_labels,
+    gpu_taints,
+)
+from infra.clouds.aws.iam import bucket_reader_policy, irsa_role, partition_of
+from infra.clouds.aws.kube import cluster_autoscaler, kubeconfig_output, load_balancer_controller
+from infra.clouds.aws.network import Network, NetworkArgs
+from infra.clouds.aws.storage import ModelBucket, Registry
+from infra.config import NAMESPACE, ConfigError, StackConfig
+from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TOLERATION, Platform
+
+SERVING_SERVICE_ACCOUNT = "servestack"  # infra/serving.py
+# The AMI types whose nodes advertise nvidia.com/gpu without the device plugin DaemonSet.
+AMI_TYPES_WITH_DEVICE_PLUGIN = ("BOTTLEROCKET_x86_64_NVIDIA",)
+LB_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer"
+
+
+@dataclass(frozen=True)
+class GpuClusterArgs:
+    config: StackConfig
+
+
+class GpuCluster(pulumi.ComponentResource):
+    """Everything the serving deployment needs on AWS, under one component."""
+
+    platform: Platform
+
+    def __init__(self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("servestack:aws:GpuCluster", name, None, opts)
+        config = args.config
+        _check(config)
+        region = str(config.region)
+        partition = partition_of(region)
+        cluster_name = f"servestack-{config.stack}"
+        child = pulumi.ResourceOptions(parent=self)
+        nat_per_az = (config.aws.nat_gateways or ("perAz" if config.is_prod else "single")) == "perAz"
+        flow_logs = config.is_prod if config.aws.flow_logs is None else config.aws.flow_logs
+        lb_clients = list(config.access.endpoint_cidrs) or [config.aws.vpc_cidr]
+
+        network = Network(f"{name}-network", NetworkArgs(
+            cluster_name=cluster_name, vpc_cidr=config.aws.vpc_cidr,
+            availability_zones=config.aws.availability_zones, nat_per_az=nat_per_az, flow_logs=flow_logs,
+            lb_port=config.serving.port, lb_client_cidrs=lb_clients, partition=partition), opts=child)
+
+        gpu = config.gpu
+        machine = config.gpu_machine()
+        system_pool = NodePoolSpec(
+            instance_type=config.aws.system_instance_type, ami_type=SYSTEM_AMI_TYPE,
+            min_nodes=config.aws.system_min_nodes, max_nodes=config.aws.system_max_nodes, spot=False,
+            disk_gb=SYSTEM_DISK_GB, labels={GPU_POOL_LABEL: SYSTEM_POOL_LABEL_VALUE})
+        gpu_pool = NodePoolSpec(
+            instance_type=str(gpu.machine_type), ami_type=config.aws.gpu_ami_type, min_nodes=gpu.min_nodes,
+            max_nodes=gpu.max_nodes, spot=gpu.spot, disk_gb=gpu.disk_gb,
+            labels=gpu_pool_labels(str(gpu.type)), taints=gpu_taints(),
+            gpus=machine.gpus if machine else gpu.count)
+        eks = EksCluster(f"{name}-eks", ClusterArgs(
+            cluster_name=cluster_name, kubernetes_version=config.kubernetes_version, partition=partition,
+            is_prod=config.is_prod, private_subnet_ids=network.private_subnet_ids,
+            cluster_security_group_id=network.cluster_security_group.id,
+            node_security_group_id=network.node_security_group.id, api_cidrs=config.access.api_cidrs,
+            admin_principal_arns=config.aws.admin_principal_arns, system_pool=system_pool,
+            gpu_pool=gpu_pool), opts=child)
+
+        registry = Registry(f"{name}-registry", prefix=cluster_name, force_delete=not config.is_prod, opts=child)
+        models = ModelBucket(f"{name}-models", force_destroy=not config.is_prod, opts=child)
+        serving_role = irsa_role(f"{name}-serving-role", eks.oidc_provider, config.serving.namespace,
+                                 SERVING_SERVICE_ACCOUNT, child)
+        aws.iam.RolePolicy(f"{name}-serving-read-models", role=serving_role.id,
+                           policy=models.bucket.arn.apply(bucket_reader_policy), opts=child)
+
+        provider = k8s.Provider(f"{name}-k8s", kubeconfig=kubeconfig_output(eks.cluster, region),
+                                opts=pulumi.ResourceOptions(parent=self, depends_on=eks.access))
+        node_ready: list[pulumi.Resource] = [eks.system_nodes, eks.coredns]
+        autoscaler = cluster_autoscaler(f"{name}", eks.cluster, eks.oidc_provider, config.kubernetes_version,
+                                        region, child, provider, node_ready)
+        lb_controller = load_balancer_controller(
+            f"{name}", eks.cluster, eks.oidc_provider, network.vpc.id, region, partition,
+            replicas=2 if config.is_prod else 1, opts=child, provider=provider, depends_on=node_ready)
+
+        lb = {
+            f"{LB_ANNOTATION}-type": "external",
+            f"{LB_ANNOTATION}-nlb-target-type": "instance",
+            f"{LB_ANNOTATION}-scheme": "internet-facing",
+            f"{LB_ANNOTATION}-security-groups": network.lb_security_group_name,
+            # Our security groups carry the rules; the controller must not add its own.
+            f"{LB_ANNOTATION}-manage-backend-security-group-rules": "false",
+        }
+        self.platform = Platform(
+            cloud="aws",
+            k8s_provider=provider,
+            gpu_node_selector={GPU_POOL_LABEL: GPU_POOL_VALUE},
+            gpu_tolerations=(GPU_TOLERATION,),
+            needs_device_plugin=config.aws.gpu_ami_type not in AMI_TYPES_WITH_DEVICE_PLUGIN,
+            registry_url=registry.url,
+            model_bucket_uri=models.uri,
+            service_account_annotations={"eks.amazonaws.com/role-arn": serving_role.arn},
+            load_balancer_annotations=lb,
+            internal_load_balancer_annotations={f"{LB_ANNOTATION}-scheme": "internal"},
+            internal_cidrs=(config.aws.vpc_cidr,),
+            ready=(eks.system_nodes, eks.gpu_nodes, eks.coredns, autoscaler, lb_controller),
+            cluster=eks.cluster,
+        )
+        self.register_outputs({"clusterName": eks.cluster.name, "registryUrl": registry.url,
+                               "modelBucketUri": models.uri, "servingRoleArn": serving_role.arn})
+
+
+def _check(config: StackConfig) -> None:
+    """What the AWS module needs beyond the generic config checks."""
+    problems = []
+    if config.kubernetes_version not in ADDON_VERSIONS:
+        problems.append(f"{NAMESPACE}:kubernetesVersion: {config.kubernetes_version!r} has no pinned EKS add-on "
+                        f"versions in servestack; allowed on aws: {', '.join(ADDON_VERSIONS)}")
+    if config.gpu.type is None or config.gpu.machine_type is None:
+        problems.append(f"{NAMESPACE}:gpu.type: the aws stacks need a GPU type and machine type")
+    if problems:
+        raise ConfigError(config.stack, problems)
+
+
+def build(config: StackConfig) -> Platform:
+    return GpuCluster("aws", GpuClusterArgs(config=config)).platform

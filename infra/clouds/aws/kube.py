@@ -1,0 +1,115 @@
+"""Kubernetes access to the EKS cluster, and the two controllers the platform installs on it.
+
+The kubeconfig authenticates with `aws eks get-token` (the operator's AWS credentials, mapped by an EKS
+access entry). The cluster autoscaler scales the managed node groups, the GPU group from zero; the AWS
+Load Balancer Controller provisions the serving Network Load Balancer with the security group the
+network component owns. Both are Helm releases with pinned chart versions and IRSA roles.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+from infra.clouds.aws import iam
+from infra.clouds.aws.cluster import SYSTEM_POOL_LABEL_VALUE, field
+from infra.platform import GPU_POOL_LABEL
+
+CLUSTER_AUTOSCALER_CHART = ("https://kubernetes.github.io/autoscaler", "cluster-autoscaler", "9.46.6")
+# The autoscaler's minor version must match the cluster's.
+CLUSTER_AUTOSCALER_IMAGES = {"1.31": "v1.31.2", "1.32": "v1.32.1", "1.33": "v1.33.0"}
+LOAD_BALANCER_CONTROLLER_CHART = ("https://aws.github.io/eks-charts", "aws-load-balancer-controller", "1.13.0")
+CLUSTER_AUTOSCALER_SA = "cluster-autoscaler"
+LOAD_BALANCER_CONTROLLER_SA = "aws-load-balancer-controller"
+
+
+def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
+    """A kubeconfig (JSON, which is YAML) that gets its token from the AWS CLI."""
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
+                     "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region,
+                              "--output", "json"],
+                     "interactiveMode": "Never"}}
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": cluster_name,
+        "clusters": [{"name": cluster_name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
+        "users": [{"name": cluster_name, "user": user}],
+        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+    })
+
+
+def kubeconfig_output(cluster: aws.eks.Cluster, region: str) -> pulumi.Output[str]:
+    def build(values: list[Any]) -> str:
+        name, endpoint, authority = values
+        return kubeconfig(name, endpoint, field(authority, "data"), region)
+
+    return pulumi.Output.secret(
+        pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority).apply(build))
+
+
+def _system_placement() -> dict[str, Any]:
+    return {"nodeSelector": {GPU_POOL_LABEL: SYSTEM_POOL_LABEL_VALUE}}
+
+
+def cluster_autoscaler(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.OpenIdConnectProvider,
+                       kubernetes_version: str, region: str, opts: pulumi.ResourceOptions,
+                       provider: k8s.Provider, depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
+    role = iam.irsa_role(f"{name}-cluster-autoscaler-role", oidc, "kube-system", CLUSTER_AUTOSCALER_SA, opts)
+    aws.iam.RolePolicy(
+        f"{name}-cluster-autoscaler-policy", role=role.id,
+        policy=pulumi.Output.all(cluster.arn, cluster.name).apply(
+            lambda values: iam.cluster_autoscaler_policy(values[0], values[1])),
+        opts=opts)
+    repo, chart, version = CLUSTER_AUTOSCALER_CHART
+    values = {
+        "cloudProvider": "aws",
+        "awsRegion": region,
+        "autoDiscovery": {"clusterName": cluster.name},
+        "image": {"tag": CLUSTER_AUTOSCALER_IMAGES[kubernetes_version]},
+        "rbac": {"serviceAccount": {"create": True, "name": CLUSTER_AUTOSCALER_SA,
+                                    "annotations": {"eks.amazonaws.com/role-arn": role.arn}}},
+        "extraArgs": {
+            "balance-similar-node-groups": True,
+            "expander": "least-waste",
+            "skip-nodes-with-system-pods": False,
+            # A GPU node costs dollars an hour: give it back after ten idle minutes.
+            "scale-down-unneeded-time": "10m",
+        },
+        **_system_placement(),
+    }
+    return k8s.helm.v3.Release(
+        f"{name}-cluster-autoscaler", name="cluster-autoscaler", chart=chart, version=version,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace="kube-system", values=values,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,
+                                                                       depends_on=list(depends_on))))
+
+
+def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.OpenIdConnectProvider,
+                             vpc_id: pulumi.Input[str], region: str, partition: str, replicas: int,
+                             opts: pulumi.ResourceOptions, provider: k8s.Provider,
+                             depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
+    role = iam.irsa_role(f"{name}-lb-controller-role", oidc, "kube-system", LOAD_BALANCER_CONTROLLER_SA, opts)
+    aws.iam.RolePolicy(f"{name}-lb-controller-policy", role=role.id,
+                       policy=iam.load_balancer_controller_policy(partition), opts=opts)
+    repo, chart, version = LOAD_BALANCER_CONTROLLER_CHART
+    values = {
+        "clusterName": cluster.name,
+        # With an IMDS hop limit of 1 the controller cannot look these up itself.
+        "region": region,
+        "vpcId": vpc_id,
+        "replicaCount": replicas,
+        "serviceAccount": {"create": True, "name": LOAD_BALANCER_CONTROLLER_SA,
+                           "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+        # Only services that ask for it (aws-load-balancer-type: external) get the controller.
+        "enableServiceMutatorWebhook": False,
+        **_system_placement(),
+    }
+    return k8s.helm.v3.Release(
+        f"{name}-lb-controller", name="aws-load-balancer-controller", chart=chart, version=version,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace="kube-system", values=values,
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,
+                                                                       depends_on=list(depends_on))))

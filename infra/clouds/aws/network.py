@@ -1,0 +1,206 @@
+"""The VPC and its security groups.
+
+Public subnets hold only load balancers and NAT gateways (nothing gets a public IP on launch); nodes
+live in private subnets that reach the internet through NAT: one shared gateway, or one per zone so
+that a zone's outage does not cut the others off. Every security group rule is a standalone resource
+(none inline), so that no group is managed in two places and the plan shows each rule.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+
+# The node port range Kubernetes services use (also the NLB's health check port for Local traffic).
+NODE_PORTS = (30000, 32767)
+# What the control plane calls on the nodes: kubelet, webhooks on 443, metrics-server on 4443 and the
+# AWS Load Balancer Controller's webhook on 9443.
+CONTROL_PLANE_TO_NODE_PORTS = ((443, "admission webhooks"), (4443, "metrics-server"),
+                               (9443, "AWS Load Balancer Controller webhook"), (10250, "kubelet API"))
+FLOW_LOG_RETENTION_DAYS = 90
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    cluster_name: str
+    vpc_cidr: str
+    availability_zones: int
+    nat_per_az: bool
+    flow_logs: bool
+    lb_port: int
+    # Who may reach the serving load balancer: the allowed client CIDRs (the VPC when internal).
+    lb_client_cidrs: Sequence[str]
+    partition: str
+
+
+def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
+    """Private and public subnet CIDRs: a quarter of the VPC per zone for pods and nodes (the VPC CNI
+    gives every pod a VPC address), and small public subnets cut from the last quarter."""
+    quarters = list(ipaddress.IPv4Network(vpc_cidr).subnets(prefixlen_diff=2))
+    private = [str(q) for q in quarters[:zones]]
+    public = [str(p) for p in list(quarters[3].subnets(prefixlen_diff=2))[:zones]]
+    return private, public
+
+
+class Network(pulumi.ComponentResource):
+    """VPC, subnets, internet and NAT gateways, routes, flow logs and the cluster's security groups."""
+
+    vpc: aws.ec2.Vpc
+    private_subnet_ids: list[pulumi.Output[str]]
+    public_subnet_ids: list[pulumi.Output[str]]
+    cluster_security_group: aws.ec2.SecurityGroup
+    node_security_group: aws.ec2.SecurityGroup
+    lb_security_group: aws.ec2.SecurityGroup
+    lb_security_group_name: str
+
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("servestack:aws:Network", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        owned = {f"kubernetes.io/cluster/{args.cluster_name}": "shared"}
+
+        self.vpc = aws.ec2.Vpc(
+            f"{name}-vpc", cidr_block=args.vpc_cidr, enable_dns_hostnames=True, enable_dns_support=True,
+            tags={"Name": args.cluster_name}, opts=child)
+        # The default group admits all traffic between its members: strip it so nothing relies on it.
+        aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=self.vpc.id,
+                                     tags={"Name": f"{args.cluster_name}-default-unused"}, opts=child)
+        zones = aws.get_availability_zones_output(
+            state="available", filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status",
+                                                                           values=["opt-in-not-required"])],
+            opts=pulumi.InvokeOutputOptions(parent=self))
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags={"Name": args.cluster_name},
+                                      opts=child)
+
+        private_cidrs, public_cidrs = subnet_cidrs(args.vpc_cidr, args.availability_zones)
+        public_routes = aws.ec2.RouteTable(f"{name}-public-rt", vpc_id=self.vpc.id,
+                                           tags={"Name": f"{args.cluster_name}-public"}, opts=child)
+        aws.ec2.Route(f"{name}-public-default-route", route_table_id=public_routes.id,
+                      destination_cidr_block="0.0.0.0/0", gateway_id=igw.id, opts=child)
+
+        self.public_subnet_ids, self.private_subnet_ids = [], []
+        nat_ids: list[pulumi.Output[str]] = []
+        for i in range(args.availability_zones):
+            zone = zones.names[i]
+            public = aws.ec2.Subnet(
+                f"{name}-public-{i}", vpc_id=self.vpc.id, cidr_block=public_cidrs[i], availability_zone=zone,
+                map_public_ip_on_launch=False,
+                # Internet-facing load balancers go here.
+                tags={"Name": f"{args.cluster_name}-public-{i}", "kubernetes.io/role/elb": "1", **owned},
+                opts=child)
+            aws.ec2.RouteTableAssociation(f"{name}-public-{i}-rt", subnet_id=public.id,
+                                          route_table_id=public_routes.id, opts=child)
+            private = aws.ec2.Subnet(
+                f"{name}-private-{i}", vpc_id=self.vpc.id, cidr_block=private_cidrs[i], availability_zone=zone,
+                map_public_ip_on_launch=False,
+                tags={"Name": f"{args.cluster_name}-private-{i}", "kubernetes.io/role/internal-elb": "1",
+                      **owned},
+                opts=child)
+            self.public_subnet_ids.append(public.id)
+            self.private_subnet_ids.append(private.id)
+            if i == 0 or args.nat_per_az:
+                eip = aws.ec2.Eip(f"{name}-nat-{i}-ip", domain="vpc",
+                                  tags={"Name": f"{args.cluster_name}-nat-{i}"}, opts=child)
+                nat = aws.ec2.NatGateway(
+                    f"{name}-nat-{i}", allocation_id=eip.allocation_id, subnet_id=public.id,
+                    tags={"Name": f"{args.cluster_name}-nat-{i}"},
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]))
+                nat_ids.append(nat.id)
+            private_routes = aws.ec2.RouteTable(f"{name}-private-{i}-rt", vpc_id=self.vpc.id,
+                                                tags={"Name": f"{args.cluster_name}-private-{i}"}, opts=child)
+            aws.ec2.Route(f"{name}-private-{i}-default-route", route_table_id=private_routes.id,
+                          destination_cidr_block="0.0.0.0/0", nat_gateway_id=nat_ids[-1], opts=child)
+            aws.ec2.RouteTableAssociation(f"{name}-private-{i}-rta", subnet_id=private.id,
+                                          route_table_id=private_routes.id, opts=child)
+
+        if args.flow_logs:
+            self._flow_logs(name, args)
+        self._security_groups(name, args)
+        self.register_outputs({"vpcId": self.vpc.id, "privateSubnetIds": self.private_subnet_ids,
+                               "publicSubnetIds": self.public_subnet_ids})
+
+    def _flow_logs(self, name: str, args: NetworkArgs) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        log_group = aws.cloudwatch.LogGroup(f"{name}-flow-logs", name=f"/aws/vpc/{args.cluster_name}/flow-logs",
+                                            retention_in_days=FLOW_LOG_RETENTION_DAYS, opts=child)
+        role = aws.iam.Role(
+            f"{name}-flow-logs-role",
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Action": "sts:AssumeRole",
+                "Principal": {"Service": "vpc-flow-logs.amazonaws.com"}}]}),
+            opts=child)
+        aws.iam.RolePolicy(
+            f"{name}-flow-logs-policy", role=role.id,
+            policy=log_group.arn.apply(_flow_log_policy),
+            opts=child)
+        aws.ec2.FlowLog(f"{name}-flow-log", vpc_id=self.vpc.id, traffic_type="ALL",
+                        log_destination_type="cloud-watch-logs", log_destination=log_group.arn,
+                        iam_role_arn=role.arn, max_aggregation_interval=60, opts=child)
+
+    def _security_groups(self, name: str, args: NetworkArgs) -> None:
+        child = pulumi.ResourceOptions(parent=self)
+        vpc_id = self.vpc.id
+        self.cluster_security_group = aws.ec2.SecurityGroup(
+            f"{name}-cluster-sg", vpc_id=vpc_id, description=f"EKS control plane of {args.cluster_name}",
+            tags={"Name": f"{args.cluster_name}-cluster"}, opts=child)
+        self.node_security_group = aws.ec2.SecurityGroup(
+            f"{name}-node-sg", vpc_id=vpc_id, description=f"EKS nodes of {args.cluster_name}",
+            tags={"Name": f"{args.cluster_name}-nodes"}, opts=child)
+        # The AWS Load Balancer Controller finds this group by its Name tag (the service annotation).
+        self.lb_security_group_name = f"{args.cluster_name}-serving-lb"
+        self.lb_security_group = aws.ec2.SecurityGroup(
+            f"{name}-lb-sg", vpc_id=vpc_id, description=f"Serving load balancer of {args.cluster_name}",
+            tags={"Name": self.lb_security_group_name}, opts=child)
+        cluster, nodes, lb = (self.cluster_security_group.id, self.node_security_group.id,
+                              self.lb_security_group.id)
+
+        def ingress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
+                    ports: tuple[int, int] | None = None, source_group: pulumi.Input[str] | None = None,
+                    cidr: str | None = None) -> None:
+            aws.vpc.SecurityGroupIngressRule(
+                f"{name}-{rule}", security_group_id=group, description=description, ip_protocol=protocol,
+                from_port=ports[0] if ports else None, to_port=ports[1] if ports else None,
+                referenced_security_group_id=source_group, cidr_ipv4=cidr, opts=child)
+
+        def egress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
+                   ports: tuple[int, int] | None = None, target_group: pulumi.Input[str] | None = None,
+                   cidr: str | None = None) -> None:
+            aws.vpc.SecurityGroupEgressRule(
+                f"{name}-{rule}", security_group_id=group, description=description, ip_protocol=protocol,
+                from_port=ports[0] if ports else None, to_port=ports[1] if ports else None,
+                referenced_security_group_id=target_group, cidr_ipv4=cidr, opts=child)
+
+        # Control plane <-> nodes.
+        ingress("cluster-from-nodes-https", cluster, "Nodes and pods to the Kubernetes API",
+                ports=(443, 443), source_group=nodes)
+        for port, what in CONTROL_PLANE_TO_NODE_PORTS:
+            ingress(f"nodes-from-cluster-{port}", nodes, f"Control plane to the nodes: {what}",
+                    ports=(port, port), source_group=cluster)
+            egress(f"cluster-to-nodes-{port}", cluster, f"Control plane to the nodes: {what}",
+                   ports=(port, port), target_group=nodes)
+        # Node to node: pod networking, DNS, everything inside the node group.
+        ingress("nodes-from-nodes", nodes, "Node to node: pods, DNS and services", protocol="-1",
+                source_group=nodes)
+        # Nodes reach AWS APIs, ECR, S3 and the model/image sources through NAT.
+        egress("nodes-to-anywhere", nodes, "Nodes to AWS APIs, registries and the NAT gateway", protocol="-1",
+               cidr="0.0.0.0/0")
+        # The serving load balancer: clients on the service port, then on to the nodes' ports.
+        for i, client in enumerate(args.lb_client_cidrs):
+            ingress(f"lb-from-clients-{i}", lb, f"Serving clients ({client}) to the load balancer",
+                    ports=(args.lb_port, args.lb_port), cidr=client)
+        egress("lb-to-nodes", lb, "Load balancer to the service's node ports and health check",
+               ports=NODE_PORTS, target_group=nodes)
+        ingress("nodes-from-lb", nodes, "Load balancer to the service's node ports and health check",
+                ports=NODE_PORTS, source_group=lb)
+
+
+def _flow_log_policy(log_group_arn: str) -> str:
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:PutLogEvents", "logs:DescribeLogGroups",
+                   "logs:DescribeLogStreams"],
+        "Resource": [log_group_arn, f"{log_group_arn}:*"]}]})

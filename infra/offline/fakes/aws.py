@@ -1,0 +1,180 @@
+"""AWS resources and invokes, as the AWS provider would fill them in (ids, ARNs, endpoints, names)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
+
+from infra.offline.fakes import CallFake, FakeContext, ResourceFake
+
+# A placeholder account, the one AWS's own documentation uses.
+ACCOUNT = "123456789012"
+
+
+def _region(ctx: FakeContext) -> str:
+    return str(ctx.config.get("aws:region", "us-east-1"))
+
+
+def _autoname(args: MockResourceArgs, ctx: FakeContext, key: str = "name") -> str:
+    """The given name, or Pulumi's auto-name: the logical name plus a random suffix."""
+    given = args.inputs.get(key)
+    return str(given) if given else f"{args.name}-{ctx.hex(args.typ, args.name, length=7)}"
+
+
+def _prefixed(prefix: str, service: str | None = None, kind: str | None = None) -> ResourceFake:
+    """A resource whose id is `<prefix>-<hex>` and whose ARN is `arn:aws:<service>:...:<kind>/<id>`."""
+
+    def fake(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+        resource_id = f"{prefix}-{ctx.hex(args.typ, args.name)}"
+        outputs: dict[str, Any] = {}
+        if service and kind:
+            outputs["arn"] = f"arn:aws:{service}:{_region(ctx)}:{ACCOUNT}:{kind}/{resource_id}"
+        return resource_id, outputs
+
+    return fake
+
+
+def _eip(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    allocation = f"eipalloc-{ctx.hex(args.typ, args.name)}"
+    # 198.51.100.0/24 is reserved for documentation.
+    octet = int(ctx.hex(args.name, length=2), 16) % 250 + 1
+    return allocation, {"allocationId": allocation, "publicIp": f"198.51.100.{octet}"}
+
+
+def _launch_template(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    template = f"lt-{ctx.hex(args.typ, args.name)}"
+    return template, {"latestVersion": 1, "defaultVersion": 1,
+                      "arn": f"arn:aws:ec2:{_region(ctx)}:{ACCOUNT}:launch-template/{template}"}
+
+
+def _role(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = _autoname(args, ctx)
+    return name, {"name": name, "arn": f"arn:aws:iam::{ACCOUNT}:role/{name}",
+                  "uniqueId": f"AROA{ctx.hex(args.name, length=17).upper()}"}
+
+
+def _role_policy(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = _autoname(args, ctx)
+    return f"{args.inputs.get('role')}:{name}", {"name": name}
+
+
+def _attachment(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    return f"{args.inputs.get('role')}-{ctx.hex(args.name, length=8)}", {}
+
+
+def _kms_key(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    key_id = "-".join(ctx.hex(args.name, part, length=n) for part, n in (("a", 8), ("b", 4), ("c", 4),
+                                                                         ("d", 4), ("e", 12)))
+    return key_id, {"keyId": key_id, "arn": f"arn:aws:kms:{_region(ctx)}:{ACCOUNT}:key/{key_id}"}
+
+
+def _log_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = _autoname(args, ctx)
+    return name, {"name": name, "arn": f"arn:aws:logs:{_region(ctx)}:{ACCOUNT}:log-group:{name}"}
+
+
+def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name, region = _autoname(args, ctx), _region(ctx)
+    oidc_id = ctx.hex("oidc", name, length=32).upper()
+    ca = base64.b64encode(f"-----BEGIN CERTIFICATE-----\n{ctx.hex('ca', name, length=64)}\n"
+                          "-----END CERTIFICATE-----\n".encode()).decode()
+    vpc_config = dict(args.inputs.get("vpcConfig") or {})
+    vpc_config.update({"clusterSecurityGroupId": f"sg-{ctx.hex('eks-cluster-sg', name)}",
+                       "vpcId": f"vpc-{ctx.hex('vpc', name)}"})
+    return name, {
+        "name": name,
+        "arn": f"arn:aws:eks:{region}:{ACCOUNT}:cluster/{name}",
+        "endpoint": f"https://{oidc_id}.gr7.{region}.eks.amazonaws.com",
+        "certificateAuthority": {"data": ca},
+        "identities": [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{oidc_id}"}]}],
+        "platformVersion": "eks.10",
+        "status": "ACTIVE",
+        "vpcConfig": vpc_config,
+    }
+
+
+def _node_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    cluster = str(args.inputs.get("clusterName"))
+    name = _autoname(args, ctx, "nodeGroupName")
+    uuid = ctx.hex("nodegroup", name, length=32)
+    return f"{cluster}:{name}", {
+        "nodeGroupName": name,
+        "arn": f"arn:aws:eks:{_region(ctx)}:{ACCOUNT}:nodegroup/{cluster}/{name}/{uuid}",
+        "resources": [{"autoscalingGroups": [{"name": f"eks-{name}-{uuid}"}], "remoteAccessSecurityGroupId": ""}],
+        "status": "ACTIVE",
+    }
+
+
+def _addon(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    cluster, addon = args.inputs.get("clusterName"), args.inputs.get("addonName")
+    return f"{cluster}:{addon}", {"arn": f"arn:aws:eks:{_region(ctx)}:{ACCOUNT}:addon/{cluster}/{addon}/"
+                                         f"{ctx.hex(args.name, length=32)}"}
+
+
+def _oidc_provider(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    url = str(args.inputs.get("url", "")).removeprefix("https://")
+    arn = f"arn:aws:iam::{ACCOUNT}:oidc-provider/{url}"
+    return arn, {"arn": arn}
+
+
+def _repository(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = _autoname(args, ctx)
+    return name, {"name": name, "registryId": ACCOUNT,
+                  "arn": f"arn:aws:ecr:{_region(ctx)}:{ACCOUNT}:repository/{name}",
+                  "repositoryUrl": f"{ACCOUNT}.dkr.ecr.{_region(ctx)}.amazonaws.com/{name}"}
+
+
+def _bucket(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = _autoname(args, ctx, "bucket")
+    return name, {"bucket": name, "arn": f"arn:aws:s3:::{name}", "region": _region(ctx),
+                  "bucketDomainName": f"{name}.s3.amazonaws.com"}
+
+
+def _security_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    group = f"sg-{ctx.hex(args.typ, args.name)}"
+    return group, {"arn": f"arn:aws:ec2:{_region(ctx)}:{ACCOUNT}:security-group/{group}", "ownerId": ACCOUNT,
+                   "name": _autoname(args, ctx)}
+
+
+RESOURCES: dict[str, ResourceFake] = {
+    "aws:ec2/vpc:Vpc": _prefixed("vpc", "ec2", "vpc"),
+    "aws:ec2/subnet:Subnet": _prefixed("subnet", "ec2", "subnet"),
+    "aws:ec2/internetGateway:InternetGateway": _prefixed("igw", "ec2", "internet-gateway"),
+    "aws:ec2/natGateway:NatGateway": _prefixed("nat"),
+    "aws:ec2/routeTable:RouteTable": _prefixed("rtb", "ec2", "route-table"),
+    "aws:ec2/route:Route": _prefixed("r-rtb"),
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": _prefixed("rtbassoc"),
+    "aws:ec2/eip:Eip": _eip,
+    "aws:ec2/flowLog:FlowLog": _prefixed("fl", "ec2", "vpc-flow-log"),
+    "aws:ec2/securityGroup:SecurityGroup": _security_group,
+    "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": _security_group,
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": _prefixed("sgr", "ec2", "security-group-rule"),
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": _prefixed("sgr", "ec2", "security-group-rule"),
+    "aws:ec2/launchTemplate:LaunchTemplate": _launch_template,
+    "aws:iam/role:Role": _role,
+    "aws:iam/rolePolicy:RolePolicy": _role_policy,
+    "aws:iam/rolePolicyAttachment:RolePolicyAttachment": _attachment,
+    "aws:iam/openIdConnectProvider:OpenIdConnectProvider": _oidc_provider,
+    "aws:kms/key:Key": _kms_key,
+    "aws:cloudwatch/logGroup:LogGroup": _log_group,
+    "aws:eks/cluster:Cluster": _cluster,
+    "aws:eks/nodeGroup:NodeGroup": _node_group,
+    "aws:eks/addon:Addon": _addon,
+    "aws:ecr/repository:Repository": _repository,
+    "aws:s3/bucket:Bucket": _bucket,
+}
+
+
+def _availability_zones(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    region = _region(ctx)
+    letters = "abcdef"
+    return {"id": region, "names": [f"{region}{c}" for c in letters],
+            "zoneIds": [f"use1-az{i + 1}" for i in range(len(letters))], "groupNames": [region],
+            "state": "available"}
+
+
+CALLS: dict[str, CallFake] = {
+    "aws:index/getAvailabilityZones:getAvailabilityZones": _availability_zones,
+}
