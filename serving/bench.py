@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -363,7 +364,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Streamed load on an OpenAI-compatible /v1/completions endpoint, with vLLM's metrics.",
     )
     parser.add_argument("--url", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--api-key", help="sent as 'Authorization: Bearer KEY'")
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("SERVESTACK_API_KEY") or None,
+        help="sent as 'Authorization: Bearer KEY' (default: $SERVESTACK_API_KEY)",
+    )
     parser.add_argument("--model", help="model name (default: the first one /v1/models lists)")
     parser.add_argument("--concurrency", type=_positive_ints, default=[1], help="levels, e.g. 1,4,16")
     parser.add_argument("--requests", type=_positive_int, required=True, help="requests per level")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -322,10 +323,12 @@ def test_connection_failures_are_errors_not_crashes() -> None:
 
 def test_the_command_prints_a_table_per_level_and_writes_json(stub: Stub, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
+    stub.behaviour.api_key = "sk-from-env"
     command = [sys.executable, "-m", "serving.bench", "--url", stub.url, "--concurrency", "1,3",
                "--requests", "3", "--input-len", "8", "--output-len", "4", "--goodput", "ttft:5000", "tpot:1",
                "--json", str(out)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    env = os.environ | {"SERVESTACK_API_KEY": "sk-from-env"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
 
     assert result.returncode == 0, result.stderr
     assert "concurrency 1: 3/3 completed" in result.stdout
