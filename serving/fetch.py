@@ -88,6 +88,8 @@ def parse_source(url: str) -> Source:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise FetchError(f"source {url!r}: expected file:///ABSOLUTE/PATH")
         return Source(url, "file", os.path.abspath(parts.path))
     if scheme in ("s3", "gs"):
         if not parts.netloc or parts.query:

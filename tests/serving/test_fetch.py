@@ -275,6 +275,7 @@ def test_parse_source_accepts_documented_forms(url: str, protocol: str, root: st
     ("url", "expected"),
     [
         ("http://example.com/model", "unsupported scheme 'http'"),
+        ("file://models/tiny", "expected file:///ABSOLUTE/PATH"),
         ("s3:///tiny", "expected s3://BUCKET/PREFIX"),
         ("az://models/tiny", "expected az://CONTAINER/PREFIX?account=ACCOUNT"),
         ("az://models/tiny?account=a&account=b", "expected az://CONTAINER/PREFIX?account=ACCOUNT"),
