@@ -267,15 +267,15 @@ async def _run_load(
             record(result)
 
     async def schedule(client: httpx.AsyncClient, start: float) -> None:
-        tasks = []
-        for index, offset in enumerate(arrival_offsets(requests, rate)):
-            delay = start + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(client, index)))
+        tasks: list[asyncio.Task[None]] = []
         try:
+            for index, offset in enumerate(arrival_offsets(requests, rate)):
+                delay = start + offset - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(client, index)))
             await asyncio.gather(*tasks)
-        finally:
+        finally:  # at the time limit, cut off what is in flight
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -316,6 +316,17 @@ def test_the_run_is_bounded_in_time(stub: Stub) -> None:
     assert result.not_sent == 8  # ... and the rest never sent
 
 
+def test_the_time_bound_also_holds_while_requests_are_still_being_scheduled(stub: Stub) -> None:
+    stub.behaviour.hang = True
+    started = time.monotonic()
+    result = _load(stub, concurrency=4, requests=50, rate=5.0, timeout_s=1.0)
+    assert time.monotonic() - started < 1.0 + 2 * SLACK_S
+    sent = len(result.results)
+    assert result.completed == 0
+    assert result.error_kinds == {TIME_LIMIT: sent}
+    assert 1 <= sent <= 4 and result.not_sent == 50 - sent
+
+
 def test_connection_failures_are_errors_not_crashes() -> None:
     result = asyncio.run(run_load(DOWN_URL, model="m", concurrency=1, requests=2, input_len=4, output_len=4))
     assert (result.completed, result.errors, result.error_kinds) == (0, 2, {"ConnectError": 2})
