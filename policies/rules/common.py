@@ -26,7 +26,7 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from policies.rules.values import Unknown, plain
+from policies.rules.values import Unknown, dig, plain
 
 
 class CannotVerify(UnknownValueError):
@@ -85,18 +85,17 @@ class Resource:
 
     @property
     def namespace(self) -> str | None:
-        ns = (self.props.get("metadata") or {}).get("namespace") if isinstance(
-            self.props.get("metadata"), dict) else None
+        """A Kubernetes object's namespace, where it sets one."""
+        ns = dig(self.props, "metadata", "namespace")
         return ns if isinstance(ns, str) else None
 
 
 class Judge:
     """Collects one rule's verdict on one resource or on the stack."""
 
-    def __init__(self, report: ReportViolation, config: Mapping[str, Any], subject: str) -> None:
+    def __init__(self, report: ReportViolation, config: Mapping[str, Any]) -> None:
         self._report = report
         self._fail_closed = bool(config.get("failClosed", False))
-        self.subject = subject
         self.violations: list[str] = []
         self.unknowns: list[str] = []
 
@@ -185,7 +184,7 @@ class Rule:
             config = settings(args.get_config(), schema)
             resource = Resource(args.resource_type, args.urn, args.name, plain(args.props),
                                 parent=args.opts.parent if args.opts else None)
-            judge = Judge(report, config, args.urn)
+            judge = Judge(report, config)
             if exemption(config, resource, judge) is not None:
                 return
             check(resource, config, judge)
@@ -207,7 +206,7 @@ class Rule:
                                                 for k, v in r.property_dependencies.items()})
                 for r in args.resources
             ]
-            judge = Judge(report, config, "stack")
+            judge = Judge(report, config)
             check(resources, config, judge)
             judge.finish()
 

@@ -61,7 +61,7 @@ def _problem(where: str, message: str) -> Opening:
     return Opening(where, ALL, v.ALL_PORTS, Unknown(where), "", problem=message)
 
 
-def _ports_for(proto: str | Unknown, ranges: Callable[[], PortRanges],
+def _ports_for(proto: str | Unknown, ranges: Callable[[], PortRanges | Unknown],
                all_keeps_ports: bool = False) -> PortRanges | Unknown | None:
     """The ports an entry opens. AWS and GCP ignore ports for "all protocols"; Azure's "*" keeps them."""
     if isinstance(proto, Unknown):
@@ -77,9 +77,19 @@ def _proto(raw: Any) -> str | Unknown:
     return raw if isinstance(raw, Unknown) else v.protocol(raw)
 
 
-def _union(specs: list[Any]) -> PortRanges:
+def _union(specs: list[Any]) -> PortRanges | Unknown:
     """Port specs ("22", "20-25", 443.0, "*") as ranges; no spec at all means every port."""
+    unknown = next((s for s in specs if isinstance(s, Unknown)), None)
+    if unknown is not None:
+        return unknown
     return tuple(r for s in specs for r in v.port_range(s)) if specs else v.ALL_PORTS
+
+
+def _from_to(from_port: Any, to_port: Any) -> PortRanges | Unknown:
+    for port in (from_port, to_port):
+        if isinstance(port, Unknown):
+            return port
+    return v.from_to(from_port, to_port)
 
 
 def _sources_text(sources: list[Any]) -> str:
@@ -103,13 +113,7 @@ def _aws_entry(where: str, entry: dict[str, Any], proto_key: str, source_keys: t
                in_force: bool | Unknown = True) -> Opening:
     try:
         proto = _proto(entry.get(proto_key))
-        from_port, to_port = entry.get("fromPort"), entry.get("toPort")
-        if isinstance(from_port, Unknown) or isinstance(to_port, Unknown):
-            ports: PortRanges | Unknown | None = _ports_for(proto, lambda: v.ALL_PORTS)
-            if ports is not None and not isinstance(ports, Unknown) and proto != ALL:
-                ports = from_port if isinstance(from_port, Unknown) else to_port
-        else:
-            ports = _ports_for(proto, lambda: v.from_to(from_port, to_port))
+        ports = _ports_for(proto, partial(_from_to, entry.get("fromPort"), entry.get("toPort")))
         sources = [s for key in source_keys for s in v.items(entry.get(key))]
         world = v.world_sources(sources)
     except BadValue as e:
@@ -176,12 +180,7 @@ def _gcp_firewall(resource: Resource) -> Iterator[Opening]:
             continue
         try:
             proto = _proto(allow.get("protocol"))
-            port_specs = v.items(allow.get("ports"))
-            unknown_port = next((s for s in port_specs if isinstance(s, Unknown)), None)
-            known = [s for s in port_specs if not isinstance(s, Unknown)]
-            ports = _ports_for(proto, partial(_union, known))
-            if unknown_port is not None and ports is not None and proto != ALL:
-                ports = unknown_port
+            ports = _ports_for(proto, partial(_union, v.items(allow.get("ports"))))
         except BadValue as e:
             yield _problem(where, str(e))
             continue
@@ -201,11 +200,7 @@ def _azure_entry(where: str, rule: dict[str, Any]) -> Opening:
     try:
         proto = _proto(rule.get("protocol"))
         specs = v.items(rule.get("destinationPortRange")) + v.items(rule.get("destinationPortRanges"))
-        unknown_port = next((s for s in specs if isinstance(s, Unknown)), None)
-        known = [s for s in specs if not isinstance(s, Unknown)]
-        ports = _ports_for(proto, partial(_union, known), all_keeps_ports=True)
-        if unknown_port is not None and ports is not None:
-            ports = unknown_port
+        ports = _ports_for(proto, partial(_union, specs), all_keeps_ports=True)
         world = v.world_sources(sources, azure=True)
     except BadValue as e:
         return _problem(where, str(e))
