@@ -135,6 +135,8 @@ class AzureConfig:
     system_vm_size: str  # the CPU system pool's VM size
     # Public ranges allowed through the model storage account's firewall (operators uploading models).
     storage_cidrs: tuple[str, ...]
+    # What runs `pulumi up` (a person, or CI's service principal): it is made the cluster's RBAC admin.
+    deployer_type: str
 
 
 @dataclass(frozen=True)
@@ -328,7 +330,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
     local = _local(root.object("local"), cloud)
     aws = _aws(root.object("aws"))
     gcp = _gcp(root.object("gcp"), values, cloud)
-    azure = _azure(root.object("azure"), environment, access)
+    azure = _azure(root.object("azure"), environment, access, cloud)
     root.reject_unknown()
 
     if gpu.type is not None and cloud not in (None, "local"):
@@ -621,24 +623,27 @@ def _gcp_zones(r: _Reader, region: Any) -> tuple[str, ...]:
 
 
 _AZURE_VM_SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
+_RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
-def _azure(r: _Reader, environment: str, access: AccessConfig) -> AzureConfig:
+def _azure(r: _Reader, environment: str, access: AccessConfig, cloud: str | None) -> AzureConfig:
     vnet_cidr = _private_cidr(r, "vnetCidr", "10.20.0.0/16")
     private_cluster = r.flag("privateCluster", environment == "prod" or not access.api_cidrs)
     system_vm_size = r.text("systemVmSize", "Standard_D4ds_v5")
     storage_cidrs = r.cidrs("storageCidrs")
+    deployer_type = r.text("deployerType", "User", allowed=("User", "ServicePrincipal"), what="a principal type")
     r.reject_unknown()
     vnet = ipaddress.ip_network(vnet_cidr)
     for name, cidr in (("pod", AZURE_POD_CIDR), ("service", AZURE_SERVICE_CIDR)):
         if vnet.overlaps(ipaddress.ip_network(cidr)):
             r.problem("vnetCidr", f"{vnet_cidr!r} overlaps the cluster's {name} range {cidr}; choose a range "
                                   "outside it, such as 10.20.0.0/16")
-    if not private_cluster and not access.api_cidrs:
+    on_azure = cloud == "azure"
+    if on_azure and not private_cluster and not access.api_cidrs:
         r.problem("privateCluster", "false, but servestack:access.apiCidrs is empty, which would open the "
                                     "Kubernetes API to the whole internet; list the operators' CIDR blocks "
                                     "or set privateCluster to true")
-    if private_cluster and access.api_cidrs:
+    elif on_azure and private_cluster and access.api_cidrs:
         r.problem("privateCluster", "true, but servestack:access.apiCidrs is set; a private cluster's API "
                                     "has no public endpoint to restrict: remove apiCidrs or set "
                                     "privateCluster to false")
@@ -647,14 +652,15 @@ def _azure(r: _Reader, environment: str, access: AccessConfig) -> AzureConfig:
     storage_ranges = []
     for i, cidr in enumerate(storage_cidrs):
         network = ipaddress.ip_network(cidr)
-        # The storage firewall takes public IPv4 ranges up to /30, or single addresses.
-        if network.version != 4 or not network.is_global or 30 < network.prefixlen < 32 or is_world(cidr):
+        # The storage firewall takes IPv4 ranges up to /30 or single addresses, never RFC 1918 ones.
+        if (network.version != 4 or 30 < network.prefixlen < 32 or is_world(cidr)
+                or any(network.overlaps(ipaddress.ip_network(r1918)) for r1918 in _RFC1918)):
             r.problem(f"storageCidrs[{i}]", f"{cidr!r} is not allowed; the storage firewall takes public "
                                             "IPv4 ranges from /1 to /30, or single addresses (/32)")
             continue
         storage_ranges.append(str(network.network_address) if network.prefixlen == 32 else cidr)
     return AzureConfig(vnet_cidr=vnet_cidr, private_cluster=private_cluster, system_vm_size=system_vm_size,
-                       storage_cidrs=tuple(storage_ranges))
+                       storage_cidrs=tuple(storage_ranges), deployer_type=deployer_type)
 
 
 def load_stack_config() -> StackConfig:

@@ -1,0 +1,473 @@
+"""The Azure platform: a private-by-default AKS cluster with a GPU pool that scales from zero.
+
+One component, `servestack:azure:GpuCluster`, declares:
+
+- a resource group; a VNet whose node subnet carries the NSG and a NAT gateway (static public IP) for
+  egress, so that nodes have no public IPs and the cluster's outbound type is `userAssignedNATGateway`;
+  VNet flow logs in prod;
+- AKS with Azure CNI overlay powered by Cilium (pods take addresses outside the VNet; Cilium enforces
+  NetworkPolicy), Entra ID with Azure RBAC and local accounts off, OIDC issuer and workload identity on,
+  patch auto-upgrades, and either a private API server or one restricted to the operators' ranges;
+- a CPU system pool tainted `CriticalAddonsOnly` and a GPU user pool tainted `nvidia.com/gpu`, scaling
+  0..N, optionally spot; AKS installs the NVIDIA driver, the serving deployment installs the device plugin;
+- ACR (no admin user) that the kubelet identity may pull from; a storage account (Entra ID only, HTTPS,
+  TLS 1.2, firewalled to the node subnet) with a private `models` container;
+- a user-assigned identity for the serving service account, federated with exactly that account, that
+  may read the models container and nothing else.
+
+Role definitions are Azure's built-in ones; their GUIDs are the same in every tenant.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+import pulumi_random as random
+import yaml
+from pulumi_azure_native import (
+    authorization,
+    containerregistry,
+    containerservice,
+    managedidentity,
+    network,
+    resources,
+    storage,
+)
+
+from infra.config import AZURE_DNS_SERVICE_IP, AZURE_POD_CIDR, AZURE_SERVICE_CIDR, StackConfig
+from infra.platform import (
+    GPU_POOL_LABEL,
+    GPU_POOL_VALUE,
+    GPU_TAINT_EFFECT,
+    GPU_TAINT_KEY,
+    GPU_TAINT_VALUE,
+    GPU_TOLERATION,
+    Platform,
+    Toleration,
+)
+
+# The serving Kubernetes service account (infra/serving.py): the workload identity trusts exactly it.
+SERVICE_ACCOUNT_NAME = "servestack"
+MODELS_CONTAINER = "models"
+
+GPU_TAINT = f"{GPU_TAINT_KEY}={GPU_TAINT_VALUE}:{GPU_TAINT_EFFECT}"
+SYSTEM_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+# AKS puts this taint on every spot node whether asked or not; declaring it keeps plans free of drift.
+SPOT_TAINT_KEY = "kubernetes.azure.com/scalesetpriority"
+SPOT_TAINT = f"{SPOT_TAINT_KEY}=spot:NoSchedule"
+SPOT_TOLERATION = Toleration(key=SPOT_TAINT_KEY, value="spot", effect="NoSchedule")
+
+# Built-in role definitions.
+ACR_PULL = "7f951dda-4ed3-4680-a7ca-43fe172d538d"
+STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
+STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
+AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
+
+# The Entra ID application behind every AKS API server: the audience kubelogin asks tokens for.
+AKS_SERVER_APP_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
+WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
+WORKLOAD_IDENTITY_CLIENT_ID = "azure.workload.identity/client-id"
+WORKLOAD_IDENTITY_USE = "azure.workload.identity/use"
+INTERNAL_LB = "service.beta.kubernetes.io/azure-load-balancer-internal"
+INTERNAL_LB_SUBNET = "service.beta.kubernetes.io/azure-load-balancer-internal-subnet"
+
+NODE_SUBNET = "nodes"
+FLOW_LOG_RETENTION_DAYS = 30
+# NSG priorities: lower numbers are evaluated first; the deny sits last among ours, before Azure's defaults.
+PRIORITY_SERVING = 100
+PRIORITY_LB_PROBES = 110
+PRIORITY_INTRA = 120
+PRIORITY_DENY_INTERNET = 4096
+
+
+def build(config: StackConfig) -> Platform:
+    cluster = GpuCluster("servestack", config)
+    return cluster.platform
+
+
+def role_definition(subscription_id: pulumi.Input[str], role: str) -> pulumi.Output[str]:
+    return pulumi.Output.concat("/subscriptions/", subscription_id,
+                                "/providers/Microsoft.Authorization/roleDefinitions/", role)
+
+
+def node_subnet_cidr(vnet_cidr: str) -> str:
+    """The node subnet: the first quarter of the VNet (overlay pods take no VNet addresses)."""
+    vnet = ipaddress.ip_network(vnet_cidr)
+    return str(next(vnet.subnets(prefixlen_diff=2)))
+
+
+def nsg_rules(config: StackConfig) -> list[network.SecurityRuleArgs]:
+    """The node subnet's inbound rules, all inline on the NSG (and nowhere else)."""
+    vnet_cidr = config.azure.vnet_cidr
+    rules = []
+    # The load balancer is IPv4 only: IPv6 clients could never reach it.
+    clients = [c for c in config.access.endpoint_cidrs if ipaddress.ip_network(c).version == 4]
+    if clients:
+        rules.append(network.SecurityRuleArgs(
+            name="allow-serving-load-balancer",
+            description=f"Clients in servestack:access.endpointCidrs to the serving load balancer's port "
+                        f"{config.serving.port}",
+            priority=PRIORITY_SERVING, direction="Inbound", access="Allow", protocol="Tcp",
+            source_address_prefixes=clients, source_port_range="*",
+            # AKS load balancer rules use floating IP: packets arrive addressed to the frontend IP.
+            destination_address_prefix="*", destination_port_range=str(config.serving.port),
+        ))
+    rules += [
+        network.SecurityRuleArgs(
+            name="allow-azure-load-balancer-probes",
+            description="Azure load balancer health probes to the nodes",
+            priority=PRIORITY_LB_PROBES, direction="Inbound", access="Allow", protocol="*",
+            source_address_prefix="AzureLoadBalancer", source_port_range="*",
+            destination_address_prefix=vnet_cidr, destination_port_range="*",
+        ),
+        network.SecurityRuleArgs(
+            name="allow-intra-vnet",
+            description="Nodes and overlay pods to each other",
+            priority=PRIORITY_INTRA, direction="Inbound", access="Allow", protocol="*",
+            source_address_prefixes=[vnet_cidr, AZURE_POD_CIDR], source_port_range="*",
+            destination_address_prefixes=[vnet_cidr, AZURE_POD_CIDR], destination_port_range="*",
+        ),
+        network.SecurityRuleArgs(
+            name="deny-internet-inbound",
+            description="Nothing else from the internet",
+            priority=PRIORITY_DENY_INTERNET, direction="Inbound", access="Deny", protocol="*",
+            source_address_prefix="Internet", source_port_range="*",
+            destination_address_prefix="*", destination_port_range="*",
+        ),
+    ]
+    return rules
+
+
+@dataclass(frozen=True)
+class _Network:
+    resource_group: resources.ResourceGroup
+    vnet: network.VirtualNetwork
+    subnet: network.Subnet
+
+
+class GpuCluster(pulumi.ComponentResource):
+    """Network, AKS with a system and a GPU pool, ACR, model storage and the serving workload identity."""
+
+    kubeconfig: pulumi.Output[str]
+    registry_url: pulumi.Output[str]
+    model_bucket_uri: pulumi.Output[str]
+    platform: Platform
+
+    def __init__(self, name: str, config: StackConfig, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("servestack:azure:GpuCluster", name, None, opts)
+        if config.region is None or config.gpu.machine_type is None:
+            raise ValueError("the azure platform needs azure-native:location and servestack:gpu.machineType")
+        self._name = name
+        self._config = config
+        self._prefix = f"{name}-{pulumi.get_stack()}"
+        self._child = pulumi.ResourceOptions(parent=self)
+        self._client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        # Registry and storage account names are global: a random suffix keeps them apart.
+        self._suffix = random.RandomString(f"{name}-suffix", length=8, special=False, upper=False,
+                                           opts=self._child).result
+
+        net = self._network()
+        cluster, admin_access = self._cluster(net)
+        gpu_pool = self._gpu_pool(net, cluster)
+        registry, acr_pull = self._registry(net, cluster)
+        account, container = self._model_storage(net)
+        serving_identity = self._serving_identity(net, cluster, container)
+
+        self.kubeconfig = pulumi.Output.secret(
+            containerservice.list_managed_cluster_user_credentials_output(
+                resource_group_name=net.resource_group.name, resource_name=cluster.name, format="exec",
+                opts=pulumi.InvokeOutputOptions(parent=self),
+            ).kubeconfigs.apply(_kubelogin_kubeconfig))
+        provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig, opts=self._child)
+        self.registry_url = registry.login_server
+        # The form serving/fetch.py reads, and one that a /models/NAME path can follow.
+        self.model_bucket_uri = pulumi.Output.concat(
+            "abfs://", container.name, "@", account.name, ".blob.core.windows.net")
+
+        tolerations = [GPU_TOLERATION, *([SPOT_TOLERATION] if config.gpu.spot else [])]
+        self.platform = Platform(
+            cloud="azure",
+            k8s_provider=provider,
+            gpu_node_selector={GPU_POOL_LABEL: GPU_POOL_VALUE},
+            gpu_tolerations=tuple(tolerations),
+            # AKS installs the NVIDIA driver on GPU nodes, but not the device plugin.
+            needs_device_plugin=True,
+            registry_url=self.registry_url,
+            model_bucket_uri=self.model_bucket_uri,
+            service_account_annotations={WORKLOAD_IDENTITY_CLIENT_ID: serving_identity.client_id},
+            pod_labels={WORKLOAD_IDENTITY_USE: "true"},
+            internal_load_balancer_annotations={INTERNAL_LB: "true", INTERNAL_LB_SUBNET: NODE_SUBNET},
+            internal_cidrs=(config.azure.vnet_cidr,),
+            ready=(gpu_pool, admin_access, acr_pull),
+            cluster=cluster,
+        )
+        self.register_outputs({
+            "cluster_name": cluster.name,
+            "resource_group": net.resource_group.name,
+            "kubeconfig": self.kubeconfig,
+            "registry_url": self.registry_url,
+            "model_bucket_uri": self.model_bucket_uri,
+        })
+
+    # --- pieces -----------------------------------------------------------------------------------
+
+    def _opts(self, **kwargs: Any) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions.merge(self._child, pulumi.ResourceOptions(**kwargs))
+
+    def _network(self) -> _Network:
+        name, config, region = self._name, self._config, self._config.region
+        group = resources.ResourceGroup(f"{name}-resource-group", resource_group_name=f"{self._prefix}-rg",
+                                        location=region, opts=self._child)
+        rg = group.name
+        vnet = network.VirtualNetwork(
+            f"{name}-vnet", resource_group_name=rg, location=region, virtual_network_name=f"{self._prefix}-vnet",
+            address_space=network.AddressSpaceArgs(address_prefixes=[config.azure.vnet_cidr]),
+            opts=self._child)
+        nsg = network.NetworkSecurityGroup(
+            f"{name}-nodes-nsg", resource_group_name=rg, location=region,
+            network_security_group_name=f"{self._prefix}-nodes-nsg", security_rules=nsg_rules(config),
+            opts=self._child)
+        egress_ip = network.PublicIPAddress(
+            f"{name}-egress-ip", resource_group_name=rg, location=region,
+            public_ip_address_name=f"{self._prefix}-egress-ip",
+            sku=network.PublicIPAddressSkuArgs(name="Standard", tier="Regional"),
+            public_ip_allocation_method="Static", public_ip_address_version="IPv4", opts=self._child)
+        nat = network.NatGateway(
+            f"{name}-nat", resource_group_name=rg, location=region, nat_gateway_name=f"{self._prefix}-nat",
+            sku=network.NatGatewaySkuArgs(name="Standard"), idle_timeout_in_minutes=4,
+            public_ip_addresses=[network.SubResourceArgs(id=egress_ip.id)], opts=self._child)
+        subnet = network.Subnet(
+            f"{name}-nodes-subnet", resource_group_name=rg, virtual_network_name=vnet.name,
+            subnet_name=NODE_SUBNET, address_prefix=node_subnet_cidr(config.azure.vnet_cidr),
+            network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
+            nat_gateway=network.SubResourceArgs(id=nat.id),
+            # Egress only through the NAT gateway, never through Azure's implicit default outbound.
+            default_outbound_access=False,
+            # The model storage account admits this subnet through its service endpoint.
+            service_endpoints=[network.ServiceEndpointPropertiesFormatArgs(service="Microsoft.Storage")],
+            opts=self._child)
+        if config.is_prod:
+            self._flow_logs(group, vnet)
+        return _Network(group, vnet, subnet)
+
+    def _flow_logs(self, group: resources.ResourceGroup, vnet: network.VirtualNetwork) -> None:
+        """VNet flow logs (NSG flow logs are retired) into a firewalled account, written as an identity."""
+        name, region = self._name, self._config.region
+        logs = storage.StorageAccount(
+            f"{name}-flow-logs", resource_group_name=group.name, location=region,
+            account_name=pulumi.Output.concat("servestacklogs", self._suffix),
+            **_hardened_account(sku="Standard_LRS", subnet_id=None, ip_ranges=()), opts=self._child)
+        writer = managedidentity.UserAssignedIdentity(
+            f"{name}-flow-logs-identity", resource_group_name=group.name, location=region,
+            resource_name_=f"{self._prefix}-flow-logs", opts=self._child)
+        grant = authorization.RoleAssignment(
+            f"{name}-flow-logs-writer", principal_id=writer.principal_id, principal_type="ServicePrincipal",
+            role_definition_id=role_definition(self._client.subscription_id, STORAGE_BLOB_DATA_CONTRIBUTOR),
+            scope=logs.id, opts=self._child)
+        # Azure creates one Network Watcher per region, in NetworkWatcherRG: the flow log lives there.
+        network.FlowLog(
+            f"{name}-vnet-flow-log", network_watcher_name=f"NetworkWatcher_{region}",
+            resource_group_name="NetworkWatcherRG", location=region, flow_log_name=f"{self._prefix}-vnet",
+            target_resource_id=vnet.id, storage_id=logs.id, enabled=True,
+            format=network.FlowLogFormatParametersArgs(type="JSON", version=2),
+            retention_policy=network.RetentionPolicyParametersArgs(days=FLOW_LOG_RETENTION_DAYS, enabled=True),
+            identity=network.ManagedServiceIdentityArgs(type=network.ResourceIdentityType.USER_ASSIGNED,
+                                                        user_assigned_identities=[writer.id]),
+            opts=self._opts(depends_on=[grant]))
+
+    def _cluster(self, net: _Network) -> tuple[containerservice.ManagedCluster, authorization.RoleAssignment]:
+        name, config, rg = self._name, self._config, net.resource_group.name
+        identity = managedidentity.UserAssignedIdentity(
+            f"{name}-cluster-identity", resource_group_name=rg, location=config.region,
+            resource_name_=f"{self._prefix}-cluster", opts=self._child)
+        # A cluster in our own subnet manages its load balancers' addresses there.
+        subnet_access = authorization.RoleAssignment(
+            f"{name}-cluster-subnet-access", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+            role_definition_id=role_definition(self._client.subscription_id, NETWORK_CONTRIBUTOR),
+            scope=net.subnet.id, opts=self._child)
+
+        access = config.access
+        if config.azure.private_cluster:
+            api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
+                enable_private_cluster=True, enable_private_cluster_public_fqdn=False, private_dns_zone="system")
+        else:
+            api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
+                authorized_ip_ranges=list(access.api_cidrs))
+        # Prod keeps three system nodes, so that CoreDNS and the other add-ons survive losing one.
+        system_min, system_max = (3, 5) if config.is_prod else (1, 3)
+        system_pool = containerservice.ManagedClusterAgentPoolProfileArgs(
+            name="system", mode="System", type="VirtualMachineScaleSets", os_type="Linux", os_sku="AzureLinux",
+            vm_size=config.azure.system_vm_size, enable_auto_scaling=True,
+            count=system_min, min_count=system_min, max_count=system_max,
+            node_taints=[SYSTEM_TAINT], enable_node_public_ip=False, vnet_subnet_id=net.subnet.id,
+            orchestrator_version=config.kubernetes_version,
+        )
+        cluster = containerservice.ManagedCluster(
+            f"{name}-aks", resource_group_name=rg, location=config.region, resource_name_=f"{self._prefix}-aks",
+            dns_prefix=self._prefix, kubernetes_version=config.kubernetes_version,
+            node_resource_group=f"{self._prefix}-nodes-rg",
+            sku=containerservice.ManagedClusterSKUArgs(name="Base", tier="Standard" if config.is_prod else "Free"),
+            identity=containerservice.ManagedClusterIdentityArgs(
+                type=containerservice.ResourceIdentityType.USER_ASSIGNED, user_assigned_identities=[identity.id]),
+            enable_rbac=True,
+            disable_local_accounts=True,
+            aad_profile=containerservice.ManagedClusterAADProfileArgs(
+                managed=True, enable_azure_rbac=True, tenant_id=self._client.tenant_id),
+            api_server_access_profile=api_access,
+            network_profile=containerservice.ContainerServiceNetworkProfileArgs(
+                network_plugin="azure", network_plugin_mode="overlay",
+                network_dataplane="cilium", network_policy="cilium",
+                pod_cidr=AZURE_POD_CIDR, service_cidr=AZURE_SERVICE_CIDR, dns_service_ip=AZURE_DNS_SERVICE_IP,
+                outbound_type="userAssignedNATGateway", load_balancer_sku="standard",
+            ),
+            agent_pool_profiles=[system_pool],
+            oidc_issuer_profile=containerservice.ManagedClusterOIDCIssuerProfileArgs(enabled=True),
+            security_profile=containerservice.ManagedClusterSecurityProfileArgs(
+                workload_identity=containerservice.ManagedClusterSecurityProfileWorkloadIdentityArgs(enabled=True),
+                image_cleaner=containerservice.ManagedClusterSecurityProfileImageCleanerArgs(
+                    enabled=True, interval_hours=168),
+            ),
+            auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
+                upgrade_channel="patch", node_os_upgrade_channel="NodeImage"),
+            # The cluster autoscaler owns the system pool's size after creation.
+            opts=self._opts(depends_on=[subnet_access], ignore_changes=["agentPoolProfiles[0].count"]),
+        )
+        # Local accounts are off: whoever runs `pulumi up` needs Azure RBAC to deploy into the cluster.
+        admin_access = authorization.RoleAssignment(
+            f"{name}-deployer-cluster-admin", principal_id=self._client.object_id,
+            principal_type=config.azure.deployer_type,
+            role_definition_id=role_definition(self._client.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
+            scope=cluster.id, opts=self._child)
+        return cluster, admin_access
+
+    def _gpu_pool(self, net: _Network, cluster: containerservice.ManagedCluster) -> containerservice.AgentPool:
+        config, gpu = self._config, self._config.gpu
+        spot = {"scale_set_priority": "Spot", "scale_set_eviction_policy": "Delete", "spot_max_price": -1.0} \
+            if gpu.spot else {"scale_set_priority": "Regular"}
+        return containerservice.AgentPool(
+            f"{self._name}-gpu-pool", resource_group_name=net.resource_group.name, resource_name_=cluster.name,
+            agent_pool_name="gpu", mode="User", type="VirtualMachineScaleSets", os_type="Linux", os_sku="Ubuntu",
+            vm_size=gpu.machine_type, orchestrator_version=config.kubernetes_version,
+            enable_auto_scaling=True, count=gpu.min_nodes, min_count=gpu.min_nodes, max_count=gpu.max_nodes,
+            node_taints=[GPU_TAINT, *([SPOT_TAINT] if gpu.spot else [])],
+            node_labels={GPU_POOL_LABEL: GPU_POOL_VALUE, "servestack.io/gpu-type": gpu.type or "none"},
+            enable_node_public_ip=False, vnet_subnet_id=net.subnet.id, os_disk_size_gb=gpu.disk_gb,
+            # AKS installs the NVIDIA driver; the device plugin comes with the serving deployment.
+            gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
+            **spot,
+            # The cluster autoscaler owns the node count after creation.
+            opts=self._opts(ignore_changes=["count"]),
+        )
+
+    def _registry(self, net: _Network, cluster: containerservice.ManagedCluster
+                  ) -> tuple[containerregistry.Registry, authorization.RoleAssignment]:
+        name, config = self._name, self._config
+        registry = containerregistry.Registry(
+            f"{name}-registry", resource_group_name=net.resource_group.name, location=config.region,
+            registry_name=pulumi.Output.concat("servestack", self._suffix),
+            sku=containerregistry.SkuArgs(name="Premium" if config.is_prod else "Basic"),
+            admin_user_enabled=False, anonymous_pull_enabled=False, opts=self._child)
+        kubelet = cluster.identity_profile.apply(_kubelet_object_id)
+        acr_pull = authorization.RoleAssignment(
+            f"{name}-kubelet-acr-pull", principal_id=kubelet, principal_type="ServicePrincipal",
+            role_definition_id=role_definition(self._client.subscription_id, ACR_PULL),
+            scope=registry.id, opts=self._child)
+        return registry, acr_pull
+
+    def _model_storage(self, net: _Network) -> tuple[storage.StorageAccount, storage.BlobContainer]:
+        name, config = self._name, self._config
+        account = storage.StorageAccount(
+            f"{name}-models", resource_group_name=net.resource_group.name, location=config.region,
+            account_name=pulumi.Output.concat("servestack", self._suffix),
+            **_hardened_account(sku="Standard_ZRS" if config.is_prod else "Standard_LRS",
+                                subnet_id=net.subnet.id, ip_ranges=config.azure.storage_cidrs),
+            opts=self._child)
+        container = storage.BlobContainer(
+            f"{name}-models-container", resource_group_name=net.resource_group.name, account_name=account.name,
+            container_name=MODELS_CONTAINER, public_access=storage.PublicAccess.NONE, opts=self._child)
+        return account, container
+
+    def _serving_identity(self, net: _Network, cluster: containerservice.ManagedCluster,
+                          container: storage.BlobContainer) -> managedidentity.UserAssignedIdentity:
+        name, config, rg = self._name, self._config, net.resource_group.name
+        identity = managedidentity.UserAssignedIdentity(
+            f"{name}-serving-identity", resource_group_name=rg, location=config.region,
+            resource_name_=f"{self._prefix}-serving", opts=self._child)
+        issuer = cluster.oidc_issuer_profile.apply(_issuer_url)
+        managedidentity.FederatedIdentityCredential(
+            f"{name}-serving-federation", resource_group_name=rg, resource_name_=identity.name,
+            federated_identity_credential_resource_name="servestack-serving",
+            issuer=issuer, audiences=[WORKLOAD_IDENTITY_AUDIENCE],
+            subject=service_account_subject(config.serving.namespace), opts=self._child)
+        authorization.RoleAssignment(
+            f"{name}-serving-model-reader", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+            role_definition_id=role_definition(self._client.subscription_id, STORAGE_BLOB_DATA_READER),
+            scope=container.id, opts=self._child)
+        return identity
+
+
+def service_account_subject(namespace: str) -> str:
+    return f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT_NAME}"
+
+
+def _hardened_account(sku: str, subnet_id: pulumi.Input[str] | None, ip_ranges: tuple[str, ...]) -> dict[str, Any]:
+    """Storage account settings: Entra ID only, HTTPS with TLS 1.2, nothing public, firewalled."""
+    vnet_rules = [storage.VirtualNetworkRuleArgs(virtual_network_resource_id=subnet_id, action=storage.Action.ALLOW)] \
+        if subnet_id is not None else []
+    return {
+        "kind": "StorageV2",
+        "sku": storage.SkuArgs(name=sku),
+        "enable_https_traffic_only": True,
+        "minimum_tls_version": "TLS1_2",
+        "allow_blob_public_access": False,
+        "allow_shared_key_access": False,
+        "default_to_o_auth_authentication": True,
+        "allow_cross_tenant_replication": False,
+        "network_rule_set": storage.NetworkRuleSetArgs(
+            default_action=storage.DefaultAction.DENY,
+            # Trusted Azure services (Network Watcher writing flow logs) still get through.
+            bypass="AzureServices",
+            virtual_network_rules=vnet_rules,
+            ip_rules=[storage.IPRuleArgs(i_p_address_or_range=r, action=storage.Action.ALLOW) for r in ip_ranges],
+        ),
+    }
+
+
+def _kubelet_object_id(profile: Any) -> str:
+    """The kubelet identity's object id, from the cluster's identityProfile."""
+    object_id = getattr((profile or {}).get("kubeletidentity"), "object_id", None)
+    if not object_id:
+        raise ValueError("the AKS cluster reported no kubelet identity (identityProfile.kubeletidentity)")
+    return str(object_id)
+
+
+def _issuer_url(profile: Any) -> str:
+    url = getattr(profile, "issuer_url", None)
+    if not url:
+        raise ValueError("the AKS cluster reported no OIDC issuer URL (oidcIssuerProfile.issuerURL)")
+    return str(url)
+
+
+def _kubelogin_kubeconfig(kubeconfigs: Any) -> str:
+    """The cluster's user kubeconfig, authenticating through kubelogin with the Azure CLI's login.
+
+    Local accounts are off, so every token comes from Entra ID; `azurecli` works the same on a laptop
+    after `az login` and in CI after `azure/login`."""
+    if not kubeconfigs:
+        raise ValueError("the AKS cluster returned no user kubeconfig")
+    document = yaml.safe_load(base64.b64decode(kubeconfigs[0].value))
+    for user in document.get("users") or []:
+        user["user"] = {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": "kubelogin",
+            "args": ["get-token", "--login", "azurecli", "--server-id", AKS_SERVER_APP_ID],
+            "interactiveMode": "Never",
+            "provideClusterInfo": False,
+        }}
+    return str(yaml.safe_dump(document, sort_keys=False))

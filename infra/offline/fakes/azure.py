@@ -1,0 +1,200 @@
+"""Azure resources and invokes (pulumi-azure-native) as ARM would fill them in.
+
+Every resource gets an ARM id under one fake subscription and its `name`; the cluster, registry,
+identities and storage account add the outputs the program reads (OIDC issuer, kubelet identity,
+login server, client and principal ids, endpoints). The user-credentials invoke returns a base64
+kubeconfig shaped like AKS's `format=exec` one.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
+
+from infra.offline.fakes import CallFake, FakeContext, ResourceFake
+
+SUBSCRIPTION_ID = "00000000-0000-4000-8000-000000000001"
+TENANT_ID = "00000000-0000-4000-8000-000000000002"
+DEPLOYER_OBJECT_ID = "00000000-0000-4000-8000-000000000003"
+DEPLOYER_CLIENT_ID = "00000000-0000-4000-8000-000000000004"
+# Any base64 will do for a CA bundle nobody verifies offline.
+FAKE_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nservestack offline plan\n-----END CERTIFICATE-----\n")
+
+
+def _guid(ctx: FakeContext, *parts: str) -> str:
+    return str(uuid.UUID(ctx.hex("guid", *parts, length=32)))
+
+
+def _location(args: MockResourceArgs, ctx: FakeContext) -> str:
+    return str(args.inputs.get("location") or ctx.config.get("azure-native:location") or "eastus")
+
+
+def _group_id(args: MockResourceArgs) -> str:
+    return f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{args.inputs.get('resourceGroupName', 'unknown')}"
+
+
+def _arm(provider_path: str, name_key: str,
+         extra: Callable[[MockResourceArgs, FakeContext, str, str], dict[str, Any]] | None = None) -> ResourceFake:
+    """A fake for a resource at `<group>/providers/<provider_path>/<name>`, named by input `name_key`."""
+
+    def fake(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+        name = str(args.inputs.get(name_key) or args.name)
+        resource_id = f"{_group_id(args)}/providers/{provider_path.format(**args.inputs)}/{name}"
+        outputs: dict[str, Any] = {"id": resource_id, "name": name, "location": _location(args, ctx),
+                   "provisioningState": "Succeeded"}
+        if extra is not None:
+            outputs.update(extra(args, ctx, resource_id, name))
+        if "identity" in args.inputs:
+            outputs["identity"] = _identity_response(args.inputs["identity"], ctx, name)
+        return resource_id, outputs
+
+    return fake
+
+
+def _identity_response(identity: Any, ctx: FakeContext, name: str) -> dict[str, Any]:
+    """ARM answers a list of user-assigned identity ids with a map from id to the identity's ids."""
+    response = dict(identity)
+    assigned = response.get("userAssignedIdentities")
+    if isinstance(assigned, list):
+        response["userAssignedIdentities"] = {
+            i: {"clientId": _guid(ctx, "client", i), "principalId": _guid(ctx, "principal", i)} for i in assigned}
+    if "SystemAssigned" in str(response.get("type")):
+        response.update(principalId=_guid(ctx, "principal", name), tenantId=TENANT_ID)
+    return response
+
+
+def _resource_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = str(args.inputs.get("resourceGroupName") or args.name)
+    resource_id = f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{name}"
+    return resource_id, {"id": resource_id, "name": name, "location": _location(args, ctx)}
+
+
+def _identity(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
+    return {"clientId": _guid(ctx, "client", name), "principalId": _guid(ctx, "principal", name),
+            "tenantId": TENANT_ID}
+
+
+def _cluster(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
+    location = _location(args, ctx)
+    dns_prefix = args.inputs.get("dnsPrefix", name)
+    private = bool((args.inputs.get("apiServerAccessProfile") or {}).get("enablePrivateCluster"))
+    host = f"{dns_prefix}-{ctx.hex(name, length=8)}.{'privatelink.' if private else 'hcp.'}{location}.azmk8s.io"
+    node_group = args.inputs.get("nodeResourceGroup", f"MC_{name}")
+    kubelet = f"{name}-agentpool"
+    return {
+        "fqdn": "" if private else host,
+        "privateFQDN": host if private else "",
+        "azurePortalFQDN": host,
+        "currentKubernetesVersion": f"{args.inputs.get('kubernetesVersion', '1.33')}.5",
+        "oidcIssuerProfile": {"enabled": True,
+                              "issuerURL": f"https://{location}.oic.prod-aks.azure.com/{TENANT_ID}/"
+                                           f"{_guid(ctx, 'issuer', name)}/"},
+        "identityProfile": {"kubeletidentity": {
+            "clientId": _guid(ctx, "client", kubelet), "objectId": _guid(ctx, "principal", kubelet),
+            "resourceId": f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{node_group}/providers/"
+                          f"Microsoft.ManagedIdentity/userAssignedIdentities/{kubelet}"}},
+        "powerState": {"code": "Running"},
+    }
+
+
+def _registry(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
+    return {"loginServer": f"{name}.azurecr.io"}
+
+
+def _storage_account(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
+    return {"primaryEndpoints": {"blob": f"https://{name}.blob.core.windows.net/",
+                                 "dfs": f"https://{name}.dfs.core.windows.net/"}}
+
+
+def _public_ip(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
+    # 198.51.100.0/24 is reserved for documentation.
+    return {"ipAddress": f"198.51.100.{int(ctx.hex(name, length=2), 16) % 250 + 1}"}
+
+
+def _role_assignment(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = _guid(ctx, "role-assignment", args.name)
+    resource_id = f"{args.inputs.get('scope', '')}/providers/Microsoft.Authorization/roleAssignments/{name}"
+    return resource_id, {"id": resource_id, "name": name}
+
+
+def _flow_log(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    name = str(args.inputs.get("flowLogName") or args.name)
+    resource_id = (f"{_group_id(args)}/providers/Microsoft.Network/networkWatchers/"
+                   f"{args.inputs.get('networkWatcherName')}/flowLogs/{name}")
+    outputs: dict[str, Any] = {"id": resource_id, "name": name}
+    if "identity" in args.inputs:
+        outputs["identity"] = _identity_response(args.inputs["identity"], ctx, name)
+    return resource_id, outputs
+
+
+def _random_string(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    length = int(args.inputs.get("length", 8))
+    return args.name, {"result": ctx.hex("random-string", args.name, length=64)[:length]}
+
+
+def _client_config(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    return {"clientId": DEPLOYER_CLIENT_ID, "objectId": DEPLOYER_OBJECT_ID, "subscriptionId": SUBSCRIPTION_ID,
+            "tenantId": TENANT_ID}
+
+
+def _user_credentials(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    """AKS's user kubeconfig in `exec` format: kubelogin with device-code login."""
+    cluster = str(args.args.get("resourceName"))
+    location = ctx.config.get("azure-native:location", "eastus")
+    server = f"https://{cluster}-{ctx.hex(cluster, length=8)}.hcp.{location}.azmk8s.io:443"
+    user = f"clusterUser_{args.args.get('resourceGroupName')}_{cluster}"
+    kubeconfig = {
+        "apiVersion": "v1", "kind": "Config", "current-context": cluster, "preferences": {},
+        "clusters": [{"name": cluster, "cluster": {"certificate-authority-data": FAKE_CA.decode(),
+                                                    "server": server}}],
+        "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": user}}],
+        "users": [{"name": user, "user": {"exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1", "command": "kubelogin",
+            "args": ["get-token", "--login", "devicecode", "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630",
+                     "--client-id", "80faf920-1908-4b52-b5ef-a8e7bedfc67a", "--tenant-id", TENANT_ID,
+                     "--environment", "AzurePublicCloud"],
+            "env": None, "installHint": "kubelogin is not installed", "provideClusterInfo": False}}}],
+    }
+    value = base64.b64encode(yaml.safe_dump(kubeconfig).encode()).decode()
+    return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
+
+
+RESOURCES: dict[str, ResourceFake] = {
+    "azure-native:resources:ResourceGroup": _resource_group,
+    "azure-native:network:VirtualNetwork": _arm("Microsoft.Network/virtualNetworks", "virtualNetworkName"),
+    "azure-native:network:Subnet": _arm("Microsoft.Network/virtualNetworks/{virtualNetworkName}/subnets",
+                                        "subnetName"),
+    "azure-native:network:NetworkSecurityGroup": _arm("Microsoft.Network/networkSecurityGroups",
+                                                      "networkSecurityGroupName"),
+    "azure-native:network:PublicIPAddress": _arm("Microsoft.Network/publicIPAddresses", "publicIpAddressName",
+                                                 _public_ip),
+    "azure-native:network:NatGateway": _arm("Microsoft.Network/natGateways", "natGatewayName"),
+    "azure-native:network:FlowLog": _flow_log,
+    "azure-native:managedidentity:UserAssignedIdentity": _arm(
+        "Microsoft.ManagedIdentity/userAssignedIdentities", "resourceName", _identity),
+    "azure-native:managedidentity:FederatedIdentityCredential": _arm(
+        "Microsoft.ManagedIdentity/userAssignedIdentities/{resourceName}/federatedIdentityCredentials",
+        "federatedIdentityCredentialResourceName"),
+    "azure-native:containerservice:ManagedCluster": _arm("Microsoft.ContainerService/managedClusters",
+                                                         "resourceName", _cluster),
+    "azure-native:containerservice:AgentPool": _arm(
+        "Microsoft.ContainerService/managedClusters/{resourceName}/agentPools", "agentPoolName"),
+    "azure-native:containerregistry:Registry": _arm("Microsoft.ContainerRegistry/registries", "registryName",
+                                                    _registry),
+    "azure-native:storage:StorageAccount": _arm("Microsoft.Storage/storageAccounts", "accountName",
+                                                _storage_account),
+    "azure-native:storage:BlobContainer": _arm(
+        "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers", "containerName"),
+    "azure-native:authorization:RoleAssignment": _role_assignment,
+    "random:index/randomString:RandomString": _random_string,
+}
+
+CALLS: dict[str, CallFake] = {
+    "azure-native:authorization:getClientConfig": _client_config,
+    "azure-native:containerservice:listManagedClusterUserCredentials": _user_credentials,
+}

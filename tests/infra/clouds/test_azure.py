@@ -1,0 +1,472 @@
+"""The Azure stacks' offline plans: network, NSG, AKS, node pools, registry, storage, identity, serving."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+from pulumi.runtime.mocks import MockCallArgs
+
+from infra.clouds import azure
+from infra.config import ConfigError, parse_config
+from infra.offline.fakes import FakeContext
+from infra.offline.fakes import azure as fakes
+from infra.offline.plan import read_stack_config
+from infra.offline.schemas import validate_plan
+from serving.fetch import parse_source
+from tests.infra.plans import inputs, one, resources
+
+STACKS = ("azure-dev", "azure-prod")
+RG = "azure-native:resources:ResourceGroup"
+VNET = "azure-native:network:VirtualNetwork"
+SUBNET = "azure-native:network:Subnet"
+NSG = "azure-native:network:NetworkSecurityGroup"
+SECURITY_RULE = "azure-native:network:SecurityRule"
+PUBLIC_IP = "azure-native:network:PublicIPAddress"
+NAT = "azure-native:network:NatGateway"
+FLOW_LOG = "azure-native:network:FlowLog"
+CLUSTER = "azure-native:containerservice:ManagedCluster"
+POOL = "azure-native:containerservice:AgentPool"
+REGISTRY = "azure-native:containerregistry:Registry"
+ACCOUNT = "azure-native:storage:StorageAccount"
+CONTAINER = "azure-native:storage:BlobContainer"
+IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
+FEDERATION = "azure-native:managedidentity:FederatedIdentityCredential"
+ROLE = "azure-native:authorization:RoleAssignment"
+WORLD = {"*", "internet", "any", "0.0.0.0/0", "::/0"}
+SUBSCRIPTION = f"/subscriptions/{fakes.SUBSCRIPTION_ID}"
+
+# Every Azure resource each plan declares, by type.
+DEV_INVENTORY = {RG: 1, VNET: 1, SUBNET: 1, NSG: 1, PUBLIC_IP: 1, NAT: 1, CLUSTER: 1, POOL: 1, REGISTRY: 1,
+                 ACCOUNT: 1, CONTAINER: 1, IDENTITY: 2, FEDERATION: 1, ROLE: 4}
+PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 3, ROLE: 5}
+
+
+@pytest.fixture(scope="module")
+def dev(stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    return stack_plan("azure-dev")
+
+
+@pytest.fixture(scope="module")
+def prod(stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    return stack_plan("azure-prod")
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def plan(request: pytest.FixtureRequest, stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    return stack_plan(request.param)
+
+
+def _config(plan: dict[str, Any]) -> Any:
+    return parse_config(plan["stack"], read_stack_config(plan["stack"]))
+
+
+def _rg(plan: dict[str, Any]) -> str:
+    return f"{SUBSCRIPTION}/resourceGroups/servestack-{plan['stack']}-rg"
+
+
+def _role(role: str) -> str:
+    return f"{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+
+
+# --- inventory and network ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("stack", "expected"), [("azure-dev", DEV_INVENTORY), ("azure-prod", PROD_INVENTORY)])
+def test_each_stack_declares_exactly_its_azure_resources(
+        stack: str, expected: dict[str, int], stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    plan = stack_plan(stack)
+    found: dict[str, int] = {}
+    for r in plan["resources"]:
+        if r["type"].startswith("azure-native:"):
+            found[r["type"]] = found.get(r["type"], 0) + 1
+    assert found == expected
+    component = one(plan, "servestack:azure:GpuCluster")
+    assert all(r["parent"] == component["urn"] for r in plan["resources"] if r["type"].startswith("azure-native:"))
+
+
+def test_network_is_a_vnet_with_a_node_subnet_behind_the_nsg_and_nat(plan: dict[str, Any]) -> None:
+    config = _config(plan)
+    prefix = f"servestack-{plan['stack']}"
+    assert inputs(plan, RG) == {"resourceGroupName": f"{prefix}-rg", "location": "eastus"}
+    assert inputs(plan, VNET)["addressSpace"] == {"addressPrefixes": [config.azure.vnet_cidr]}
+
+    subnet = inputs(plan, SUBNET)
+    assert subnet["subnetName"] == "nodes"
+    nodes = ipaddress.IPv4Network(subnet["addressPrefix"])
+    assert nodes.subnet_of(ipaddress.IPv4Network(config.azure.vnet_cidr))
+    assert nodes.prefixlen == 18
+    net = f"{_rg(plan)}/providers/Microsoft.Network"
+    assert subnet["networkSecurityGroup"] == {"id": f"{net}/networkSecurityGroups/{prefix}-nodes-nsg"}
+    assert subnet["natGateway"] == {"id": f"{net}/natGateways/{prefix}-nat"}
+    assert subnet["defaultOutboundAccess"] is False
+    assert subnet["serviceEndpoints"] == [{"service": "Microsoft.Storage"}]
+
+    egress = inputs(plan, PUBLIC_IP)
+    assert (egress["sku"]["name"], egress["publicIPAllocationMethod"]) == ("Standard", "Static")
+    nat = inputs(plan, NAT)
+    assert nat["sku"] == {"name": "Standard"}
+    assert nat["publicIpAddresses"] == [{"id": f"{net}/publicIPAddresses/{prefix}-egress-ip"}]
+
+
+def test_prod_writes_vnet_flow_logs_and_dev_does_not(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    assert resources(dev, FLOW_LOG) == []
+    flow = inputs(prod, FLOW_LOG)
+    net = f"{_rg(prod)}/providers"
+    assert flow["targetResourceId"] == f"{net}/Microsoft.Network/virtualNetworks/servestack-azure-prod-vnet"
+    logs = inputs(prod, ACCOUNT, "servestack-flow-logs")
+    assert flow["storageId"] == f"{net}/Microsoft.Storage/storageAccounts/{logs['accountName']}"
+    assert (flow["networkWatcherName"], flow["resourceGroupName"]) == ("NetworkWatcher_eastus", "NetworkWatcherRG")
+    assert flow["enabled"] is True
+    assert flow["retentionPolicy"] == {"enabled": True, "days": 30.0}
+    writer = f"{net}/Microsoft.ManagedIdentity/userAssignedIdentities/servestack-azure-prod-flow-logs"
+    assert flow["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [writer]}
+    assert logs["allowSharedKeyAccess"] is False
+
+
+# --- NSG ------------------------------------------------------------------------------------------
+
+
+def _admits_world(rule: dict[str, Any]) -> bool:
+    sources = [rule.get("sourceAddressPrefix"), *(rule.get("sourceAddressPrefixes") or [])]
+    return rule["access"] == "Allow" and any(str(s).lower() in WORLD for s in sources if s is not None)
+
+
+def test_nsg_rules_are_inline_explicit_and_ordered(plan: dict[str, Any]) -> None:
+    assert resources(plan, SECURITY_RULE) == []
+    rules = {r["name"]: r for r in inputs(plan, NSG)["securityRules"]}
+    assert {n: r["priority"] for n, r in rules.items()} == {
+        "allow-serving-load-balancer": 100.0, "allow-azure-load-balancer-probes": 110.0,
+        "allow-intra-vnet": 120.0, "deny-internet-inbound": 4096.0}
+    assert all(r["description"] and r["direction"] == "Inbound" for r in rules.values())
+    vnet = _config(plan).azure.vnet_cidr
+
+    serving = rules["allow-serving-load-balancer"]
+    assert (serving["access"], serving["protocol"], serving["destinationPortRange"]) == ("Allow", "Tcp", "80")
+    assert serving["sourceAddressPrefixes"] == ["198.51.100.0/24"]
+    probes = rules["allow-azure-load-balancer-probes"]
+    assert (probes["sourceAddressPrefix"], probes["destinationAddressPrefix"]) == ("AzureLoadBalancer", vnet)
+    intra = rules["allow-intra-vnet"]
+    assert intra["sourceAddressPrefixes"] == intra["destinationAddressPrefixes"] == [vnet, "10.244.0.0/16"]
+    deny = rules["deny-internet-inbound"]
+    assert (deny["access"], deny["sourceAddressPrefix"], deny["destinationPortRange"]) == ("Deny", "Internet", "*")
+    assert max(r["priority"] for r in rules.values()) == deny["priority"]
+
+
+def test_no_nsg_rule_admits_the_world(plan: dict[str, Any]) -> None:
+    assert [r["name"] for r in inputs(plan, NSG)["securityRules"] if _admits_world(r)] == []
+
+
+def test_a_world_open_endpoint_opens_only_the_load_balancer_port() -> None:
+    """Dev may list 0.0.0.0/0 as its clients: only the serving port's rule then admits the world."""
+    values = read_stack_config("azure-dev")
+    values["servestack:access"] = {**values["servestack:access"], "endpointCidrs": ["0.0.0.0/0", "::/0"]}
+    rules = azure.nsg_rules(parse_config("azure-dev", values))
+    world = [r for r in rules if _admits_world({"access": r.access, "sourceAddressPrefix": r.source_address_prefix,
+                                                "sourceAddressPrefixes": r.source_address_prefixes})]
+    assert [(r.name, r.protocol, r.destination_port_range) for r in world] == [
+        ("allow-serving-load-balancer", "Tcp", "80")]
+    # The load balancer is IPv4 only: ::/0 has nothing to reach.
+    assert world[0].source_address_prefixes == ["0.0.0.0/0"]
+
+
+def test_internal_only_endpoint_has_no_load_balancer_rule() -> None:
+    values = read_stack_config("azure-dev")
+    values["servestack:access"] = {"apiCidrs": ["203.0.113.0/24"], "internalLoadBalancer": True}
+    names = [r.name for r in azure.nsg_rules(parse_config("azure-dev", values))]
+    assert names == ["allow-azure-load-balancer-probes", "allow-intra-vnet", "deny-internet-inbound"]
+
+
+# --- AKS ------------------------------------------------------------------------------------------
+
+
+def test_cluster_is_entra_only_overlay_with_workload_identity(plan: dict[str, Any]) -> None:
+    cluster = inputs(plan, CLUSTER)
+    assert cluster["kubernetesVersion"] == "1.33"
+    assert cluster["networkProfile"] == {
+        "networkPlugin": "azure", "networkPluginMode": "overlay", "networkDataplane": "cilium",
+        "networkPolicy": "cilium", "podCidr": "10.244.0.0/16", "serviceCidr": "10.0.0.0/16",
+        "dnsServiceIP": "10.0.0.10", "outboundType": "userAssignedNATGateway", "loadBalancerSku": "standard"}
+    identity = (f"{_rg(plan)}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/"
+                f"servestack-{plan['stack']}-cluster")
+    assert cluster["identity"] == {"type": "UserAssigned", "userAssignedIdentities": [identity]}
+    assert cluster["disableLocalAccounts"] is True
+    assert cluster["enableRBAC"] is True
+    assert cluster["aadProfile"] == {"managed": True, "enableAzureRBAC": True, "tenantID": fakes.TENANT_ID}
+    assert cluster["oidcIssuerProfile"] == {"enabled": True}
+    assert cluster["securityProfile"]["workloadIdentity"] == {"enabled": True}
+    assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "patch", "nodeOSUpgradeChannel": "NodeImage"}
+
+
+def test_dev_api_admits_only_the_operators_and_prod_is_private(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    assert inputs(dev, CLUSTER)["apiServerAccessProfile"] == {"authorizedIPRanges": ["203.0.113.0/24"]}
+    assert inputs(prod, CLUSTER)["apiServerAccessProfile"] == {
+        "enablePrivateCluster": True, "enablePrivateClusterPublicFQDN": False, "privateDNSZone": "system"}
+
+
+def test_system_pool_is_tainted_for_critical_addons(plan: dict[str, Any]) -> None:
+    (system,) = inputs(plan, CLUSTER)["agentPoolProfiles"]
+    assert (system["name"], system["mode"], system["vmSize"]) == ("system", "System", "Standard_D4ds_v5")
+    assert system["nodeTaints"] == ["CriticalAddonsOnly=true:NoSchedule"]
+    assert system["enableAutoScaling"] is True
+    assert system["vnetSubnetID"].endswith(f"/virtualNetworks/servestack-{plan['stack']}-vnet/subnets/nodes")
+
+
+def test_no_node_has_a_public_ip(plan: dict[str, Any]) -> None:
+    pools = [*inputs(plan, CLUSTER)["agentPoolProfiles"], *(r["inputs"] for r in resources(plan, POOL))]
+    assert [p.get("enableNodePublicIP") for p in pools] == [False] * len(pools)
+    assert all("nodePublicIPPrefixID" not in p for p in pools)
+    # The only public address is the NAT gateway's egress IP.
+    assert [r["name"] for r in resources(plan, PUBLIC_IP)] == ["servestack-egress-ip"]
+
+
+def test_dev_gpu_pool_is_spot_t4_scaling_from_zero(dev: dict[str, Any]) -> None:
+    pool = inputs(dev, POOL)
+    assert pool["vmSize"] == "Standard_NC4as_T4_v3"
+    assert (pool["mode"], pool["enableAutoScaling"], pool["minCount"], pool["maxCount"], pool["count"]) == (
+        "User", True, 0.0, 2.0, 0.0)
+    assert (pool["scaleSetPriority"], pool["scaleSetEvictionPolicy"], pool["spotMaxPrice"]) == ("Spot", "Delete", -1.0)
+    assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule",
+                                  "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"]
+    assert pool["nodeLabels"] == {"servestack.io/pool": "gpu", "servestack.io/gpu-type": "nvidia-t4"}
+    assert pool["gpuProfile"] == {"driver": "Install"}
+    assert pool["resourceName"] == "servestack-azure-dev-aks"
+    assert pool["osDiskSizeGB"] == 128.0
+
+
+def test_prod_gpu_pool_is_on_demand_a100_one_to_eight(prod: dict[str, Any]) -> None:
+    pool = inputs(prod, POOL)
+    assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
+    assert (pool["minCount"], pool["maxCount"], pool["scaleSetPriority"]) == (1.0, 8.0, "Regular")
+    assert "spotMaxPrice" not in pool and "scaleSetEvictionPolicy" not in pool
+    assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule"]
+    assert pool["gpuProfile"] == {"driver": "Install"}
+
+
+# --- registry, storage, identity ------------------------------------------------------------------
+
+
+def test_registry_has_no_admin_user_and_the_kubelet_pulls(plan: dict[str, Any]) -> None:
+    registry = inputs(plan, REGISTRY)
+    assert registry["adminUserEnabled"] is False
+    assert registry["anonymousPullEnabled"] is False
+    pull = inputs(plan, ROLE, "servestack-kubelet-acr-pull")
+    assert pull["roleDefinitionId"] == _role(azure.ACR_PULL)
+    assert pull["scope"] == f"{_rg(plan)}/providers/Microsoft.ContainerRegistry/registries/{registry['registryName']}"
+    # The kubelet identity the cluster reports (as the offline fakes derive it).
+    ctx = FakeContext(plan["stack"], plan["config"])
+    kubelet = fakes._guid(ctx, "principal", f"servestack-{plan['stack']}-aks-agentpool")
+    assert (pull["principalId"], pull["principalType"]) == (kubelet, "ServicePrincipal")
+
+
+def test_model_storage_is_entra_only_https_and_firewalled(plan: dict[str, Any]) -> None:
+    account = inputs(plan, ACCOUNT, "servestack-models")
+    assert account["kind"] == "StorageV2"
+    assert account["enableHttpsTrafficOnly"] is True
+    assert account["minimumTlsVersion"] == "TLS1_2"
+    assert account["allowBlobPublicAccess"] is False
+    assert account["allowSharedKeyAccess"] is False
+    rules = account["networkRuleSet"]
+    assert (rules["defaultAction"], rules["bypass"]) == ("Deny", "AzureServices")
+    subnet = f"{_rg(plan)}/providers/Microsoft.Network/virtualNetworks/servestack-{plan['stack']}-vnet/subnets/nodes"
+    assert rules["virtualNetworkRules"] == [{"virtualNetworkResourceId": subnet, "action": "Allow"}]
+    assert rules["ipRules"] == [{"iPAddressOrRange": "203.0.113.0/24", "action": "Allow"}]
+    container = inputs(plan, CONTAINER)
+    assert (container["containerName"], container["publicAccess"], container["accountName"]) == (
+        "models", "None", account["accountName"])
+
+
+def test_serving_identity_is_federated_with_exactly_the_service_account(plan: dict[str, Any]) -> None:
+    identity = inputs(plan, IDENTITY, "servestack-serving-identity")
+    federation = inputs(plan, FEDERATION)
+    assert federation["subject"] == "system:serviceaccount:servestack:servestack"
+    assert federation["audiences"] == ["api://AzureADTokenExchange"]
+    assert federation["resourceName"] == identity["resourceName"]
+    assert federation["issuer"].startswith("https://eastus.oic.prod-aks.azure.com/")
+
+
+def test_role_assignments_are_scoped_to_single_resources(plan: dict[str, Any]) -> None:
+    account = inputs(plan, ACCOUNT, "servestack-models")["accountName"]
+    stack = plan["stack"]
+    providers = f"{_rg(plan)}/providers"
+    registry = inputs(plan, REGISTRY)["registryName"]
+    expected = {
+        "servestack-cluster-subnet-access": (
+            azure.NETWORK_CONTRIBUTOR,
+            f"{providers}/Microsoft.Network/virtualNetworks/servestack-{stack}-vnet/subnets/nodes"),
+        "servestack-deployer-cluster-admin": (
+            azure.AKS_RBAC_CLUSTER_ADMIN,
+            f"{providers}/Microsoft.ContainerService/managedClusters/servestack-{stack}-aks"),
+        "servestack-kubelet-acr-pull": (
+            azure.ACR_PULL, f"{providers}/Microsoft.ContainerRegistry/registries/{registry}"),
+        "servestack-serving-model-reader": (
+            azure.STORAGE_BLOB_DATA_READER,
+            f"{providers}/Microsoft.Storage/storageAccounts/{account}/blobServices/default/containers/models"),
+    }
+    if stack == "azure-prod":
+        logs = inputs(plan, ACCOUNT, "servestack-flow-logs")["accountName"]
+        expected["servestack-flow-logs-writer"] = (
+            azure.STORAGE_BLOB_DATA_CONTRIBUTOR, f"{providers}/Microsoft.Storage/storageAccounts/{logs}")
+    found = {r["name"]: (r["inputs"]["roleDefinitionId"], r["inputs"]["scope"]) for r in resources(plan, ROLE)}
+    assert found == {n: (_role(role), scope) for n, (role, scope) in expected.items()}
+    admin = inputs(plan, ROLE, "servestack-deployer-cluster-admin")
+    assert (admin["principalId"], admin["principalType"]) == (fakes.DEPLOYER_OBJECT_ID, "User")
+
+
+# --- Kubernetes access and the serving deployment -------------------------------------------------
+
+
+def test_kubeconfig_is_a_secret_that_logs_in_through_kubelogin(plan: dict[str, Any]) -> None:
+    assert inputs(plan, "pulumi:providers:kubernetes", "servestack-k8s") == {"kubeconfig": "[secret]"}
+    k8s_objects = [r for r in plan["resources"] if r["type"].startswith("kubernetes:")]
+    assert k8s_objects and all(r["provider"].endswith("::servestack-k8s") for r in k8s_objects)
+
+
+def test_kubeconfig_keeps_the_cluster_and_replaces_the_login() -> None:
+    ctx = FakeContext("azure-dev", {"azure-native:location": "eastus"})
+    creds = fakes._user_credentials(
+        MockCallArgs(token="", args={"resourceName": "aks", "resourceGroupName": "rg"}, provider=""), ctx)
+
+    class Credential:
+        value = creds["kubeconfigs"][0]["value"]
+
+    original = yaml.safe_load(base64.b64decode(Credential.value))
+    config = yaml.safe_load(azure._kubelogin_kubeconfig([Credential()]))
+    assert config["clusters"] == original["clusters"]
+    assert config["current-context"] == "aks"
+    (user,) = config["users"]
+    assert user["user"]["exec"]["command"] == "kubelogin"
+    assert user["user"]["exec"]["args"] == [
+        "get-token", "--login", "azurecli", "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630"]
+    assert user["user"]["exec"]["interactiveMode"] == "Never"
+    with pytest.raises(ValueError, match="no user kubeconfig"):
+        azure._kubelogin_kubeconfig([])
+
+
+def _pod(plan: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]
+    return spec
+
+
+def test_serving_pods_use_workload_identity_and_the_gpu_pool(plan: dict[str, Any]) -> None:
+    client_id = fakes._guid(FakeContext(plan["stack"], plan["config"]), "client", f"servestack-{plan['stack']}-serving")
+    account = inputs(plan, "kubernetes:core/v1:ServiceAccount")["metadata"]
+    assert account["name"] == "servestack" and account["namespace"] == "servestack"
+    assert account["annotations"] == {"azure.workload.identity/client-id": client_id}
+    pod = _pod(plan)
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    spec = pod["spec"]
+    assert spec["nodeSelector"] == {"servestack.io/pool": "gpu"}
+    tolerations = [(t["key"], t.get("value"), t["effect"]) for t in spec["tolerations"]]
+    gpu = ("nvidia.com/gpu", "present", "NoSchedule")
+    spot = ("kubernetes.azure.com/scalesetpriority", "spot", "NoSchedule")
+    assert tolerations == ([gpu, spot] if plan["stack"] == "azure-dev" else [gpu])
+    registry = inputs(plan, REGISTRY)["registryName"]
+    assert spec["containers"][0]["image"] == f"{registry}.azurecr.io/servestack-serving:0.1.0"
+    assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_device_plugin_runs_on_gpu_nodes_including_spot(plan: dict[str, Any]) -> None:
+    plugin = inputs(plan, "kubernetes:apps/v1:DaemonSet")["spec"]["template"]["spec"]
+    assert plugin["nodeSelector"] == {"servestack.io/pool": "gpu"}
+    keys = [t["key"] for t in plugin["tolerations"]]
+    assert keys == (["nvidia.com/gpu", "kubernetes.azure.com/scalesetpriority"] if plan["stack"] == "azure-dev"
+                    else ["nvidia.com/gpu"])
+
+
+def test_prod_fetches_the_model_from_its_container_in_a_form_fetch_accepts(prod: dict[str, Any]) -> None:
+    (init,) = _pod(prod)["spec"]["initContainers"]
+    source = init["command"][3]
+    account = inputs(prod, ACCOUNT, "servestack-models")["accountName"]
+    assert source == f"abfs://models@{account}.blob.core.windows.net/models/tiny"
+    parsed = parse_source(source)
+    assert (parsed.protocol, parsed.account, parsed.root) == ("az", account, "models/models/tiny")
+
+
+def test_kubernetes_objects_validate(plan: dict[str, Any]) -> None:
+    results = validate_plan(plan, "1.33")
+    assert len(results) == 9
+    assert [(r.kind, r.error) for r in results if r.error] == []
+
+
+def test_internal_load_balancer_annotations_name_the_node_subnet() -> None:
+    assert azure.INTERNAL_LB_SUBNET == "service.beta.kubernetes.io/azure-load-balancer-internal-subnet"
+    assert azure.NODE_SUBNET == "nodes"
+
+
+# --- config ---------------------------------------------------------------------------------------
+
+
+def _azure(**azure_values: Any) -> dict[str, Any]:
+    values = read_stack_config("azure-dev")
+    values["servestack:azure"] = azure_values
+    return values
+
+
+def test_private_cluster_defaults_to_prod_and_to_an_empty_api_list() -> None:
+    assert parse_config("azure-prod", read_stack_config("azure-prod")).azure.private_cluster is True
+    assert parse_config("azure-dev", read_stack_config("azure-dev")).azure.private_cluster is False
+    values = read_stack_config("azure-dev")
+    values["servestack:access"] = {"endpointCidrs": ["198.51.100.0/24"]}
+    assert parse_config("azure-dev", values).azure.private_cluster is True
+
+
+def test_storage_ranges_take_single_addresses_as_azure_wants_them() -> None:
+    config = parse_config("azure-dev", _azure(storageCidrs=["203.0.113.7/32", "198.51.100.0/24"]))
+    assert config.azure.storage_cidrs == ("203.0.113.7", "198.51.100.0/24")
+
+
+BAD_AZURE = [
+    pytest.param({"privateCluster": False}, {"servestack:access": {"endpointCidrs": ["198.51.100.0/24"]}},
+                 ["servestack:azure.privateCluster: false, but servestack:access.apiCidrs is empty, which would "
+                  "open the Kubernetes API to the whole internet; list the operators' CIDR blocks or set "
+                  "privateCluster to true"], id="public-without-api-ranges"),
+    pytest.param({"privateCluster": True}, {},
+                 ["servestack:azure.privateCluster: true, but servestack:access.apiCidrs is set; a private "
+                  "cluster's API has no public endpoint to restrict: remove apiCidrs or set privateCluster to "
+                  "false"], id="private-with-api-ranges"),
+    pytest.param({"vnetCidr": "10.244.0.0/16"}, {},
+                 ["servestack:azure.vnetCidr: '10.244.0.0/16' overlaps the cluster's pod range 10.244.0.0/16; "
+                  "choose a range outside it, such as 10.20.0.0/16"], id="vnet-overlaps-pods"),
+    pytest.param({"vnetCidr": "10.0.0.0/8"}, {},
+                 ["servestack:azure.vnetCidr: '10.0.0.0/8' overlaps the cluster's pod range 10.244.0.0/16; "
+                  "choose a range outside it, such as 10.20.0.0/16",
+                  "servestack:azure.vnetCidr: '10.0.0.0/8' overlaps the cluster's service range 10.0.0.0/16; "
+                  "choose a range outside it, such as 10.20.0.0/16"], id="vnet-overlaps-both"),
+    pytest.param({"storageCidrs": ["10.1.0.0/16", "203.0.113.0/31", "0.0.0.0/0"]}, {},
+                 ["servestack:azure.storageCidrs[0]: '10.1.0.0/16' is not allowed; the storage firewall takes "
+                  "public IPv4 ranges from /1 to /30, or single addresses (/32)",
+                  "servestack:azure.storageCidrs[1]: '203.0.113.0/31' is not allowed; the storage firewall takes "
+                  "public IPv4 ranges from /1 to /30, or single addresses (/32)",
+                  "servestack:azure.storageCidrs[2]: '0.0.0.0/0' is not allowed; the storage firewall takes "
+                  "public IPv4 ranges from /1 to /30, or single addresses (/32)"], id="storage-ranges"),
+    pytest.param({"systemVmSize": "d4", "deployerType": "Robot", "zones": 3}, {},
+                 ["servestack:azure.deployerType: 'Robot' is not a principal type; allowed: User, "
+                  "ServicePrincipal",
+                  "servestack:azure.zones: unknown key; known: deployerType, privateCluster, storageCidrs, "
+                  "systemVmSize, vnetCidr",
+                  "servestack:azure.systemVmSize: 'd4' is not an Azure VM size such as Standard_D4ds_v5"],
+                 id="vm-size-deployer-unknown"),
+]
+
+
+@pytest.mark.parametrize(("azure_values", "change", "expected"), BAD_AZURE)
+def test_bad_azure_config_is_rejected_with_its_message(
+        azure_values: dict[str, Any], change: dict[str, Any], expected: list[str]) -> None:
+    values = {**_azure(**azure_values), **change}
+    with pytest.raises(ConfigError) as raised:
+        parse_config("azure-dev", values)
+    assert raised.value.problems == expected
+
+
+def test_other_clouds_ignore_the_azure_api_rules() -> None:
+    """An AWS prod stack with operator ranges is not an Azure private cluster with apiCidrs."""
+    config = parse_config("aws-prod", {
+        "servestack:cloud": "aws", "aws:region": "us-east-1", "servestack:environment": "prod",
+        "servestack:gpu": {"type": "nvidia-l4"}, "servestack:access": {
+            "endpointCidrs": ["198.51.100.0/24"], "apiCidrs": ["203.0.113.0/24"]}})
+    assert config.cloud == "aws"
