@@ -133,6 +133,9 @@ def check_plan(plan: Mapping[str, Any], config: Mapping[str, Any] | None = None)
                     note(e.message, r["urn"], r["type"], EnforcementLevel.ADVISORY)
                 except _NotApplicableError:
                     pass
+                except Exception as e:  # a rule that fails must not pass the resource silently
+                    note(f"the rule failed on this resource: {type(e).__name__}: {e}", r["urn"], r["type"],
+                         EnforcementLevel.MANDATORY)
         elif isinstance(policy, StackValidationPolicy):
             resources = _stack_resources(plan)
             types = {r.urn: r.resource_type for r in resources}
@@ -145,6 +148,9 @@ def check_plan(plan: Mapping[str, Any], config: Mapping[str, Any] | None = None)
                 note(e.message, stack_urn, "stack", EnforcementLevel.ADVISORY)
             except _NotApplicableError:
                 pass
+            except Exception as e:
+                note(f"the rule failed on this stack: {type(e).__name__}: {e}", stack_urn, "stack",
+                     EnforcementLevel.MANDATORY)
     return found
 
 

@@ -144,3 +144,14 @@ def test_check_all_writes_one_report_per_plan(tmp_path: Path, capsys: pytest.Cap
     assert json.loads((tmp_path / "check" / "a.json").read_text()) == {"violations": []}
     assert json.loads((tmp_path / "check" / "b.json").read_text())["violations"]
     assert "policy check" in capsys.readouterr().out
+
+
+def test_a_failing_rule_is_a_mandatory_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    from policies.rules import network
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(network, "READERS", {SG: broken})
+    failed = [v for v in check.check_plan(_plan(HTTPS_WORLD)) if "the rule failed" in v.message]
+    assert failed and all(v.level == "mandatory" and "RuntimeError: boom" in v.message for v in failed)
