@@ -1,0 +1,532 @@
+"""The aws-dev and aws-prod offline plans: network, firewall, EKS, node groups, registry, bucket, IAM and the
+serving deployment on top; plus the AWS config checks."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from infra.check import check_plan
+from infra.config import ConfigError, parse_config
+from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
+from infra.offline.schemas import validate_plan
+from tests.infra.plans import inputs, one, resources
+
+STACKS = ("aws-dev", "aws-prod")
+NS = "servestack"
+VPC = "aws:ec2/vpc:Vpc"
+SUBNET = "aws:ec2/subnet:Subnet"
+SG = "aws:ec2/securityGroup:SecurityGroup"
+DEFAULT_SG = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"
+INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
+CLUSTER = "aws:eks/cluster:Cluster"
+ROLE = "aws:iam/role:Role"
+ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
+ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
+HELM = "kubernetes:helm.sh/v3:Release"
+SERVICE = "kubernetes:core/v1:Service"
+LB = "service.beta.kubernetes.io/aws-load-balancer"
+
+
+@pytest.fixture(scope="module", params=STACKS)
+def plan(request: pytest.FixtureRequest, stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    return stack_plan(request.param)
+
+
+@pytest.fixture(scope="module")
+def dev(stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    return stack_plan("aws-dev")
+
+
+@pytest.fixture(scope="module")
+def prod(stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
+    return stack_plan("aws-prod")
+
+
+def _stack_config(stack: str) -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load((STACKS_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
+    return config
+
+
+def _by_urn(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["urn"]: r for r in plan["resources"]}
+
+
+def _named(plan: dict[str, Any], type_token: str, fragment: str) -> list[dict[str, Any]]:
+    return [r for r in resources(plan, type_token) if fragment in r["name"]]
+
+
+# --- network ---------------------------------------------------------------------------------------
+
+
+def test_vpc_spans_the_configured_zones_with_private_and_public_subnets(plan: dict[str, Any]) -> None:
+    aws = _stack_config(plan["stack"])["servestack:aws"]
+    zones = aws["availabilityZones"]
+    vpc = inputs(plan, VPC)
+    assert vpc["cidrBlock"] == aws["vpcCidr"] and vpc["enableDnsHostnames"] is True
+    private = _named(plan, SUBNET, "private")
+    public = _named(plan, SUBNET, "public")
+    assert len(private) == len(public) == zones
+    assert len({s["inputs"]["availabilityZone"] for s in private}) == zones
+    network = ipaddress.ip_network(aws["vpcCidr"])
+    blocks = [ipaddress.ip_network(s["inputs"]["cidrBlock"]) for s in private + public]
+    assert all(b.subnet_of(network) for b in blocks)  # type: ignore[arg-type]
+    assert not any(a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
+    cluster_tag = "kubernetes.io/cluster/servestack-" + plan["stack"]
+    for subnet in private:
+        assert subnet["inputs"]["tags"]["kubernetes.io/role/internal-elb"] == "1"
+        assert subnet["inputs"]["tags"][cluster_tag] == "shared"
+    for subnet in public:
+        assert subnet["inputs"]["tags"]["kubernetes.io/role/elb"] == "1"
+    # Nothing gets a public IP at launch, in any subnet.
+    assert all(s["inputs"]["mapPublicIpOnLaunch"] is False for s in private + public)
+
+
+def test_private_subnets_route_to_nat_and_only_public_ones_to_the_internet_gateway(plan: dict[str, Any]) -> None:
+    routes = resources(plan, "aws:ec2/route:Route")
+    to_igw = [r for r in routes if r["inputs"].get("gatewayId")]
+    to_nat = [r for r in routes if r["inputs"].get("natGatewayId")]
+    assert [r["name"] for r in to_igw] == ["aws-network-public-default-route"]
+    assert len(to_nat) == _stack_config(plan["stack"])["servestack:aws"]["availabilityZones"]
+    assert all(r["inputs"]["destinationCidrBlock"] == "0.0.0.0/0" for r in routes)
+
+
+def test_dev_shares_one_nat_gateway_and_prod_has_one_per_zone_and_flow_logs(dev: dict[str, Any],
+                                                                            prod: dict[str, Any]) -> None:
+    nat = "aws:ec2/natGateway:NatGateway"
+    assert len(resources(dev, nat)) == 1
+    assert len(resources(prod, nat)) == 3
+    dev_routes = {r["inputs"]["natGatewayId"] for r in resources(dev, "aws:ec2/route:Route")
+                  if r["inputs"].get("natGatewayId")}
+    prod_routes = {r["inputs"]["natGatewayId"] for r in resources(prod, "aws:ec2/route:Route")
+                   if r["inputs"].get("natGatewayId")}
+    assert len(dev_routes) == 1 and len(prod_routes) == 3
+    assert resources(dev, "aws:ec2/flowLog:FlowLog") == []
+    flow = inputs(prod, "aws:ec2/flowLog:FlowLog")
+    assert flow["trafficType"] == "ALL" and flow["logDestinationType"] == "cloud-watch-logs"
+
+
+# --- security groups -------------------------------------------------------------------------------
+
+
+def _world(cidr: str) -> bool:
+    return ipaddress.ip_network(cidr, strict=False).prefixlen == 0
+
+
+def test_security_groups_are_managed_by_standalone_rules_only(plan: dict[str, Any]) -> None:
+    groups = resources(plan, SG) + resources(plan, DEFAULT_SG)
+    assert {g["name"] for g in resources(plan, SG)} == {"aws-network-cluster-sg", "aws-network-node-sg",
+                                                        "aws-network-lb-sg"}
+    for group in groups:
+        assert not group["inputs"].get("ingress") and not group["inputs"].get("egress"), group["name"]
+    rules = resources(plan, INGRESS) + resources(plan, EGRESS)
+    assert rules and all(r["inputs"].get("description") for r in rules)
+
+
+def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_on_its_port(
+        plan: dict[str, Any]) -> None:
+    config = _stack_config(plan["stack"])
+    clients = config["servestack:access"]["endpointCidrs"]
+    port = float(config["servestack:serving"].get("port", 80))
+    lb_group = one(plan, SG, "aws-network-lb-sg")["urn"]
+    by_cidr = [r for r in resources(plan, INGRESS) if r["inputs"].get("cidrIpv4") or r["inputs"].get("cidrIpv6")]
+    assert by_cidr, "the load balancer must admit its clients"
+    for rule in by_cidr:
+        source = rule["inputs"].get("cidrIpv4") or rule["inputs"]["cidrIpv6"]
+        assert not _world(source)
+        assert source in clients
+        assert lb_group in rule["dependencies"]
+        assert (rule["inputs"]["fromPort"], rule["inputs"]["toPort"], rule["inputs"]["ipProtocol"]) == (
+            port, port, "tcp")
+    # Every other ingress rule names a source security group: nothing else reaches in by address.
+    others = [r for r in resources(plan, INGRESS) if r not in by_cidr]
+    assert all(r["inputs"].get("referencedSecurityGroupId") for r in others)
+    # No SSH anywhere.
+    for rule in resources(plan, INGRESS):
+        low, high = rule["inputs"].get("fromPort"), rule["inputs"].get("toPort")
+        assert rule["inputs"]["ipProtocol"] == "-1" or not (low <= 22 <= high), rule["name"]
+
+
+def test_node_group_rules_cover_what_eks_needs(plan: dict[str, Any]) -> None:
+    rules = {r["name"]: r["inputs"] for r in resources(plan, INGRESS)}
+    for port in (443, 4443, 9443, 10250):
+        assert rules[f"aws-network-nodes-from-cluster-{port}"]["fromPort"] == port
+    assert rules["aws-network-cluster-from-nodes-https"]["fromPort"] == 443
+    assert rules["aws-network-nodes-from-nodes"]["ipProtocol"] == "-1"
+    assert (rules["aws-network-nodes-from-lb"]["fromPort"], rules["aws-network-nodes-from-lb"]["toPort"]) == (
+        30000.0, 32767.0)
+
+
+# --- EKS -------------------------------------------------------------------------------------------
+
+
+def test_dev_api_endpoint_is_public_only_to_the_operators(dev: dict[str, Any]) -> None:
+    vpc = inputs(dev, CLUSTER)["vpcConfig"]
+    assert vpc["endpointPrivateAccess"] is True and vpc["endpointPublicAccess"] is True
+    assert vpc["publicAccessCidrs"] == ["198.51.100.0/24"]
+
+
+def test_prod_api_endpoint_is_private(prod: dict[str, Any]) -> None:
+    vpc = inputs(prod, CLUSTER)["vpcConfig"]
+    assert vpc["endpointPrivateAccess"] is True and vpc["endpointPublicAccess"] is False
+    assert not vpc.get("publicAccessCidrs")
+
+
+def test_cluster_encrypts_secrets_logs_and_uses_access_entries(plan: dict[str, Any]) -> None:
+    cluster = inputs(plan, CLUSTER)
+    assert cluster["name"] == f"servestack-{plan['stack']}" and cluster["version"] == "1.33"
+    assert cluster["accessConfig"]["authenticationMode"] == "API"
+    assert cluster["encryptionConfig"]["resources"] == ["secrets"]
+    key = inputs(plan, "aws:kms/key:Key")
+    assert key["enableKeyRotation"] is True
+    assert cluster["encryptionConfig"]["provider"]["keyArn"].startswith("arn:aws:kms:")
+    assert set(cluster["enabledClusterLogTypes"]) == {"api", "audit", "authenticator", "controllerManager",
+                                                      "scheduler"}
+    assert cluster["bootstrapSelfManagedAddons"] is False
+    private_ids = {s["urn"] for s in _named(plan, SUBNET, "private")}
+    assert len(cluster["vpcConfig"]["subnetIds"]) == len(private_ids)
+    oidc = inputs(plan, "aws:iam/openIdConnectProvider:OpenIdConnectProvider")
+    assert oidc["clientIdLists"] == ["sts.amazonaws.com"] and oidc["url"].startswith("https://oidc.eks.")
+
+
+def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]) -> None:
+    addons = {r["inputs"]["addonName"]: r for r in resources(plan, "aws:eks/addon:Addon")}
+    assert set(addons) == {"vpc-cni", "kube-proxy", "coredns"}
+    assert all(a["inputs"]["addonVersion"].startswith("v") and "eksbuild" in a["inputs"]["addonVersion"]
+               for a in addons.values())
+    assert json.loads(addons["vpc-cni"]["inputs"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    assert addons["vpc-cni"]["inputs"]["serviceAccountRoleArn"].startswith("arn:aws:iam::")
+    system = one(plan, NODE_GROUP, "aws-eks-system-nodes")["urn"]
+    assert system in addons["coredns"]["dependencies"]
+    for name in ("aws-eks-system-nodes", "aws-eks-gpu-nodes"):
+        deps = one(plan, NODE_GROUP, name)["dependencies"]
+        assert addons["vpc-cni"]["urn"] in deps and addons["kube-proxy"]["urn"] in deps
+
+
+# --- node groups -----------------------------------------------------------------------------------
+
+
+def test_nodes_sit_in_private_subnets_without_public_ips(plan: dict[str, Any]) -> None:
+    private = {s["urn"] for s in _named(plan, SUBNET, "private")}
+    public = {s["urn"] for s in _named(plan, SUBNET, "public")}
+    for group in resources(plan, NODE_GROUP):
+        deps = set(group["dependencies"])
+        assert private <= deps and not public & deps, group["name"]
+        assert len(group["inputs"]["subnetIds"]) == len(private)
+        assert "remoteAccess" not in group["inputs"]  # no SSH key, no SSH rule
+    for template in resources(plan, LAUNCH_TEMPLATE):
+        for interface in template["inputs"].get("networkInterfaces") or []:
+            assert interface.get("associatePublicIpAddress") in (None, "false", False)
+
+
+def test_launch_templates_require_imdsv2_with_one_hop(plan: dict[str, Any]) -> None:
+    templates = resources(plan, LAUNCH_TEMPLATE)
+    assert len(templates) == 2
+    for template in templates:
+        options = template["inputs"]["metadataOptions"]
+        assert options == {"httpEndpoint": "enabled", "httpTokens": "required", "httpPutResponseHopLimit": 1.0}
+        disk = template["inputs"]["blockDeviceMappings"][0]["ebs"]
+        assert disk["encrypted"] == "true" and disk["volumeType"] == "gp3"
+    by_urn = _by_urn(plan)
+    for group in resources(plan, NODE_GROUP):
+        template = [by_urn[d] for d in group["dependencies"] if by_urn[d]["type"] == LAUNCH_TEMPLATE]
+        assert len(template) == 1 and group["inputs"]["launchTemplate"]["id"].startswith("lt-")
+
+
+def test_gpu_group_is_tainted_labelled_and_scaled_by_config(plan: dict[str, Any]) -> None:
+    config = _stack_config(plan["stack"])
+    gpu = config["servestack:gpu"]
+    group = one(plan, NODE_GROUP, "aws-eks-gpu-nodes")
+    node = group["inputs"]
+    assert node["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NO_SCHEDULE"}]
+    assert node["labels"] == {"servestack.io/pool": "gpu", "k8s.amazonaws.com/accelerator": gpu["type"]}
+    assert node["instanceTypes"] == [gpu["machineType"]]
+    assert node["amiType"] == config["servestack:aws"]["gpuAmiType"]
+    assert node["capacityType"] == ("SPOT" if gpu["spot"] else "ON_DEMAND")
+    scaling = node["scalingConfig"]
+    assert (scaling["minSize"], scaling["maxSize"], scaling["desiredSize"]) == (
+        gpu["minNodes"], gpu["maxNodes"], gpu["minNodes"])
+    assert group["ignoreChanges"] == ["scalingConfig.desiredSize"]
+    gpu_template = one(plan, LAUNCH_TEMPLATE, "aws-eks-gpu-template")["inputs"]
+    assert gpu_template["blockDeviceMappings"][0]["ebs"]["volumeSize"] == gpu["diskGb"]
+    system = one(plan, NODE_GROUP, "aws-eks-system-nodes")
+    assert system["inputs"]["capacityType"] == "ON_DEMAND" and "taints" not in system["inputs"]
+    assert system["ignoreChanges"] == ["scalingConfig.desiredSize"]
+
+
+def test_dev_gpu_group_scales_from_zero_on_spot_and_prod_from_one_on_demand(dev: dict[str, Any],
+                                                                            prod: dict[str, Any]) -> None:
+    dev_group, prod_group = inputs(dev, NODE_GROUP, "aws-eks-gpu-nodes"), inputs(prod, NODE_GROUP,
+                                                                                    "aws-eks-gpu-nodes")
+    assert (dev_group["scalingConfig"]["minSize"], dev_group["scalingConfig"]["maxSize"]) == (0.0, 2.0)
+    assert dev_group["capacityType"] == "SPOT" and dev_group["instanceTypes"] == ["g6.xlarge"]
+    assert (prod_group["scalingConfig"]["minSize"], prod_group["scalingConfig"]["maxSize"]) == (1.0, 8.0)
+    assert prod_group["capacityType"] == "ON_DEMAND"
+
+
+def test_empty_gpu_group_is_described_to_the_autoscaler(plan: dict[str, Any]) -> None:
+    tags = {t["inputs"]["tag"]["key"]: t["inputs"]["tag"] for t in resources(plan, "aws:autoscaling/tag:Tag")}
+    template = "k8s.io/cluster-autoscaler/node-template"
+    assert tags[f"{template}/resources/nvidia.com/gpu"]["value"] == "1"
+    assert tags[f"{template}/taint/nvidia.com/gpu"]["value"] == "present:NoSchedule"
+    assert tags[f"{template}/label/servestack.io/pool"]["value"] == "gpu"
+    assert all(t["propagateAtLaunch"] is False for t in tags.values())
+    asg = {t["inputs"]["autoscalingGroupName"] for t in resources(plan, "aws:autoscaling/tag:Tag")}
+    assert len(asg) == 1 and next(iter(asg)).startswith("eks-")
+
+
+def test_cluster_autoscaler_is_pinned_discovers_the_cluster_and_may_scale_only_its_groups(
+        plan: dict[str, Any]) -> None:
+    release = inputs(plan, HELM, "aws-cluster-autoscaler")
+    assert release["chart"] == "cluster-autoscaler" and release["version"] == "9.46.6"
+    assert release["repositoryOpts"]["repo"] == "https://kubernetes.github.io/autoscaler"
+    values = release["values"]
+    cluster = f"servestack-{plan['stack']}"
+    assert values["autoDiscovery"]["clusterName"] == cluster
+    assert values["image"]["tag"].startswith("v1.33.")
+    role_arn = values["rbac"]["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"]
+    role_name = role_arn.rsplit("/", 1)[-1]
+    policy = json.loads(inputs(plan, ROLE_POLICY, "aws-cluster-autoscaler-policy")["policy"])
+    assert inputs(plan, ROLE_POLICY, "aws-cluster-autoscaler-policy")["role"] == role_name
+    scale = next(s for s in policy["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"])
+    assert scale["Condition"] == {"StringEquals": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster}": "owned"}}
+    describe_groups = next(s for s in policy["Statement"] if s["Action"] == "eks:DescribeNodegroup")
+    assert describe_groups["Resource"] == f"arn:aws:eks:us-east-1:123456789012:nodegroup/{cluster}/*/*"
+
+
+# --- IAM -------------------------------------------------------------------------------------------
+
+
+def _trust(plan: dict[str, Any], role: str) -> dict[str, Any]:
+    trust: dict[str, Any] = json.loads(inputs(plan, ROLE, role)["assumeRolePolicy"])
+    return trust
+
+
+def test_serving_role_trusts_exactly_the_serving_service_account(plan: dict[str, Any]) -> None:
+    statement = _trust(plan, "aws-serving-role")["Statement"]
+    assert len(statement) == 1
+    issuer = inputs(plan, "aws:iam/openIdConnectProvider:OpenIdConnectProvider")["url"].removeprefix("https://")
+    assert statement[0]["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement[0]["Principal"] == {"Federated": f"arn:aws:iam::123456789012:oidc-provider/{issuer}"}
+    assert statement[0]["Condition"] == {"StringEquals": {
+        f"{issuer}:sub": f"system:serviceaccount:{NS}:servestack", f"{issuer}:aud": "sts.amazonaws.com"}}
+
+
+def test_serving_role_may_read_the_model_bucket_and_nothing_else(plan: dict[str, Any]) -> None:
+    bucket = one(plan, "aws:s3/bucket:Bucket")
+    role = one(plan, ROLE, "aws-serving-role")
+    policies = [p for p in resources(plan, ROLE_POLICY) if role["urn"] in p["dependencies"]]
+    assert [p["name"] for p in policies] == ["aws-serving-read-models"]
+    assert not [a for a in resources(plan, ATTACHMENT) if role["urn"] in a["dependencies"]]
+    document = json.loads(policies[0]["inputs"]["policy"])
+    actions = {a for s in document["Statement"] for a in s["Action"]}
+    assert actions == {"s3:ListBucket", "s3:GetBucketLocation", "s3:GetObject", "s3:GetObjectVersion"}
+    arns = {s["Resource"] for s in document["Statement"]}
+    assert all(s["Effect"] == "Allow" for s in document["Statement"])
+    (bucket_arn,) = {a.removesuffix("/*") for a in arns}
+    assert bucket_arn.startswith("arn:aws:s3:::") and bucket["name"] in bucket_arn
+
+
+def test_node_role_has_only_the_managed_policies_nodes_need(plan: dict[str, Any]) -> None:
+    role = one(plan, ROLE, "aws-eks-node-role")
+    assert _trust(plan, "aws-eks-node-role")["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    attached = {a["inputs"]["policyArn"] for a in resources(plan, ATTACHMENT) if role["urn"] in a["dependencies"]}
+    assert attached == {"arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
+                        "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly"}
+    assert not [p for p in resources(plan, ROLE_POLICY) if role["urn"] in p["dependencies"]]
+
+
+def test_controllers_trust_only_their_own_service_accounts(plan: dict[str, Any]) -> None:
+    for role, account in (("aws-cluster-autoscaler-role", "cluster-autoscaler"),
+                          ("aws-lb-controller-role", "aws-load-balancer-controller"),
+                          ("aws-eks-vpc-cni-role", "aws-node")):
+        (condition,) = [s["Condition"]["StringEquals"] for s in _trust(plan, role)["Statement"]]
+        subjects = [v for k, v in condition.items() if k.endswith(":sub")]
+        assert subjects == [f"system:serviceaccount:kube-system:{account}"]
+
+
+# --- registry and bucket ---------------------------------------------------------------------------
+
+
+def test_registry_scans_on_push_with_immutable_tags_encryption_and_lifecycle(plan: dict[str, Any]) -> None:
+    repo = inputs(plan, "aws:ecr/repository:Repository")
+    assert repo["name"] == f"servestack-{plan['stack']}/servestack-serving"
+    assert repo["imageTagMutability"] == "IMMUTABLE"
+    assert repo["imageScanningConfiguration"] == {"scanOnPush": True}
+    assert repo["encryptionConfigurations"] == [{"encryptionType": "KMS"}]
+    rules = json.loads(inputs(plan, "aws:ecr/lifecyclePolicy:LifecyclePolicy")["policy"])["rules"]
+    assert {r["selection"]["tagStatus"] for r in rules} == {"untagged", "any"}
+    assert all(r["action"] == {"type": "expire"} for r in rules)
+
+
+def test_model_bucket_is_private_encrypted_versioned_and_tls_only(plan: dict[str, Any]) -> None:
+    block = inputs(plan, "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
+    assert all(block[k] is True for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                          "restrictPublicBuckets"))
+    sse = inputs(plan, "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration")
+    assert sse["rules"][0]["applyServerSideEncryptionByDefault"]["sseAlgorithm"] in ("AES256", "aws:kms")
+    assert inputs(plan, "aws:s3/bucketVersioning:BucketVersioning")["versioningConfiguration"]["status"] == "Enabled"
+    policy = json.loads(inputs(plan, "aws:s3/bucketPolicy:BucketPolicy")["policy"])
+    (deny,) = policy["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    bucket_arn = deny["Resource"][0]
+    assert deny["Resource"] == [bucket_arn, f"{bucket_arn}/*"]
+
+
+# --- the serving deployment on EKS -----------------------------------------------------------------
+
+
+def test_serving_deployment_uses_the_stacks_registry_bucket_and_role(plan: dict[str, Any]) -> None:
+    config = _stack_config(plan["stack"])
+    pod = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]["spec"]
+    server = pod["containers"][0]
+    registry = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/servestack-{plan['stack']}"
+    assert server["image"] == f"{registry}/servestack-serving:{config['servestack:serving']['imageTag']}"
+    assert pod["nodeSelector"] == {"servestack.io/pool": "gpu"}
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "present", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+    account = inputs(plan, "kubernetes:core/v1:ServiceAccount")
+    role_arn = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert role_arn.startswith("arn:aws:iam::123456789012:role/aws-serving-role")
+    if config["servestack:model"]["source"] == "bucket":
+        bucket = one(plan, "aws:s3/bucket:Bucket")["name"]
+        fetch = pod["initContainers"][0]["command"]
+        assert fetch[3].startswith("s3://") and bucket in fetch[3] and fetch[3].endswith("/models/tiny")
+
+
+def test_serving_load_balancer_is_an_nlb_behind_our_security_group(plan: dict[str, Any]) -> None:
+    annotations = inputs(plan, SERVICE)["metadata"]["annotations"]
+    assert annotations[f"{LB}-type"] == "external"
+    assert annotations[f"{LB}-nlb-target-type"] == "instance"
+    assert annotations[f"{LB}-scheme"] == "internet-facing"
+    assert annotations[f"{LB}-security-groups"] == f"servestack-{plan['stack']}-serving-lb"
+    assert annotations[f"{LB}-manage-backend-security-group-rules"] == "false"
+    assert inputs(plan, SG, "aws-network-lb-sg")["tags"]["Name"] == annotations[f"{LB}-security-groups"]
+    controller = inputs(plan, HELM, "aws-lb-controller")
+    assert controller["chart"] == "aws-load-balancer-controller" and controller["version"] == "1.13.0"
+    assert controller["values"]["vpcId"].startswith("vpc-") and controller["values"]["region"] == "us-east-1"
+
+
+def test_bottlerocket_brings_its_device_plugin(plan: dict[str, Any]) -> None:
+    assert resources(plan, "kubernetes:apps/v1:DaemonSet") == []
+
+
+def test_kubernetes_provider_uses_a_secret_kubeconfig(plan: dict[str, Any]) -> None:
+    provider = one(plan, "pulumi:providers:kubernetes")
+    assert provider["inputs"]["kubeconfig"] == "[secret]"
+    kube_objects = [r for r in plan["resources"] if r["type"].startswith("kubernetes:")
+                    and r["type"] != "pulumi:providers:kubernetes"]
+    assert kube_objects and all(r["provider"] == provider["urn"] for r in kube_objects)
+
+
+def test_kubernetes_objects_validate_against_the_schemas(plan: dict[str, Any]) -> None:
+    results = validate_plan(plan, "1.33")
+    assert len([r for r in results if not r.skipped]) >= 8
+    assert [(r.kind, r.name, r.error) for r in results if r.error] == []
+
+
+def test_policy_pack_finds_nothing(plan: dict[str, Any]) -> None:
+    assert [(v.policy, v.urn, v.message) for v in check_plan(plan)] == []
+
+
+def test_plan_outputs(plan: dict[str, Any]) -> None:
+    outputs = plan["outputs"]
+    assert outputs["cloud"] == "aws" and outputs["gpu_machine_type"] == "g6.xlarge"
+    assert outputs["api_key"] == "[secret]"
+
+
+# --- variants and bad config -----------------------------------------------------------------------
+
+
+def _variant(tmp_path_factory: pytest.TempPathFactory, name: str, **aws: Any) -> dict[str, Any]:
+    stacks = tmp_path_factory.mktemp(name)
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.aws-dev.yaml").read_text())
+    document["config"]["servestack:aws"].update(aws)
+    (stacks / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump(document))
+    return plan_in_subprocess(name, stacks_dir=stacks)
+
+
+def test_al2023_nodes_get_the_device_plugin(tmp_path_factory: pytest.TempPathFactory) -> None:
+    plan = _variant(tmp_path_factory, "aws-al2023", gpuAmiType="AL2023_x86_64_NVIDIA",
+                    adminPrincipalArns=["arn:aws:iam::123456789012:role/platform-admin"])
+    group = inputs(plan, NODE_GROUP, "aws-eks-gpu-nodes")
+    assert group["amiType"] == "AL2023_x86_64_NVIDIA"
+    # AL2023 keeps containers on the root volume.
+    assert inputs(plan, LAUNCH_TEMPLATE, "aws-eks-gpu-template")["blockDeviceMappings"][0]["deviceName"] == \
+        "/dev/xvda"
+    plugin = inputs(plan, "kubernetes:apps/v1:DaemonSet")
+    spec = plugin["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"servestack.io/pool": "gpu"}
+    entry = inputs(plan, "aws:eks/accessEntry:AccessEntry")
+    assert entry["principalArn"] == "arn:aws:iam::123456789012:role/platform-admin"
+    association = inputs(plan, "aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    assert association["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
+
+
+def test_unpinned_kubernetes_version_fails_the_plan_by_name(tmp_path_factory: pytest.TempPathFactory) -> None:
+    stacks = tmp_path_factory.mktemp("aws-old")
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.aws-dev.yaml").read_text())
+    document["config"]["servestack:kubernetesVersion"] = "1.30"
+    (stacks / "Pulumi.aws-old.yaml").write_text(yaml.safe_dump(document))
+    with pytest.raises(PlanError) as error:
+        plan_in_subprocess("aws-old", stacks_dir=stacks)
+    assert "servestack:kubernetesVersion: '1.30' has no pinned EKS add-on versions" in str(error.value)
+    assert "allowed on aws: 1.31, 1.32, 1.33" in str(error.value)
+
+
+def _aws_config(**aws: Any) -> dict[str, Any]:
+    config = dict(_stack_config("aws-dev"))
+    config["servestack:aws"] = {**config["servestack:aws"], **aws}
+    return config
+
+
+def test_stack_files_parse() -> None:
+    for stack in STACKS:
+        config = parse_config(stack, _stack_config(stack))
+        assert config.cloud == "aws" and config.gpu.machine_type == "g6.xlarge"
+    assert parse_config("aws-prod", _stack_config("aws-prod")).model.source == "bucket"
+
+
+@pytest.mark.parametrize(("aws", "problem"), [
+    ({"natGateways": "double"},
+     "servestack:aws.natGateways: 'double' is not "),
+    ({"gpuAmiType": "AL2_x86_64_GPU"},
+     "servestack:aws.gpuAmiType: 'AL2_x86_64_GPU' is not "),
+    ({"systemInstanceType": "large"},
+     "servestack:aws.systemInstanceType: 'large' is not an EC2 instance type such as m6i.large"),
+    ({"systemMinNodes": 4, "systemMaxNodes": 3},
+     "servestack:aws.systemMinNodes: 4 is greater than servestack:aws.systemMaxNodes (3); "
+     "systemMinNodes must be <= systemMaxNodes"),
+    ({"adminPrincipalArns": ["alice"]},
+     "servestack:aws.adminPrincipalArns[0]: 'alice' is not an IAM role or user ARN such as "
+     "arn:aws:iam::123456789012:role/platform-admin"),
+    ({"adminPrincipalArns": 7},
+     "servestack:aws.adminPrincipalArns: 7 is not a list of IAM role or user ARNs"),
+    ({"flowLogs": "sometimes"},
+     "servestack:aws.flowLogs: 'sometimes' is not true or false"),
+    ({"availabilityZones": 4},
+     "servestack:aws.availabilityZones: 4 is greater than 3; it must be at most 3"),
+    ({"natGateway": "single"},
+     "servestack:aws.natGateway: unknown key; known: "),
+])
+def test_bad_aws_config_is_named(aws: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config("aws-dev", _aws_config(**aws))
+    assert len(error.value.problems) == 1
+    assert error.value.problems[0].startswith(problem), error.value.problems
+
+
+def test_bad_aws_enum_config_lists_what_is_allowed() -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_config("aws-dev", _aws_config(natGateways="double", gpuAmiType="AL2_x86_64_GPU"))
+    assert error.value.problems[0].endswith("allowed: single, perAz")
+    assert error.value.problems[1].endswith("allowed: BOTTLEROCKET_x86_64_NVIDIA, AL2023_x86_64_NVIDIA")
