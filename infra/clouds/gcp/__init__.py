@@ -19,7 +19,6 @@ One component, `servestack:gcp:GpuCluster`, declares everything the serving depl
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
+from infra.clouds.gcp.kubeconfig import kubeconfig, private_ip
+from infra.clouds.gcp.zones import gpu_zones
 from infra.config import ConfigError, StackConfig
 from infra.platform import (
     GPU_POOL_LABEL,
@@ -44,57 +45,6 @@ from infra.serving import PORT as POD_PORT
 
 # The serving Kubernetes service account (infra/serving.py names it so, in config.serving.namespace).
 SERVING_SERVICE_ACCOUNT = "servestack"
-
-# Where each GPU is offered, per region (Compute Engine "GPU locations", 2025). A zone missing here
-# cannot be configured: add it once Google lists it.
-GPU_ZONES: dict[str, dict[str, tuple[str, ...]]] = {
-    "us-central1": {
-        "nvidia-l4": ("us-central1-a", "us-central1-b", "us-central1-c"),
-        "nvidia-tesla-a100": ("us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f"),
-        "nvidia-a100-80gb": ("us-central1-a", "us-central1-c"),
-        "nvidia-h100-80gb": ("us-central1-a", "us-central1-c"),
-    },
-    "us-east1": {
-        "nvidia-l4": ("us-east1-b", "us-east1-c", "us-east1-d"),
-        "nvidia-tesla-a100": ("us-east1-b",),
-    },
-    "us-east4": {
-        "nvidia-l4": ("us-east4-a", "us-east4-c"),
-        "nvidia-a100-80gb": ("us-east4-c",),
-        "nvidia-h100-80gb": ("us-east4-a", "us-east4-b", "us-east4-c"),
-    },
-    "us-west1": {
-        "nvidia-l4": ("us-west1-a", "us-west1-b", "us-west1-c"),
-        "nvidia-tesla-a100": ("us-west1-b",),
-        "nvidia-h100-80gb": ("us-west1-a", "us-west1-b"),
-    },
-    "us-west4": {
-        "nvidia-l4": ("us-west4-a", "us-west4-c"),
-        "nvidia-tesla-a100": ("us-west4-b",),
-    },
-    "europe-west1": {
-        "nvidia-l4": ("europe-west1-b", "europe-west1-c"),
-    },
-    "europe-west4": {
-        "nvidia-l4": ("europe-west4-a", "europe-west4-b", "europe-west4-c"),
-        "nvidia-tesla-a100": ("europe-west4-a", "europe-west4-b"),
-        "nvidia-a100-80gb": ("europe-west4-a",),
-        "nvidia-h100-80gb": ("europe-west4-b", "europe-west4-c"),
-    },
-    "asia-southeast1": {
-        "nvidia-l4": ("asia-southeast1-a", "asia-southeast1-b", "asia-southeast1-c"),
-        "nvidia-tesla-a100": ("asia-southeast1-b", "asia-southeast1-c"),
-        "nvidia-a100-80gb": ("asia-southeast1-c",),
-        "nvidia-h100-80gb": ("asia-southeast1-b", "asia-southeast1-c"),
-    },
-}
-# The machine family that carries each GPU: G2 for L4, A2 for A100, A3 for H100.
-GPU_MACHINE_FAMILIES = {
-    "nvidia-l4": "g2-",
-    "nvidia-tesla-a100": "a2-highgpu-",
-    "nvidia-a100-80gb": "a2-ultragpu-",
-    "nvidia-h100-80gb": "a3-",
-}
 
 APIS = ("compute.googleapis.com", "container.googleapis.com", "artifactregistry.googleapis.com",
         "iam.googleapis.com", "iamcredentials.googleapis.com", "storage.googleapis.com",
@@ -123,34 +73,6 @@ class GpuClusterArgs:
     project: str
     region: str
     zones: tuple[str, ...]  # where the GPU pool runs (validated against GPU_ZONES)
-
-
-def gpu_zones(config: StackConfig) -> tuple[str, ...]:
-    """The GPU pool's zones: the configured ones, or every zone of the region that offers the GPU.
-
-    Raises ConfigError naming the key, the value and what is allowed.
-    """
-    region, gpu_type, machine_type = config.region or "", config.gpu.type or "", config.gpu.machine_type or ""
-    problems = []
-    family = GPU_MACHINE_FAMILIES.get(gpu_type)
-    if family is None:
-        problems.append(f"servestack:gpu.type: {gpu_type!r} has no GKE machine family known to servestack; "
-                        f"allowed: {', '.join(sorted(GPU_MACHINE_FAMILIES))}")
-    elif not machine_type.startswith(family):
-        problems.append(f"servestack:gpu.machineType: {machine_type!r} does not carry {gpu_type}; use a "
-                        f"{family}* machine type")
-    offered = GPU_ZONES.get(region, {}).get(gpu_type, ())
-    if not offered:
-        regions = sorted(r for r, gpus in GPU_ZONES.items() if gpu_type in gpus)
-        problems.append(f"gcp:region: {region!r} offers no {gpu_type} GPUs known to servestack; allowed for "
-                        f"{gpu_type}: {', '.join(regions) or 'none'}")
-    for i, zone in enumerate(config.gcp.zones if offered else ()):
-        if zone not in offered:
-            problems.append(f"servestack:gcp.zones[{i}]: {gpu_type} is not offered in {zone!r}; allowed in "
-                            f"{region}: {', '.join(offered)}")
-    if problems:
-        raise ConfigError(config.stack, problems)
-    return config.gcp.zones or offered
 
 
 def build(config: StackConfig) -> Platform:
@@ -192,10 +114,10 @@ class GpuCluster(pulumi.ComponentResource):
         serving_sa = self._serving_identity(cluster, bucket)
 
         private_endpoint = _private_endpoint(config)
-        server = (cluster.private_cluster_config.apply(_private_ip) if private_endpoint else cluster.endpoint)
+        server = (cluster.private_cluster_config.apply(private_ip) if private_endpoint else cluster.endpoint)
         self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(
             args.project, cluster.location, cluster.name, server, cluster.master_auth.cluster_ca_certificate,
-        ).apply(_kubeconfig))
+        ).apply(kubeconfig))
         provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig,
                                 opts=pulumi.ResourceOptions(parent=self))
 
@@ -682,27 +604,3 @@ def _gke_effect(effect: str) -> str:
 
 def _authorized_name(cidr: str, network_cidr: str) -> str:
     return "servestack VPC" if cidr == network_cidr else f"operators {cidr}"
-
-
-def _private_ip(private_config: Any) -> str:
-    return str(private_config.private_endpoint) if private_config and private_config.private_endpoint else ""
-
-
-def _kubeconfig(values: list[Any]) -> str:
-    project, location, cluster_name, server, ca_data = values
-    context = f"gke_{project}_{location}_{cluster_name}"
-    return json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": context, "cluster": {"server": f"https://{server}",
-                                                   "certificate-authority-data": ca_data}}],
-        "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
-        "current-context": context,
-        "users": [{"name": context, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1",
-            "command": "gke-gcloud-auth-plugin",
-            "installHint": "Install gke-gcloud-auth-plugin: gcloud components install gke-gcloud-auth-plugin",
-            "provideClusterInfo": True,
-            "interactiveMode": "Never",
-        }}}],
-    }, indent=2)
