@@ -95,6 +95,7 @@ def main() -> int:
         settings.model_path,
         model_name=settings.served_model_name,
         max_batch_size=settings.max_batch_size,
+        threads=settings.torch_threads,
         on_step=lambda size: holder["metrics"].batch_size.observe(size),
     )
     app = build_app(settings, engine)

@@ -166,34 +166,40 @@ def choose_device() -> tuple[str, Any]:
 
 class _TextTracker:
     """Turns a growing list of token ids into text deltas, holding back what may still become a stop string
-    or an incomplete UTF-8 character."""
+    or an incomplete UTF-8 character. Decodes only a short window per token (as vLLM and TGI do): the text
+    of ids[prefix:] minus that of ids[prefix:read] is what the newest ids added."""
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
         self._tokenizer = tokenizer
         self._stop = stop
         self._hold = max((len(s) for s in stop), default=1) - 1
-        self.emitted = 0  # characters of text already sent
+        self._prefix = 0  # token offsets of the decode window
+        self._read = 0
+        self.text = ""  # all text decoded so far
+        self.emitted = 0  # characters of it already sent
+
+    def _decode(self, ids: list[int]) -> str:
+        return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
     def update(self, token_ids: list[int], final: bool) -> tuple[str, bool]:
         """Return (new text to send, whether a stop string was found)."""
-        text = self._tokenizer.decode(token_ids, skip_special_tokens=True)
+        before = self._decode(token_ids[self._prefix : self._read])
+        after = self._decode(token_ids[self._prefix :])
+        if len(after) > len(before) and (final or not after.endswith("\ufffd")):
+            self.text += after[len(before) :]
+            self._prefix, self._read = self._read, len(token_ids)
         if self._stop:
             start = max(0, self.emitted - self._hold)
-            hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            hits = [i for i in (self.text.find(s, start) for s in self._stop) if i >= 0]
             if hits:
                 cut = min(hits)
-                delta = text[self.emitted : cut]
+                delta = self.text[self.emitted : cut]
                 self.emitted = max(self.emitted, cut)
                 return delta, True
-        if final:
-            end = len(text)
-        else:
-            end = len(text) - self._hold
-            if text.endswith("\ufffd"):  # a multi-byte character is not complete yet
-                end = min(end, len(text) - 1)
+        end = len(self.text) if final else len(self.text) - self._hold
         if end <= self.emitted:
             return "", False
-        delta = text[self.emitted : end]
+        delta = self.text[self.emitted : end]
         self.emitted = end
         return delta, False
 
@@ -260,12 +266,14 @@ class TorchEngine(Engine):
         model_name: str,
         max_batch_size: int = 16,
         prefill_token_budget: int = 2048,
+        threads: int = 0,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.model_name = model_name
         self.max_batch_size = max_batch_size
         self.prefill_token_budget = prefill_token_budget
+        self.threads = threads
         self.max_model_len = 0
         self._on_step = on_step
         self._inbox: queue.SimpleQueue[RequestHandle] = queue.SimpleQueue()
@@ -347,12 +355,15 @@ class TorchEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.monotonic()
+        if self.threads:
+            torch.set_num_threads(self.threads)
         device, dtype = choose_device()
         self.device = torch.device(device)
         self.dtype = dtype
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation="sdpa")
-        self.model = model.to(self.device).eval()
+        model.to(self.device)  # type: ignore[arg-type]  # transformers' stubs expect a dtype-or-device union
+        self.model = model.eval()
         config = model.config.get_text_config(decoder=True)
         self.max_model_len = int(getattr(config, "max_position_embeddings", 0) or 4096)
         eos = model.generation_config.eos_token_id
@@ -375,6 +386,7 @@ class TorchEngine(Engine):
             with torch.inference_mode():
                 while not self._stopping.is_set():
                     self._last_step_at = time.monotonic()
+                    self._wake.clear()  # before reading the inbox, so that no submit's wake-up is lost
                     while True:
                         try:
                             waiting.append(self._inbox.get_nowait())
@@ -389,7 +401,6 @@ class TorchEngine(Engine):
                         self._decode_step()
                     elif not waiting:
                         self._wake.wait(0.1)
-                        self._wake.clear()
         except Exception:
             log.exception("engine loop failed")
             self._dead = True
@@ -508,8 +519,10 @@ class TorchEngine(Engine):
                        for k, _ in like]
         self._vbufs = [torch.zeros((rows, v.shape[1], columns, v.shape[3]), dtype=v.dtype, device=v.device)
                        for _, v in like]
-        layers = [self._buffer_layer(self._window, k, v) for k, v in zip(self._kbufs, self._vbufs, strict=True)]
-        self._cache = Cache(layers=layers)
+        self._layers: list[Any] = [
+            self._buffer_layer(self._window, k, v) for k, v in zip(self._kbufs, self._vbufs, strict=True)
+        ]
+        self._cache = Cache(layers=self._layers)
 
     def _grow(self, needed: int) -> None:
         """Give the buffer room for `needed` columns (in steps of 256, so growth is rare)."""
@@ -523,7 +536,7 @@ class TorchEngine(Engine):
                                   device=old.device)
                 new[:n, :, :length] = old[:n, :, :length]
                 bufs[i] = new
-        for layer, k, v in zip(self._cache.layers, self._kbufs, self._vbufs, strict=True):
+        for layer, k, v in zip(self._layers, self._kbufs, self._vbufs, strict=True):
             layer.kbuf, layer.vbuf = k, v
 
     def _merge(self, seqs: list[_Seq], pads: list[int], cache: Any, width: int) -> None:

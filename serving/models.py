@@ -76,7 +76,7 @@ def build_tiny(directory: str | Path) -> Path:
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=16,
-        max_position_embeddings=4096,
+        max_position_embeddings=32768,  # long generations for the tests' slow requests
         # Wider than the usual 0.02 so that random logits are well separated and greedy choices are clear.
         initializer_range=0.2,
         eos_token_id=tokenizer.eos_token_id,

@@ -13,6 +13,7 @@
     SERVESTACK_DRAIN_SECONDS              after SIGTERM, time allowed for requests in flight (default 30)
     SERVESTACK_STALL_SECONDS              readiness fails when the engine loop has not ticked for this long
                                           (default 60)
+    SERVESTACK_TORCH_THREADS              CPU threads for torch; 0 keeps torch's default (one per core)
     SERVESTACK_LOG_LEVEL                  uvicorn/python log level (default info)
 """
 
@@ -40,6 +41,7 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(300.0, gt=0)
     drain_seconds: float = Field(30.0, ge=0)
     stall_seconds: float = Field(60.0, gt=0)
+    torch_threads: int = Field(0, ge=0)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("model_path")
