@@ -238,6 +238,11 @@ def test_dev_gpu_pool_is_spot_t4_scaling_from_zero(dev: dict[str, Any]) -> None:
     assert pool["osDiskSizeGB"] == 128.0
 
 
+def test_the_cluster_autoscaler_owns_the_node_counts(plan: dict[str, Any]) -> None:
+    assert one(plan, POOL)["ignoreChanges"] == ["count"]
+    assert one(plan, CLUSTER)["ignoreChanges"] == ["agentPoolProfiles[0].count"]
+
+
 def test_prod_gpu_pool_is_on_demand_a100_one_to_eight(prod: dict[str, Any]) -> None:
     pool = inputs(prod, POOL)
     assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
