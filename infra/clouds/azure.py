@@ -260,9 +260,10 @@ class GpuCluster(pulumi.ComponentResource):
         """VNet flow logs (NSG flow logs are retired) into a firewalled account, written as an identity."""
         name, region = self._name, self._config.region
         logs = storage.StorageAccount(
-            f"{name}-flow-logs", resource_group_name=group.name, location=region,
-            account_name=pulumi.Output.concat("servestacklogs", self._suffix),
-            **_hardened_account(sku="Standard_LRS", subnet_id=None, ip_ranges=()), opts=self._child)
+            f"{name}-flow-logs",
+            _hardened_account(group.name, region, pulumi.Output.concat("servestacklogs", self._suffix),
+                              sku="Standard_LRS", subnet_id=None, ip_ranges=()),
+            opts=self._child)
         writer = managedidentity.UserAssignedIdentity(
             f"{name}-flow-logs-identity", resource_group_name=group.name, location=region,
             resource_name_=f"{self._prefix}-flow-logs", opts=self._child)
@@ -348,8 +349,6 @@ class GpuCluster(pulumi.ComponentResource):
 
     def _gpu_pool(self, net: _Network, cluster: containerservice.ManagedCluster) -> containerservice.AgentPool:
         config, gpu = self._config, self._config.gpu
-        spot = {"scale_set_priority": "Spot", "scale_set_eviction_policy": "Delete", "spot_max_price": -1.0} \
-            if gpu.spot else {"scale_set_priority": "Regular"}
         return containerservice.AgentPool(
             f"{self._name}-gpu-pool", resource_group_name=net.resource_group.name, resource_name_=cluster.name,
             agent_pool_name="gpu", mode="User", type="VirtualMachineScaleSets", os_type="Linux", os_sku="Ubuntu",
@@ -360,7 +359,10 @@ class GpuCluster(pulumi.ComponentResource):
             enable_node_public_ip=False, vnet_subnet_id=net.subnet.id, os_disk_size_gb=gpu.disk_gb,
             # AKS installs the NVIDIA driver; the device plugin comes with the serving deployment.
             gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
-            **spot,
+            # Spot: an evicted VM is deleted (not kept deallocated), and any price up to on-demand is paid.
+            scale_set_priority="Spot" if gpu.spot else "Regular",
+            scale_set_eviction_policy="Delete" if gpu.spot else None,
+            spot_max_price=-1.0 if gpu.spot else None,
             # The cluster autoscaler owns the node count after creation.
             opts=self._opts(ignore_changes=["count"]),
         )
@@ -383,10 +385,10 @@ class GpuCluster(pulumi.ComponentResource):
     def _model_storage(self, net: _Network) -> tuple[storage.StorageAccount, storage.BlobContainer]:
         name, config = self._name, self._config
         account = storage.StorageAccount(
-            f"{name}-models", resource_group_name=net.resource_group.name, location=config.region,
-            account_name=pulumi.Output.concat("servestack", self._suffix),
-            **_hardened_account(sku="Standard_ZRS" if config.is_prod else "Standard_LRS",
-                                subnet_id=net.subnet.id, ip_ranges=config.azure.storage_cidrs),
+            f"{name}-models",
+            _hardened_account(net.resource_group.name, config.region, pulumi.Output.concat("servestack", self._suffix),
+                              sku="Standard_ZRS" if config.is_prod else "Standard_LRS",
+                              subnet_id=net.subnet.id, ip_ranges=config.azure.storage_cidrs),
             opts=self._child)
         container = storage.BlobContainer(
             f"{name}-models-container", resource_group_name=net.resource_group.name, account_name=account.name,
@@ -416,27 +418,32 @@ def service_account_subject(namespace: str) -> str:
     return f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT_NAME}"
 
 
-def _hardened_account(sku: str, subnet_id: pulumi.Input[str] | None, ip_ranges: tuple[str, ...]) -> dict[str, Any]:
-    """Storage account settings: Entra ID only, HTTPS with TLS 1.2, nothing public, firewalled."""
-    vnet_rules = [storage.VirtualNetworkRuleArgs(virtual_network_resource_id=subnet_id, action=storage.Action.ALLOW)] \
-        if subnet_id is not None else []
-    return {
-        "kind": "StorageV2",
-        "sku": storage.SkuArgs(name=sku),
-        "enable_https_traffic_only": True,
-        "minimum_tls_version": "TLS1_2",
-        "allow_blob_public_access": False,
-        "allow_shared_key_access": False,
-        "default_to_o_auth_authentication": True,
-        "allow_cross_tenant_replication": False,
-        "network_rule_set": storage.NetworkRuleSetArgs(
+def _hardened_account(resource_group_name: pulumi.Input[str], location: str | None,
+                      account_name: pulumi.Input[str], sku: str, subnet_id: pulumi.Input[str] | None,
+                      ip_ranges: tuple[str, ...]) -> storage.StorageAccountArgs:
+    """A storage account: Entra ID only, HTTPS with TLS 1.2, nothing public, firewalled."""
+    vnet_rules = [] if subnet_id is None else [
+        storage.VirtualNetworkRuleArgs(virtual_network_resource_id=subnet_id, action=storage.Action.ALLOW)]
+    return storage.StorageAccountArgs(
+        resource_group_name=resource_group_name,
+        location=location,
+        account_name=account_name,
+        kind="StorageV2",
+        sku=storage.SkuArgs(name=sku),
+        enable_https_traffic_only=True,
+        minimum_tls_version="TLS1_2",
+        allow_blob_public_access=False,
+        allow_shared_key_access=False,
+        default_to_o_auth_authentication=True,
+        allow_cross_tenant_replication=False,
+        network_rule_set=storage.NetworkRuleSetArgs(
             default_action=storage.DefaultAction.DENY,
             # Trusted Azure services (Network Watcher writing flow logs) still get through.
             bypass="AzureServices",
             virtual_network_rules=vnet_rules,
             ip_rules=[storage.IPRuleArgs(i_p_address_or_range=r, action=storage.Action.ALLOW) for r in ip_ranges],
         ),
-    }
+    )
 
 
 def _kubelet_object_id(profile: Any) -> str:
