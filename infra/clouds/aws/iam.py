@@ -43,9 +43,11 @@ def irsa_trust(provider_arn: str, issuer_url: str, namespace: str, service_accou
 
 def irsa_role(name: str, provider: aws.iam.OpenIdConnectProvider, namespace: str, service_account: str,
               opts: pulumi.ResourceOptions) -> aws.iam.Role:
-    trust = pulumi.Output.all(provider.arn, provider.url).apply(
-        lambda values: irsa_trust(values[0], values[1], namespace, service_account))
-    return aws.iam.Role(name, assume_role_policy=trust,
+    def trust(values: list[str]) -> str:
+        provider_arn, issuer_url = values
+        return irsa_trust(provider_arn, issuer_url, namespace, service_account)
+
+    return aws.iam.Role(name, assume_role_policy=pulumi.Output.all(provider.arn, provider.url).apply(trust),
                         description=f"IRSA role of {namespace}/{service_account}", opts=opts)
 
 

@@ -55,14 +55,18 @@ def _system_placement() -> dict[str, Any]:
     return {"nodeSelector": {GPU_POOL_LABEL: SYSTEM_POOL_LABEL_VALUE}}
 
 
+def _autoscaler_policy(values: list[str]) -> str:
+    cluster_arn, cluster_name = values
+    return iam.cluster_autoscaler_policy(cluster_arn, cluster_name)
+
+
 def cluster_autoscaler(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.OpenIdConnectProvider,
                        kubernetes_version: str, region: str, opts: pulumi.ResourceOptions,
                        provider: k8s.Provider, depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
     role = iam.irsa_role(f"{name}-cluster-autoscaler-role", oidc, "kube-system", CLUSTER_AUTOSCALER_SA, opts)
     aws.iam.RolePolicy(
         f"{name}-cluster-autoscaler-policy", role=role.id,
-        policy=pulumi.Output.all(cluster.arn, cluster.name).apply(
-            lambda values: iam.cluster_autoscaler_policy(values[0], values[1])),
+        policy=pulumi.Output.all(cluster.arn, cluster.name).apply(_autoscaler_policy),
         opts=opts)
     repo, chart, version = CLUSTER_AUTOSCALER_CHART
     values = {
@@ -106,6 +110,8 @@ def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.
                            "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
         # Only services that ask for it (aws-load-balancer-type: external) get the controller.
         "enableServiceMutatorWebhook": False,
+        # The network component owns every security group rule; the controller creates no group.
+        "enableBackendSecurityGroup": False,
         **_system_placement(),
     }
     return k8s.helm.v3.Release(

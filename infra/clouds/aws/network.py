@@ -35,7 +35,6 @@ class NetworkArgs:
     lb_port: int
     # Who may reach the serving load balancer: the allowed client CIDRs (the VPC when internal).
     lb_client_cidrs: Sequence[str]
-    partition: str
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:

@@ -414,6 +414,7 @@ def test_serving_load_balancer_is_an_nlb_behind_our_security_group(plan: dict[st
     controller = inputs(plan, HELM, "aws-lb-controller")
     assert controller["chart"] == "aws-load-balancer-controller" and controller["version"] == "1.13.0"
     assert controller["values"]["vpcId"].startswith("vpc-") and controller["values"]["region"] == "us-east-1"
+    assert controller["values"]["enableBackendSecurityGroup"] is False
 
 
 def test_bottlerocket_brings_its_device_plugin(plan: dict[str, Any]) -> None:
