@@ -24,9 +24,9 @@ SYSTEM_POOL_LABEL_VALUE = "system"
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # EKS add-on versions, pinned per Kubernetes minor (`aws eks describe-addon-versions` lists newer ones).
 ADDON_VERSIONS: dict[str, dict[str, str]] = {
-    "1.31": {"vpc-cni": "v1.19.5-eksbuild.1", "kube-proxy": "v1.31.3-eksbuild.2", "coredns": "v1.11.4-eksbuild.2"},
-    "1.32": {"vpc-cni": "v1.19.5-eksbuild.1", "kube-proxy": "v1.32.0-eksbuild.2", "coredns": "v1.11.4-eksbuild.2"},
-    "1.33": {"vpc-cni": "v1.19.5-eksbuild.1", "kube-proxy": "v1.33.0-eksbuild.2", "coredns": "v1.12.1-eksbuild.2"},
+    "1.31": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.31.3-eksbuild.2", "coredns": "v1.11.4-eksbuild.2"},
+    "1.32": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.32.0-eksbuild.2", "coredns": "v1.11.4-eksbuild.2"},
+    "1.33": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.33.0-eksbuild.2", "coredns": "v1.12.1-eksbuild.2"},
 }
 # Bottlerocket keeps the OS on its own small volume and containers on the second one.
 DATA_DEVICE = {"BOTTLEROCKET_x86_64_NVIDIA": "/dev/xvdb", "BOTTLEROCKET_x86_64": "/dev/xvdb",

@@ -286,7 +286,7 @@ def test_empty_gpu_group_is_described_to_the_autoscaler(plan: dict[str, Any]) ->
 def test_cluster_autoscaler_is_pinned_discovers_the_cluster_and_may_scale_only_its_groups(
         plan: dict[str, Any]) -> None:
     release = inputs(plan, HELM, "aws-cluster-autoscaler")
-    assert release["chart"] == "cluster-autoscaler" and release["version"] == "9.46.6"
+    assert release["chart"] == "cluster-autoscaler" and release["version"] == "9.51.0"
     assert release["repositoryOpts"]["repo"] == "https://kubernetes.github.io/autoscaler"
     values = release["values"]
     cluster = f"servestack-{plan['stack']}"
@@ -412,7 +412,7 @@ def test_serving_load_balancer_is_an_nlb_behind_our_security_group(plan: dict[st
     assert annotations[f"{LB}-manage-backend-security-group-rules"] == "false"
     assert inputs(plan, SG, "aws-network-lb-sg")["tags"]["Name"] == annotations[f"{LB}-security-groups"]
     controller = inputs(plan, HELM, "aws-lb-controller")
-    assert controller["chart"] == "aws-load-balancer-controller" and controller["version"] == "1.13.0"
+    assert controller["chart"] == "aws-load-balancer-controller" and controller["version"] == "1.13.4"
     assert controller["values"]["vpcId"].startswith("vpc-") and controller["values"]["region"] == "us-east-1"
     assert controller["values"]["enableBackendSecurityGroup"] is False
 
