@@ -87,6 +87,9 @@ class EksCluster(pulumi.ComponentResource):
         attachment = aws.iam.RolePolicyAttachment(
             f"{name}-cluster-policy", role=role.name,
             policy_arn=iam.managed_policy(args.partition, "AmazonEKSClusterPolicy"), opts=child)
+        # The control plane encrypts and decrypts secrets with the key through its role.
+        key_use = aws.iam.RolePolicy(f"{name}-cluster-secrets-key", role=role.id,
+                                     policy=secrets_key.arn.apply(iam.kms_key_user_policy), opts=child)
         # EKS would create this group with no expiry; creating it first sets the retention.
         logs = aws.cloudwatch.LogGroup(f"{name}-control-plane-logs", name=f"/aws/eks/{args.cluster_name}/cluster",
                                        retention_in_days=90 if args.is_prod else 14, opts=child)
@@ -114,7 +117,7 @@ class EksCluster(pulumi.ComponentResource):
             bootstrap_self_managed_addons=False,
             # Standard support only: extended support costs six times as much per cluster hour.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment, logs]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment, key_use, logs]),
         )
         issuer = self.cluster.identities.apply(_oidc_issuer)
         self.oidc_provider = aws.iam.OpenIdConnectProvider(

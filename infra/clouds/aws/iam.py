@@ -61,6 +61,13 @@ def bucket_reader_policy(bucket_arn: str) -> str:
     ]})
 
 
+def kms_key_user_policy(key_arn: str) -> str:
+    """What EKS needs of the secrets key, on that key only."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Resource": key_arn,
+        "Action": ["kms:Encrypt", "kms:Decrypt", "kms:ListGrants", "kms:DescribeKey"]}]})
+
+
 def tls_only_bucket_policy(bucket_arn: str) -> str:
     return json.dumps({"Version": "2012-10-17", "Statement": [{
         "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",

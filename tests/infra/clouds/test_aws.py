@@ -187,7 +187,10 @@ def test_cluster_encrypts_secrets_logs_and_uses_access_entries(plan: dict[str, A
     assert cluster["encryptionConfig"]["resources"] == ["secrets"]
     key = inputs(plan, "aws:kms/key:Key")
     assert key["enableKeyRotation"] is True
-    assert cluster["encryptionConfig"]["provider"]["keyArn"].startswith("arn:aws:kms:")
+    key_arn = cluster["encryptionConfig"]["provider"]["keyArn"]
+    assert key_arn.startswith("arn:aws:kms:")
+    (key_use,) = json.loads(inputs(plan, ROLE_POLICY, "aws-eks-cluster-secrets-key")["policy"])["Statement"]
+    assert key_use["Resource"] == key_arn and "kms:Decrypt" in key_use["Action"]
     assert set(cluster["enabledClusterLogTypes"]) == {"api", "audit", "authenticator", "controllerManager",
                                                       "scheduler"}
     assert cluster["bootstrapSelfManagedAddons"] is False
