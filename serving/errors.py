@@ -96,9 +96,18 @@ def error_response(error: ServingError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "function-before"}
+
+
+def _is_type_tag(part: str) -> bool:
+    return "[" in part or part in _TYPE_TAGS or part[:1].isupper()
+
+
 def _param_of(loc: tuple[Any, ...]) -> str | None:
     """("body", "messages", 0, "content") -> "messages[0].content"."""
-    parts = [p for p in loc if p != "body"]
+    # Unions add their member's tag to the location ("prompt", "str"): those are not parameters.
+    parts = [p for p in loc[1:] if isinstance(p, int) or not _is_type_tag(str(p))] if loc[:1] == ("body",) \
+        else list(loc)
     text = ""
     for p in parts:
         text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))

@@ -1,0 +1,138 @@
+"""TorchEngine with the tiny model: exactness across joins and leaves, stops, sampling, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from serving.engine import RequestHandle, SamplingParams, TorchEngine, _TextTracker
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def engine(tiny_model: Path) -> AsyncIterator[TorchEngine]:
+    steps: list[int] = []
+    engine = TorchEngine(tiny_model, model_name="tiny", max_batch_size=4, threads=1, on_step=steps.append)
+    engine.steps = steps  # type: ignore[attr-defined]
+    engine.start()
+    while not engine.loaded:
+        await asyncio.sleep(0.02)
+    yield engine
+    await engine.stop()
+
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+
+
+async def collect(handle: RequestHandle) -> tuple[str, int, str | None]:
+    text, tokens, reason = "", 0, None
+    async for out in handle:
+        text, tokens, reason = text + out.text, tokens + out.new_tokens, out.finish_reason
+    return text, tokens, reason
+
+
+async def test_greedy_output_is_exact_across_joins_shifts_and_trims(engine: TorchEngine) -> None:
+    short = engine.encode_prompt("Hello")
+    long = engine.encode_prompt("The quick brown fox jumps over the lazy dog. " * 8)
+    medium = engine.encode_prompt("Kubernetes schedules pods onto nodes")
+    assert len(long) - len(short) > 70  # long enough that its leaving triggers a trim of shared padding
+    plans = [(short, 60), (long, 8), (medium, 20), (short, 5)]
+    alone = [await collect(engine.submit(ids, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)))
+             for ids, n in plans]
+
+    # Now together, arriving while the others run: the long prompt shifts the running row right, its early
+    # exit leaves padding that gets trimmed, the later ones join a batch of a different width.
+    first = engine.submit(short, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))
+    outputs: list[str] = []
+    async for out in first:
+        outputs.append(out.text)
+        if len(outputs) == 5:
+            break
+    tasks = []
+    for ids, n in plans[1:]:
+        tasks.append(asyncio.ensure_future(collect(engine.submit(ids, SamplingParams(
+            max_tokens=n, temperature=0, ignore_eos=True)))))
+        await asyncio.sleep(0.01)
+    rest = await collect(first)
+    together = [("".join(outputs) + rest[0], 5 + rest[1], rest[2]), *await asyncio.gather(*tasks)]
+    assert together == alone
+    assert max(engine.steps) > 1  # type: ignore[attr-defined]
+
+
+async def test_top_k_1_equals_greedy_and_seeds_repeat(engine: TorchEngine) -> None:
+    ids = engine.encode_prompt("Numbers: 1 2 3")
+    greedy = await collect(engine.submit(ids, GREEDY))
+    top1 = await collect(engine.submit(ids, SamplingParams(max_tokens=12, temperature=1.5, top_k=1,
+                                                           ignore_eos=True, seed=3)))
+    assert top1 == greedy
+    seeded = SamplingParams(max_tokens=12, temperature=1.0, top_p=0.95, seed=11, ignore_eos=True)
+    assert await collect(engine.submit(ids, seeded)) == await collect(engine.submit(ids, seeded))
+
+
+async def test_a_stop_string_ends_the_text_before_it(engine: TorchEngine) -> None:
+    ids = engine.encode_prompt("Hello, world!")
+    text, _, _ = await collect(engine.submit(ids, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)))
+    stop = text[10:12]
+    assert stop and text.find(stop) >= 1
+    stopped = await collect(engine.submit(ids, SamplingParams(max_tokens=30, temperature=0, ignore_eos=True,
+                                                              stop=(stop,))))
+    assert stopped[0] == text[: text.find(stop)]
+    assert stopped[2] == "stop"
+
+
+async def test_eos_stops_unless_ignored(engine: TorchEngine) -> None:
+    ids = engine.encode_prompt("x")
+    assert engine.eos_ids
+    results = [await collect(engine.submit(ids, SamplingParams(max_tokens=200, temperature=2.0, seed=s)))
+               for s in range(12)]
+    ended = [r for r in results if r[2] == "stop"]
+    assert ended, "some sampled run should meet the end-of-text token within 200 tokens"
+    assert all(r[1] < 200 for r in ended)
+
+
+async def test_cancel_frees_the_slot(engine: TorchEngine) -> None:
+    handle = engine.submit(engine.encode_prompt("x"), SamplingParams(max_tokens=20000, temperature=0,
+                                                                     ignore_eos=True))
+    async for _ in handle:
+        break
+    assert engine.num_running == 1
+    handle.cancel()
+    for _ in range(200):
+        if engine.num_running == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.num_running == 0 and engine.num_waiting == 0
+
+
+class CharTokenizer:
+    """ids are code points; 0xFFFD stands for half a character."""
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def test_text_tracker_holds_back_a_possible_stop_string() -> None:
+    tracker = _TextTracker(CharTokenizer(), stop=("END",))
+    ids: list[int] = []
+    sent = []
+    for ch in "abcEN":
+        ids.append(ord(ch))
+        sent.append(tracker.update(ids, final=False))
+    assert "".join(d for d, _ in sent) == "abc"  # "EN" may still become "END"
+    ids.append(ord("D"))
+    assert tracker.update(ids, final=False) == ("", True)
+
+
+def test_text_tracker_flushes_at_the_end_and_waits_for_whole_characters() -> None:
+    tracker = _TextTracker(CharTokenizer(), stop=())
+    assert tracker.update([ord("a"), 0xFFFD], final=False) == ("", False)
+    assert tracker.update([ord("a"), 0xFFFD, ord("b")], final=True) == ("a\ufffdb", False)
