@@ -46,9 +46,12 @@ from infra.serving import PORT as POD_PORT
 # The serving Kubernetes service account (infra/serving.py names it so, in config.serving.namespace).
 SERVING_SERVICE_ACCOUNT = "servestack"
 
+# iamcredentials: Workload Identity mints tokens through it; cloudresourcemanager: project IAM grants;
+# containerfilesystem: image streaming.
 APIS = ("compute.googleapis.com", "container.googleapis.com", "artifactregistry.googleapis.com",
-        "iam.googleapis.com", "iamcredentials.googleapis.com", "storage.googleapis.com",
-        "containerfilesystem.googleapis.com", "logging.googleapis.com", "monitoring.googleapis.com")
+        "iam.googleapis.com", "iamcredentials.googleapis.com", "cloudresourcemanager.googleapis.com",
+        "storage.googleapis.com", "containerfilesystem.googleapis.com", "logging.googleapis.com",
+        "monitoring.googleapis.com")
 PROD_APIS = ("cloudkms.googleapis.com",)
 
 PODS_RANGE = "pods"

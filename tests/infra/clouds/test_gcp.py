@@ -46,9 +46,9 @@ IAM_TYPES = (SA_IAM, PROJECT_IAM, BUCKET_IAM, REPO_IAM, KEY_IAM)
 HEALTH_CHECK_RANGES = ["35.191.0.0/16", "130.211.0.0/22"]
 
 GCP_COUNTS = {
-    "gcp-dev": {API: 9, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
+    "gcp-dev": {API: 10, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
                 SA_IAM: 1, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, REPOSITORY: 1, BUCKET: 1},
-    "gcp-prod": {API: 10, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
+    "gcp-prod": {API: 11, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
                  SA_IAM: 1, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, KEY_IAM: 1, REPOSITORY: 1, BUCKET: 1,
                  KEY_RING: 1, KEY: 1},
 }
@@ -116,7 +116,7 @@ def test_every_gcp_resource_is_a_child_of_the_gpu_cluster_component(plan: dict[s
 def test_apis_are_enabled_and_stay_enabled_on_destroy(plan: dict[str, Any]) -> None:
     services = {r["inputs"]["service"]: r["inputs"] for r in resources(plan, API)}
     for api in ("container.googleapis.com", "compute.googleapis.com", "artifactregistry.googleapis.com",
-                "iamcredentials.googleapis.com"):
+                "iamcredentials.googleapis.com", "cloudresourcemanager.googleapis.com"):
         assert api in services
     assert ("cloudkms.googleapis.com" in services) == (plan["stack"] == "gcp-prod")
     assert all(s["disableOnDestroy"] is False for s in services.values())
