@@ -149,6 +149,7 @@ class _Network:
     resource_group: resources.ResourceGroup
     vnet: network.VirtualNetwork
     subnet: network.Subnet
+    egress_ip: network.PublicIPAddress
 
 
 class GpuCluster(pulumi.ComponentResource):
@@ -254,7 +255,7 @@ class GpuCluster(pulumi.ComponentResource):
             opts=self._child)
         if config.is_prod:
             self._flow_logs(group, vnet)
-        return _Network(group, vnet, subnet)
+        return _Network(group, vnet, subnet, egress_ip)
 
     def _flow_logs(self, group: resources.ResourceGroup, vnet: network.VirtualNetwork) -> None:
         """VNet flow logs (NSG flow logs are retired) into a firewalled account, written as an identity."""
@@ -298,8 +299,10 @@ class GpuCluster(pulumi.ComponentResource):
             api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
                 enable_private_cluster=True, enable_private_cluster_public_fqdn=False, private_dns_zone="system")
         else:
+            # Nodes reach a public API server through the NAT gateway: its address must be admitted too.
             api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                authorized_ip_ranges=list(access.api_cidrs))
+                authorized_ip_ranges=net.egress_ip.ip_address.apply(
+                    lambda address: [*access.api_cidrs, f"{_required(address, 'the egress IP address')}/32"]))
         # Prod keeps three system nodes, so that CoreDNS and the other add-ons survive losing one.
         system_min, system_max = (3, 5) if config.is_prod else (1, 3)
         system_pool = containerservice.ManagedClusterAgentPoolProfileArgs(
@@ -444,6 +447,12 @@ def _hardened_account(resource_group_name: pulumi.Input[str], location: str | No
             ip_rules=[storage.IPRuleArgs(i_p_address_or_range=r, action=storage.Action.ALLOW) for r in ip_ranges],
         ),
     )
+
+
+def _required(value: str | None, what: str) -> str:
+    if not value:
+        raise ValueError(f"Azure reported no value for {what}")
+    return value
 
 
 def _kubelet_object_id(profile: Any) -> str:

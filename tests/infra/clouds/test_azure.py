@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pulumi.runtime.mocks import MockCallArgs
+from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
 from infra.clouds import azure
 from infra.config import ConfigError, parse_config
@@ -202,8 +202,14 @@ def test_cluster_is_entra_only_overlay_with_workload_identity(plan: dict[str, An
     assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "patch", "nodeOSUpgradeChannel": "NodeImage"}
 
 
-def test_dev_api_admits_only_the_operators_and_prod_is_private(dev: dict[str, Any], prod: dict[str, Any]) -> None:
-    assert inputs(dev, CLUSTER)["apiServerAccessProfile"] == {"authorizedIPRanges": ["203.0.113.0/24"]}
+def test_dev_api_admits_only_the_operators_and_its_nodes_and_prod_is_private(
+        dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    egress = one(dev, PUBLIC_IP)
+    _, outputs = fakes.RESOURCES[PUBLIC_IP](
+        MockResourceArgs(PUBLIC_IP, egress["name"], egress["inputs"], "", "", True),
+        FakeContext("azure-dev", dev["config"]))
+    assert inputs(dev, CLUSTER)["apiServerAccessProfile"] == {
+        "authorizedIPRanges": ["203.0.113.0/24", f"{outputs['ipAddress']}/32"]}
     assert inputs(prod, CLUSTER)["apiServerAccessProfile"] == {
         "enablePrivateCluster": True, "enablePrivateClusterPublicFQDN": False, "privateDNSZone": "system"}
 
