@@ -354,6 +354,7 @@ class GpuCluster(pulumi.ComponentResource):
         config, gpu = self._config, self._config.gpu
         return containerservice.AgentPool(
             f"{self._name}-gpu-pool", resource_group_name=net.resource_group.name, resource_name_=cluster.name,
+            # Ubuntu, AKS's default Linux node image, with the NVIDIA driver AKS installs on GPU sizes.
             agent_pool_name="gpu", mode="User", type="VirtualMachineScaleSets", os_type="Linux", os_sku="Ubuntu",
             vm_size=gpu.machine_type, orchestrator_version=config.kubernetes_version,
             enable_auto_scaling=True, count=gpu.min_nodes, min_count=gpu.min_nodes, max_count=gpu.max_nodes,
