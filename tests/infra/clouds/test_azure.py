@@ -481,3 +481,11 @@ def test_other_clouds_ignore_the_azure_api_rules() -> None:
         "servestack:gpu": {"type": "nvidia-l4"}, "servestack:access": {
             "endpointCidrs": ["198.51.100.0/24"], "apiCidrs": ["203.0.113.0/24"]}})
     assert config.cloud == "aws"
+
+
+def test_missing_cluster_outputs_fail_loudly() -> None:
+    """A cluster without an OIDC issuer or kubelet identity must stop the program, not grant to nobody."""
+    with pytest.raises(ValueError, match="no OIDC issuer URL"):
+        azure._issuer_url(None)
+    with pytest.raises(ValueError, match="no kubelet identity"):
+        azure._kubelet_object_id({})
