@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from infra.check import check_plan
+from infra.clouds.aws.kube import kubeconfig
 from infra.config import ConfigError, parse_config
 from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
 from infra.offline.schemas import validate_plan
@@ -451,10 +452,13 @@ def test_plan_outputs(plan: dict[str, Any]) -> None:
 # --- variants and bad config -----------------------------------------------------------------------
 
 
-def _variant(tmp_path_factory: pytest.TempPathFactory, name: str, **aws: Any) -> dict[str, Any]:
+def _variant(tmp_path_factory: pytest.TempPathFactory, name: str, access: dict[str, Any] | None = None,
+             **aws: Any) -> dict[str, Any]:
     stacks = tmp_path_factory.mktemp(name)
     document = yaml.safe_load((STACKS_DIR / "Pulumi.aws-dev.yaml").read_text())
     document["config"]["servestack:aws"].update(aws)
+    if access is not None:
+        document["config"]["servestack:access"] = access
     (stacks / f"Pulumi.{name}.yaml").write_text(yaml.safe_dump(document))
     return plan_in_subprocess(name, stacks_dir=stacks)
 
@@ -474,6 +478,26 @@ def test_al2023_nodes_get_the_device_plugin(tmp_path_factory: pytest.TempPathFac
     assert entry["principalArn"] == "arn:aws:iam::123456789012:role/platform-admin"
     association = inputs(plan, "aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
     assert association["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
+
+
+def test_internal_load_balancer_admits_only_the_vpc(tmp_path_factory: pytest.TempPathFactory) -> None:
+    plan = _variant(tmp_path_factory, "aws-internal", access={"internalLoadBalancer": True})
+    annotations = inputs(plan, SERVICE)["metadata"]["annotations"]
+    assert annotations[f"{LB}-scheme"] == "internal"
+    by_cidr = [r["inputs"] for r in resources(plan, INGRESS) if r["inputs"].get("cidrIpv4")]
+    assert [(r["cidrIpv4"], r["fromPort"]) for r in by_cidr] == [("10.0.0.0/16", 80.0)]
+    assert check_plan(plan) == []
+
+
+def test_kubeconfig_gets_its_token_from_the_aws_cli() -> None:
+    config = json.loads(kubeconfig("servestack-aws-dev", "https://example.eks.amazonaws.com", "Q0E=", "eu-west-1"))
+    (cluster,) = config["clusters"]
+    assert cluster["cluster"] == {"server": "https://example.eks.amazonaws.com", "certificate-authority-data": "Q0E="}
+    (user,) = config["users"]
+    assert user["user"]["exec"]["command"] == "aws"
+    assert user["user"]["exec"]["args"] == ["eks", "get-token", "--cluster-name", "servestack-aws-dev",
+                                            "--region", "eu-west-1", "--output", "json"]
+    assert config["current-context"] == "servestack-aws-dev"
 
 
 def test_unpinned_kubernetes_version_fails_the_plan_by_name(tmp_path_factory: pytest.TempPathFactory) -> None:
