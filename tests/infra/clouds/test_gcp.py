@@ -174,29 +174,40 @@ def _rules(plan: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def world_openings(plan: Mapping[str, Any]) -> list[str]:
-    """Allow rules that admit anything from outside private address space beyond the LB port from the
-    allowed client CIDRs (or Google's health checks to the serving ports)."""
+    """Allow rules admitting sources outside the stack's own ranges (nodes, pods, control plane) to
+    anything but the LB port from the allowed client CIDRs, or Google's health checks to the serving
+    ports. Documentation ranges such as 203.0.113.0/24 count as outside, as any client's would."""
     config = _config(plan)
+    own = [ipaddress.ip_network(c) for c in (config.gcp.network_cidr, config.gcp.pods_cidr, config.gcp.master_cidr)]
     lb = {"protocol": "tcp", "ports": [str(config.serving.port)]}
     found = []
     for name, rule in _rules(plan).items():
         if rule.get("direction", "INGRESS") != "INGRESS" or not rule.get("allows"):
             continue
         sources = rule.get("sourceRanges") or ["0.0.0.0/0"]  # no source at all means the world to GCP
-        public = [s for s in sources if not ipaddress.ip_network(s).is_private]
-        if not public:
+        outside = [s for s in sources if not any(
+            ipaddress.ip_network(s).version == n.version and ipaddress.ip_network(s).subnet_of(n)  # type: ignore[arg-type]
+            for n in own)]
+        if not outside:
             continue
-        health_checks = sorted(public) == sorted(HEALTH_CHECK_RANGES) and all(
+        health_checks = sorted(outside) == sorted(HEALTH_CHECK_RANGES) and all(
             a["protocol"] == "tcp" and set(a["ports"]) <= {str(config.serving.port), "8000"}
             for a in rule["allows"])
-        lb_clients = set(public) <= set(config.access.endpoint_cidrs) and rule["allows"] == [lb]
+        lb_clients = set(outside) <= set(config.access.endpoint_cidrs) and rule["allows"] == [lb]
         if not (health_checks or lb_clients):
-            found.append(f"{name}: {public} -> {rule['allows']}")
+            found.append(f"{name}: {outside} -> {rule['allows']}")
     return found
 
 
 def test_no_firewall_rule_admits_the_internet_beyond_the_load_balancer_port(plan: dict[str, Any]) -> None:
     assert world_openings(plan) == []
+    # Of the rules that admit anything, only the client rule takes sources from outside the stack's own
+    # ranges and Google's health checkers; no allow rule names the world unless the clients are the world.
+    config = _config(plan)
+    for name, rule in _rules(plan).items():
+        if rule.get("allows") and name != "servestack-allow-lb-clients":
+            assert not {"0.0.0.0/0", "::/0"} & set(rule["sourceRanges"]), name
+    assert "0.0.0.0/0" not in config.access.endpoint_cidrs
 
 
 def test_the_world_check_catches_a_rule_opening_another_port() -> None:
@@ -206,8 +217,14 @@ def test_the_world_check_catches_a_rule_opening_another_port() -> None:
         {"type": FIREWALL, "name": "no-source", "inputs": {"allows": [{"protocol": "tcp", "ports": ["80"]}]}},
         {"type": FIREWALL, "name": "hc-ssh", "inputs": {"sourceRanges": HEALTH_CHECK_RANGES,
                                                         "allows": [{"protocol": "tcp", "ports": ["22"]}]}},
+        {"type": FIREWALL, "name": "clients-all-ports", "inputs": {"sourceRanges": ["203.0.113.0/24"],
+                                                                   "allows": [{"protocol": "tcp"}]}},
+        {"type": FIREWALL, "name": "internal", "inputs": {"sourceRanges": ["10.10.0.0/20", "10.64.0.0/14"],
+                                                          "allows": [{"protocol": "tcp"}]}},
+        {"type": FIREWALL, "name": "clients-lb", "inputs": {"sourceRanges": ["203.0.113.0/24"],
+                                                            "allows": [{"protocol": "tcp", "ports": ["80"]}]}},
     ]}
-    assert [f.split(":")[0] for f in world_openings(plan)] == ["ssh", "no-source", "hc-ssh"]
+    assert [f.split(":")[0] for f in world_openings(plan)] == ["ssh", "no-source", "hc-ssh", "clients-all-ports"]
 
 
 def test_every_firewall_rule_is_explicit_with_description_priority_and_node_target(plan: dict[str, Any]) -> None:
