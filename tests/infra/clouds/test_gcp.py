@@ -298,6 +298,19 @@ def test_world_and_ipv6_clients_get_only_the_load_balancer_port(tmp_path: Path) 
     assert [v.message for v in check_plan(plan) if v.type == FIREWALL and v.level == "mandatory"] == []
 
 
+def test_internal_load_balancer_admits_only_the_vpc(tmp_path: Path) -> None:
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.gcp-dev.yaml").read_text())
+    document["config"]["servestack:access"] = {"internalLoadBalancer": True, "apiCidrs": ["198.51.100.0/24"]}
+    (tmp_path / "Pulumi.gcp-dev.yaml").write_text(yaml.safe_dump(document))
+    plan = _plan_unmasked("gcp-dev", tmp_path)
+    rule = _rules(plan)["servestack-allow-lb-clients"]
+    assert rule["sourceRanges"] == ["10.10.0.0/20"]
+    assert rule["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+    service = inputs(plan, "kubernetes:core/v1:Service")
+    assert service["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
+    assert "loadBalancerSourceRanges" not in service["spec"]
+
+
 # --- cluster ---------------------------------------------------------------------------------------
 
 
