@@ -68,6 +68,9 @@ DENY_ALL_PRIORITY = 65534
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # Secrets-encryption key rotation: 90 days.
 KEY_ROTATION = "7776000s"
+# Prod upgrades happen on weekend mornings (UTC): 8 hours on Saturdays and Sundays, above GKE's minimum
+# of 48 hours in any 32 days. The dates only anchor the time of day.
+PROD_MAINTENANCE_WINDOW = ("2025-01-04T02:00:00Z", "2025-01-04T10:00:00Z", "FREQ=WEEKLY;BYDAY=SA,SU")
 
 
 @dataclass(frozen=True)
@@ -471,6 +474,10 @@ class GpuCluster(pulumi.ComponentResource):
             # Give idle GPU nodes back sooner; node auto-provisioning stays off (the pools are explicit).
             cluster_autoscaling=gcp.container.ClusterClusterAutoscalingArgs(
                 enabled=False, autoscaling_profile="OPTIMIZE_UTILIZATION"),
+            maintenance_policy=gcp.container.ClusterMaintenancePolicyArgs(
+                recurring_window=gcp.container.ClusterMaintenancePolicyRecurringWindowArgs(
+                    start_time=PROD_MAINTENANCE_WINDOW[0], end_time=PROD_MAINTENANCE_WINDOW[1],
+                    recurrence=PROD_MAINTENANCE_WINDOW[2])) if config.is_prod else None,
             deletion_protection=config.is_prod,
             resource_labels=self._labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends,

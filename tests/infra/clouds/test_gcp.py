@@ -350,6 +350,7 @@ def test_dev_cluster_is_zonal_with_a_public_endpoint_for_the_operators_only(dev:
         "gcpPublicCidrsAccessEnabled": False}
     assert cluster["deletionProtection"] is False
     assert "databaseEncryption" not in cluster
+    assert "maintenancePolicy" not in cluster
 
 
 def test_prod_cluster_is_regional_private_endpoint_with_kms_secrets(prod: dict[str, Any]) -> None:
@@ -361,6 +362,9 @@ def test_prod_cluster_is_regional_private_endpoint_with_kms_secrets(prod: dict[s
         "cidrBlocks": [{"cidrBlock": "10.10.0.0/20", "displayName": "servestack VPC"}],
         "gcpPublicCidrsAccessEnabled": False}
     assert props["deletionProtection"] is True
+    assert props["maintenancePolicy"] == {"recurringWindow": {
+        "startTime": "2025-01-04T02:00:00Z", "endTime": "2025-01-04T10:00:00Z",
+        "recurrence": "FREQ=WEEKLY;BYDAY=SA,SU"}}
     key, ring = one(prod, KEY), one(prod, KEY_RING)
     assert props["databaseEncryption"]["state"] == "ENCRYPTED"
     assert f"/keyRings/{ring['name']}-" in props["databaseEncryption"]["keyName"]
