@@ -169,7 +169,11 @@ class _Generation:
                         metrics.queue.observe(out.queue_seconds)
                     if out.finish_reason == "cancelled":
                         return
-                    metrics.ttft.observe(now - started) if last is None else metrics.itl.observe(now - last)
+                    if last is None:
+                        metrics.ttft.observe(now - started)
+                    else:  # a merged delta of k tokens: k gaps of equal share
+                        for _ in range(out.new_tokens):
+                            metrics.itl.observe((now - last) / out.new_tokens)
                     last = now
                     self.completion_tokens += out.new_tokens
                     metrics.generation_tokens.inc(out.new_tokens)

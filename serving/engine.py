@@ -87,18 +87,50 @@ class RequestHandle:
 
     # Called by the engine, from any thread.
     def push(self, item: Output | _Failed) -> None:
-        with contextlib.suppress(RuntimeError):  # the event loop has closed: nobody is listening any more
-            self._loop.call_soon_threadsafe(self._events.put_nowait, item)
+        deliver([(self, item)])
 
     async def __aiter__(self) -> AsyncIterator[Output]:
+        """The deltas; those that piled up while the consumer was busy come merged into one."""
         while not self._done:
-            item = await self._events.get()
-            if isinstance(item, _Failed):
+            items = [await self._events.get()]
+            while not self._events.empty() and not isinstance(items[-1], _Failed):
+                items.append(self._events.get_nowait())
+            failed = [i for i in items if isinstance(i, _Failed)]
+            outputs = [i for i in items if isinstance(i, Output)]
+            if outputs:
+                merged = merge(outputs)
+                self._done = merged.finish_reason is not None
+                yield merged
+            if failed and not self._done:
                 self._done = True
-                raise item.error
-            if item.finish_reason is not None:
-                self._done = True
-            yield item
+                raise failed[0].error
+
+
+def merge(outputs: list[Output]) -> Output:
+    """Several consecutive deltas of one request as one."""
+    if len(outputs) == 1:
+        return outputs[0]
+    return Output(
+        text="".join(o.text for o in outputs),
+        new_tokens=sum(o.new_tokens for o in outputs),
+        finish_reason=outputs[-1].finish_reason,
+        queue_seconds=outputs[0].queue_seconds,
+    )
+
+
+def deliver(items: list[tuple[RequestHandle, Output | _Failed]]) -> None:
+    """Hand deltas to their event loops: one wake-up per loop per call, however many deltas."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Output | _Failed]]] = {}
+    for handle, item in items:
+        by_loop.setdefault(handle._loop, []).append((handle, item))
+    for loop, batch in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is listening any more
+            loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _put_all(batch: list[tuple[RequestHandle, Output | _Failed]]) -> None:
+    for handle, item in batch:
+        handle._events.put_nowait(item)
 
 
 class Engine(abc.ABC):
@@ -598,6 +630,7 @@ class TorchEngine(Engine):
         greedy = logits.argmax(dim=-1).tolist()
         now = time.monotonic()
         finished: list[int] = []
+        outputs: list[tuple[RequestHandle, Output | _Failed]] = []
         for i, s in enumerate(seqs):
             params = s.params
             token = greedy[i] if s.generator is None else _sample(logits[i], params, s.generator)
@@ -616,9 +649,10 @@ class TorchEngine(Engine):
             if not s.first_output_sent:
                 s.first_output_sent = True
                 queue_seconds = now - s.handle.submitted_at
-            s.handle.push(Output(delta, 1, reason, queue_seconds))
+            outputs.append((s.handle, Output(delta, 1, reason, queue_seconds)))
             if reason is not None:
                 finished.append(self._running.index(s))
+        deliver(outputs)
         self._remove_rows(sorted(finished))
 
 
