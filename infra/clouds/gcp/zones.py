@@ -5,7 +5,8 @@ from __future__ import annotations
 from infra.config import ConfigError, StackConfig
 
 # Where each GPU is offered, per region (Compute Engine "GPU locations", 2025). A zone missing here
-# cannot be configured: add it once Google lists it.
+# cannot be configured: add it once Google lists it. Check a region with
+#   gcloud compute accelerator-types list --filter="zone~^us-central1 AND name=nvidia-l4"
 GPU_ZONES: dict[str, dict[str, tuple[str, ...]]] = {
     "us-central1": {
         "nvidia-l4": ("us-central1-a", "us-central1-b", "us-central1-c"),
