@@ -24,5 +24,7 @@ pulumi.export("gpus_per_node", config.gpu.count)
 pulumi.export("gpu_nodes_min", config.gpu.min_nodes)
 pulumi.export("gpu_nodes_max", config.gpu.max_nodes)
 pulumi.export("namespace", serving.namespace)
+pulumi.export("registry_url", platform.registry_url or "")
+pulumi.export("model_bucket_uri", platform.model_bucket_uri or "")
 if serving.api_key is not None:
     pulumi.export("api_key", serving.api_key)

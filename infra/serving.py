@@ -105,8 +105,11 @@ class ServingDeployment(pulumi.ComponentResource):
                 ),
                 template=_pod_template(name, args, labels, service_account, api_key_secret),
             ),
-            # The autoscaler owns the replica count after creation.
-            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])),
+            # The autoscaler owns the replica count after creation. The first rollout may wait for a GPU
+            # node to scale up from zero, a large image pull and a model load: give it half an hour.
+            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
+                ignore_changes=["spec.replicas"],
+                custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m"))),
         )
 
         service = _service(name, args, labels, ns, in_ns)
