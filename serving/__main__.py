@@ -30,6 +30,7 @@ def _offline_environment() -> None:
     os.environ.setdefault("HF_HOME", "/tmp/hf-home")
     os.environ.setdefault("XDG_CACHE_HOME", "/tmp/cache")
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor")
+    os.environ.setdefault("TRITON_CACHE_DIR", "/tmp/triton")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

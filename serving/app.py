@@ -12,11 +12,12 @@ import asyncio
 import contextlib
 import hmac
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving import protocol as p
 from serving.engine import Engine, Output, RequestHandle, SamplingParams
@@ -50,7 +51,7 @@ class Lifecycle:
         self.draining = True
 
     @contextlib.contextmanager
-    def track(self) -> Any:
+    def track(self) -> Iterator[None]:
         self.in_flight += 1
         self._idle.clear()
         try:
@@ -68,6 +69,22 @@ class Lifecycle:
             return True
         except TimeoutError:
             return False
+
+
+class InFlightMiddleware:
+    """Counts generation requests from their first byte until their response is fully sent (or the client
+    is gone), streams included, for the drain to wait on."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        with self.lifecycle.track():
+            await self.app(scope, receive, send)
 
 
 class _Context:
@@ -232,6 +249,7 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
     app = FastAPI(title="servestack", lifespan=lifespan)
     app.state.ctx = ctx
     app.state.lifecycle = ctx.lifecycle
+    app.add_middleware(InFlightMiddleware, lifecycle=ctx.lifecycle)
     install_error_handlers(app)
 
     @app.get("/health/live")
@@ -336,19 +354,10 @@ async def _respond(
     whole: Callable[[str, _Generation], Any] | None = None,
 ) -> Response:
     """Submit, then answer as one JSON body or as an SSE stream."""
-    tracking = ctx.lifecycle.track()
-    tracking.__enter__()
-    try:
-        gen = _Generation(ctx, ctx.engine.submit(ids, params))
-    except BaseException:
-        tracking.__exit__(None, None, None)
-        raise
+    gen = _Generation(ctx, ctx.engine.submit(ids, params))
 
     if not req.stream:
-        try:
-            text = await gen.collect(request)
-        finally:
-            tracking.__exit__(None, None, None)
+        text = await gen.collect(request)
         if whole is not None:
             body = whole(text, gen)
         else:
@@ -365,8 +374,6 @@ async def _respond(
                 yield p.sse(final_usage(gen))
         except ServingError as error:  # the stream has started: report in-band
             yield p.sse(error.body())
-        finally:
-            tracking.__exit__(None, None, None)
         yield p.SSE_DONE
 
     return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -300,7 +300,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     console.log("server done")
 
     with console.status(f"(c) our engine alone, {name} ..."):
-        report["results"]["engine"] = asyncio.run(_engine_alone(model_path, name, args))
+        # In a fresh process too, like (a) and (b): nothing else of this process competes with it.
+        command = [sys.executable, "-m", "serving.sidebyside", "--run-engine", str(model_path),
+                   *(f"--{k.replace('_', '-')}={v}" for k, v in workload.items())]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        (logs / "engine.log").write_text(done.stderr)
+        if done.returncode != 0:
+            raise RuntimeError(f"the engine-alone run failed ({done.returncode}); see {logs / 'engine.log'}")
+        report["results"]["engine"] = json.loads(done.stdout.strip().splitlines()[-1])
     console.log("engine done")
 
     report["ratios"] = ratios(report["results"])
@@ -382,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="/tmp/servestack-sidebyside", help="server logs go here")
     parser.add_argument("--serve-baseline", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--run-engine", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -391,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("concurrency", "requests", "input_len", "output_len"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    if args.run_engine is not None:
+        print(json.dumps(asyncio.run(_engine_alone(args.run_engine, args.run_engine.name, args))))
+        return 0
 
     report = run(args)
     print_report(report)
