@@ -1,6 +1,7 @@
 """The `servestack` command line (also `python -m infra.cli`).
 
   servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
+  servestack check (--stack NAME | --plan FILE)  the policy pack on that plan [--json FILE]
   servestack run                                 the main job on the built-in default
 """
 
@@ -19,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from infra.check import register as register_check
 from infra.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
 
 OUT_DIR = ROOT / "out"
@@ -39,6 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("--quiet", action="store_true", help="print nothing but errors")
     plan.add_argument("--stacks-dir", type=Path, default=STACKS_DIR, help="where the stack files are")
     plan.set_defaults(handler=_plan)
+
+    register_check(commands)
 
     run = commands.add_parser("run", help="the main job: offline plans of every stack")
     run.set_defaults(handler=_run)

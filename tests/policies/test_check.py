@@ -155,3 +155,15 @@ def test_a_failing_rule_is_a_mandatory_finding(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(network, "READERS", {SG: broken})
     failed = [v for v in check.check_plan(_plan(HTTPS_WORLD)) if "the rule failed" in v.message]
     assert failed and all(v.level == "mandatory" and "RuntimeError: boom" in v.message for v in failed)
+
+
+def test_servestack_check_command_end_to_end(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    plan, out = tmp_path / "plan.json", tmp_path / "out.json"
+    plan.write_text(json.dumps(_plan(SSH_WORLD)))
+    result = subprocess.run([sys.executable, "-m", "infra.cli", "check", "--plan", str(plan), "--json", str(out)],
+                            capture_output=True, text=True, check=False, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert json.loads(out.read_text())["violations"][0]["policy"] == "no-world-admin-ports"
