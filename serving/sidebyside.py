@@ -6,7 +6,8 @@
 On one model and one workload, one after the other on the same machine:
   (a) baseline: a FastAPI handler that calls `model.generate` once per request behind a lock (streamed);
   (b) server:   `python -m serving` with the same model, over HTTP;
-  (c) engine:   our TorchEngine in this process, no HTTP, at the same concurrency and batch size.
+  (c) engine:   our TorchEngine alone, no HTTP, at the same concurrency and batch size;
+  (d) optional (--with-transformers-cb): transformers' generate_batch on the same prompts, offline.
 (a) and (b) are driven by serving.bench's load generator (streamed completions, greedy, ignore_eos), (c)
 by the same prompts submitted straight to the engine. Then it prints the figures and the ratios against
 the goals: server throughput >= 8x baseline; server >= 85% of the engine alone; server p99 TTFT below the
@@ -222,6 +223,29 @@ async def _engine_alone(model_path: Path, model_name: str, args: argparse.Namesp
     }
 
 
+def _transformers_cb(model_path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """transformers' own continuous batching (`generate_batch`, paged attention) on the same prompts, all
+    submitted at once (offline: no streaming, no HTTP), for the record of why the engine is our own."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    prompts = [tokenizer.encode(build_prompt(args.input_len, i)) for i in range(args.requests)]
+    # eos_token_id=-1: no token ends a sequence early, as ignore_eos does for (a)-(c)
+    config = GenerationConfig(max_new_tokens=args.output_len, do_sample=False, eos_token_id=-1)
+    model.generate_batch(inputs=prompts[:2], generation_config=GenerationConfig(max_new_tokens=4,
+                                                                               do_sample=False))
+    start = time.perf_counter()
+    outputs = model.generate_batch(inputs=prompts, generation_config=config)
+    duration = time.perf_counter() - start
+    tokens = sum(len(o.generated_tokens) for o in outputs.values())
+    return {"completed": len(outputs), "errors": args.requests - len(outputs), "duration_s": duration,
+            "output_tokens": tokens, "request_throughput": len(outputs) / duration,
+            "output_throughput": tokens / duration, "ttft": _stats_ms([]), "itl": _stats_ms([]),
+            "e2el": _stats_ms([])}
+
+
 def _stats_ms(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"mean": None, "p50": None, "p90": None, "p99": None}
@@ -310,6 +334,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["results"]["engine"] = json.loads(done.stdout.strip().splitlines()[-1])
     console.log("engine done")
 
+    if args.with_transformers_cb:
+        with console.status(f"(d) transformers generate_batch, {name} ..."):
+            command = [sys.executable, "-m", "serving.sidebyside", "--run-transformers-cb", str(model_path),
+                       *(f"--{k.replace('_', '-')}={v}" for k, v in workload.items())]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
+            (logs / "transformers-cb.log").write_text(done.stderr)
+            if done.returncode == 0:
+                report["results"]["transformers_cb"] = json.loads(done.stdout.strip().splitlines()[-1])
+            else:
+                console.log(f"transformers generate_batch failed; see {logs / 'transformers-cb.log'}")
+        console.log("transformers generate_batch done")
+
     report["ratios"] = ratios(report["results"])
     report["machine"]["load_average_after"] = list(os.getloadavg())
     return report
@@ -345,11 +381,14 @@ def print_report(report: dict[str, Any]) -> None:
              f"~{w['input_len']} tokens in, {w['output_len']} out | {report['machine']['cores']} cores, "
              f"{report['date']}")
     table = Table(title=title, caption="latencies in ms; (a) generate() behind a lock, (b) python -m serving "
-                  "over HTTP, (c) the engine in-process")
+                  "over HTTP, (c) the engine alone, (d) transformers' generate_batch, offline")
     for column in ("", "out tok/s", "req/s", "TTFT p50", "TTFT p99", "ITL p50", "E2E p50", "errors"):
         table.add_column(column, justify="right" if column else "left", no_wrap=True)
-    labels = {"baseline": "(a) baseline", "server": "(b) server", "engine": "(c) engine"}
+    labels = {"baseline": "(a) baseline", "server": "(b) server", "engine": "(c) engine",
+              "transformers_cb": "(d) hf CB"}
     for key, label in labels.items():
+        if key not in report["results"]:
+            continue
         r = report["results"][key]
         table.add_row(label, f"{r['output_throughput']:.1f}", f"{r['request_throughput']:.2f}",
                       ms(r["ttft"]["p50"]), ms(r["ttft"]["p99"]), ms(r["itl"]["p50"]), ms(r["e2el"]["p50"]),
@@ -389,7 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", default="/tmp/servestack-sidebyside", help="server logs go here")
     parser.add_argument("--serve-baseline", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--with-transformers-cb", action="store_true",
+                        help="also measure transformers' generate_batch on the same prompts (offline)")
     parser.add_argument("--run-engine", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--run-transformers-cb", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -399,6 +441,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("concurrency", "requests", "input_len", "output_len"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    if args.run_transformers_cb is not None:
+        print(json.dumps(_transformers_cb(args.run_transformers_cb, args)))
+        return 0
     if args.run_engine is not None:
         print(json.dumps(asyncio.run(_engine_alone(args.run_engine, args.run_engine.name, args))))
         return 0
