@@ -40,6 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from infra import terminal
 from policies.rules import build_policies
 from policies.rules.stack_config import StackConfigError, committed, merged, pack_config
 
@@ -181,7 +182,7 @@ def print_table(console: Console, stack: str, violations: Sequence[Violation]) -
 def check_all(plans_dir: Path, out_dir: Path, console: Console | None = None) -> int:
     """Check every plan in `plans_dir` (as `servestack plan` writes them), write `out_dir/<stack>.json`,
     print each stack's table and a summary; 1 when any stack has a mandatory violation."""
-    console = console or Console()
+    console = console or terminal.console
     summary = Table(title="policy check", title_justify="left")
     for column in ("stack", "mandatory", "advisory"):
         summary.add_column(column, justify="left" if column == "stack" else "right")
@@ -215,8 +216,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from infra.offline.plan import PlanError, load_plan, plan_in_subprocess
 
-    console = Console()
-    errors = Console(stderr=True, soft_wrap=True)
+    console, errors = terminal.console, terminal.errors
     try:
         if args.plan is not None:
             plan = load_plan(args.plan)

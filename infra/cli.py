@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -15,19 +16,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
 from infra.check import register as register_check
 from infra.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
+from infra.terminal import console, errors
 
 OUT_DIR = ROOT / "out"
 EXIT_BAD_INPUT = 2
 
-console = Console()
-errors = Console(stderr=True, soft_wrap=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     register_check(commands)
 
-    run = commands.add_parser("run", help="the main job: offline plans of every stack")
+    run = commands.add_parser("run", help="the main job: offline plans and policy check of every stack")
     run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)
@@ -102,7 +101,14 @@ def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return _plan_all(OUT_DIR / "plans")
+    from infra.check import check_all
+
+    plans = OUT_DIR / "plans"
+    shutil.rmtree(plans, ignore_errors=True)  # a removed stack's old plan must not be checked
+    planned = _plan_all(plans)
+    console.rule("[bold]policy check")
+    checked = check_all(plans, OUT_DIR / "check", console)
+    return max(planned, checked)
 
 
 def _print_plan(plan: Mapping[str, Any]) -> None:

@@ -98,6 +98,8 @@ class _RecordingMonitor(mocks.MockMonitor):
                 "provider": request.provider.rsplit("::", 1)[0] if request.provider else None,
                 "inputs": _plain(rpc.deserialize_properties(request.object)),
                 "dependencies": sorted(set(request.dependencies)),
+                "propertyDependencies": {key: sorted(set(deps.urns))
+                                         for key, deps in sorted(request.propertyDependencies.items()) if deps.urns},
                 "ignoreChanges": list(request.ignoreChanges),
             })
         return response

@@ -1,0 +1,11 @@
+"""The consoles every `servestack` command prints to: tables on stdout, errors on stderr."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+
+# Logs (CI, `make run | tee`) are not terminals; rich would fold their tables to 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 140)
+errors = Console(stderr=True, soft_wrap=True)
