@@ -92,6 +92,10 @@ class ServingDeployment(pulumi.ComponentResource):
                 opts=in_ns,
             )
 
+        # The first rollout may wait for a GPU node to scale up from zero, a large image pull and a model
+        # load: give it half an hour. The Service waits for ready endpoints too, so it gets the same.
+        first_rollout = pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
+            custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m")))
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
@@ -105,14 +109,11 @@ class ServingDeployment(pulumi.ComponentResource):
                 ),
                 template=_pod_template(name, args, labels, service_account, api_key_secret),
             ),
-            # The autoscaler owns the replica count after creation. The first rollout may wait for a GPU
-            # node to scale up from zero, a large image pull and a model load: give it half an hour.
-            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
-                ignore_changes=["spec.replicas"],
-                custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m"))),
+            # The autoscaler owns the replica count after creation.
+            opts=pulumi.ResourceOptions.merge(first_rollout, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])),
         )
 
-        service = _service(name, args, labels, ns, in_ns)
+        service = _service(name, args, labels, ns, first_rollout)
         _autoscaler(name, args, deployment, ns, labels, in_ns)
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-disruption-budget",

@@ -101,8 +101,14 @@ class _RecordingMonitor(mocks.MockMonitor):
                 "propertyDependencies": {key: sorted(set(deps.urns))
                                          for key, deps in sorted(request.propertyDependencies.items()) if deps.urns},
                 "ignoreChanges": list(request.ignoreChanges),
+                "customTimeouts": _timeouts(request.customTimeouts),
             })
         return response
+
+
+def _timeouts(timeouts: Any) -> dict[str, str]:
+    """The resource's custom timeouts that are set (create, update, delete)."""
+    return {op: getattr(timeouts, op) for op in ("create", "update", "delete") if getattr(timeouts, op, "")}
 
 
 def _plain(value: Any) -> Any:

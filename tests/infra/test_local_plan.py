@@ -144,6 +144,15 @@ def test_service_is_a_load_balancer_limited_to_the_allowed_cidrs(plan: dict[str,
     assert plan["outputs"]["endpoint"].startswith("http://203.0.113.")
 
 
+def test_first_rollout_may_take_half_an_hour_for_the_deployment_and_its_service(plan: dict[str, Any]) -> None:
+    # Pulumi's Service await also waits for ready endpoints: with its default 10 minutes, a GPU node
+    # scaling from zero plus an image pull and a model load would fail `pulumi up` however long the
+    # Deployment may take.
+    half_hour = {"create": "30m", "update": "30m"}
+    assert one(plan, "kubernetes:apps/v1:Deployment")["customTimeouts"] == half_hour
+    assert one(plan, "kubernetes:core/v1:Service")["customTimeouts"] == half_hour
+
+
 def test_autoscaler_and_disruption_budget(plan: dict[str, Any]) -> None:
     hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")["spec"]
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (1.0, 2.0)
