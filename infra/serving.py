@@ -243,6 +243,9 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
         spec=k8s.core.v1.PodSpecArgs(
             service_account_name=service_account.metadata.name,
             automount_service_account_token=False,
+            # No Docker-link variables for the namespace's Services: the Service "servestack" would put
+            # SERVESTACK_PORT=tcp://IP:PORT and other SERVESTACK_* names into the server's settings prefix.
+            enable_service_links=False,
             security_context=k8s.core.v1.PodSecurityContextArgs(
                 run_as_non_root=True, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, fs_group=RUN_AS_USER,
                 seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),

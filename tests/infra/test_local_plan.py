@@ -115,6 +115,13 @@ def test_containers_are_locked_down(plan: dict[str, Any]) -> None:
     assert "/tmp" in mounts  # the only writable place besides the model volume
 
 
+def test_no_service_link_variables_reach_the_server_settings(plan: dict[str, Any]) -> None:
+    # The Service is named servestack: its link variables (SERVESTACK_PORT=tcp://..., SERVESTACK_SERVICE_HOST)
+    # would share the server's SERVESTACK_ prefix.
+    assert inputs(plan, "kubernetes:core/v1:Service")["metadata"]["name"] == "servestack"
+    assert _pod_spec(plan)["enableServiceLinks"] is False
+
+
 def test_cpu_stack_asks_for_no_gpu(plan: dict[str, Any]) -> None:
     pod = _pod_spec(plan)
     server = pod["containers"][0]
