@@ -23,6 +23,9 @@ MODELS_DIR = "/models"
 # The pod stays in the load balancer's endpoints for a moment after deletion starts; this pause
 # lets them deregister before the server stops admitting.
 PRE_STOP_SECONDS = 10
+# After the drain the server still shuts down: uvicorn's graceful shutdown (up to 5 s, serving/__main__.py),
+# then the engine's stop. Time for both, before the kubelet's SIGKILL.
+SHUTDOWN_SECONDS = 10
 DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
 RESTRICTED_CONTAINER = k8s.core.v1.SecurityContextArgs(
     run_as_non_root=True,
@@ -249,8 +252,8 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
             security_context=k8s.core.v1.PodSecurityContextArgs(
                 run_as_non_root=True, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, fs_group=RUN_AS_USER,
                 seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
-            # preStop pause, then the server's drain, then a margin before SIGKILL.
-            termination_grace_period_seconds=PRE_STOP_SECONDS + serving.drain_seconds + 5,
+            # preStop pause, then the server's drain, then its shutdown.
+            termination_grace_period_seconds=PRE_STOP_SECONDS + serving.drain_seconds + SHUTDOWN_SECONDS,
             node_selector=dict(platform.gpu_node_selector) if gpu.count > 0 else None,
             tolerations=[t.to_args() for t in platform.gpu_tolerations] if gpu.count > 0 else None,
             topology_spread_constraints=[k8s.core.v1.TopologySpreadConstraintArgs(
