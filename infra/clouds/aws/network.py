@@ -191,9 +191,10 @@ class Network(pulumi.ComponentResource):
         for i, client in enumerate(args.lb_client_cidrs):
             ingress(f"lb-from-clients-{i}", lb, f"Serving clients ({client}) to the load balancer",
                     ports=(args.lb_port, args.lb_port), cidr=client)
-        egress("lb-to-nodes", lb, "Load balancer to the service's node ports and health check",
+        # Rule descriptions take only a-z A-Z 0-9 space and ._-:/()#,@[]+=;{}!$* (no apostrophe).
+        egress("lb-to-nodes", lb, "Load balancer to the service node ports and health check",
                ports=NODE_PORTS, target_group=nodes)
-        ingress("nodes-from-lb", nodes, "Load balancer to the service's node ports and health check",
+        ingress("nodes-from-lb", nodes, "Load balancer to the service node ports and health check",
                 ports=NODE_PORTS, source_group=lb)
 
 

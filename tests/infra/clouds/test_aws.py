@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -130,6 +131,18 @@ def test_security_groups_are_managed_by_standalone_rules_only(plan: dict[str, An
         assert not group["inputs"].get("ingress") and not group["inputs"].get("egress"), group["name"]
     rules = resources(plan, INGRESS) + resources(plan, EGRESS)
     assert rules and all(r["inputs"].get("description") for r in rules)
+
+
+# What EC2 accepts in a security group's and a rule's description (the narrower set of the two: a rule
+# naming a source group may not contain '&'); anything else fails the create with InvalidParameterValue.
+EC2_DESCRIPTION = re.compile(r"[a-zA-Z0-9 ._\-:/()#,@\[\]+=;{}!$*]{1,255}")
+
+
+def test_security_group_and_rule_descriptions_use_only_what_ec2_accepts(plan: dict[str, Any]) -> None:
+    described = resources(plan, SG) + resources(plan, INGRESS) + resources(plan, EGRESS)
+    bad = [(r["name"], r["inputs"]["description"]) for r in described
+           if not EC2_DESCRIPTION.fullmatch(r["inputs"]["description"])]
+    assert bad == []
 
 
 def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_on_its_port(
