@@ -178,7 +178,7 @@ class GpuCluster(pulumi.ComponentResource):
         gpu_pool = self._gpu_pool(net, cluster)
         registry, acr_pull = self._registry(net, cluster)
         account, container = self._model_storage(net)
-        serving_identity = self._serving_identity(net, cluster, container)
+        serving_identity, serving_access = self._serving_identity(net, cluster, container)
 
         self.kubeconfig = pulumi.Output.secret(
             containerservice.list_managed_cluster_user_credentials_output(
@@ -205,7 +205,9 @@ class GpuCluster(pulumi.ComponentResource):
             pod_labels={WORKLOAD_IDENTITY_USE: "true"},
             internal_load_balancer_annotations={INTERNAL_LB: "true", INTERNAL_LB_SUBNET: NODE_SUBNET},
             internal_cidrs=(config.azure.vnet_cidr,),
-            ready=(gpu_pool, admin_access, acr_pull),
+            # The init container fetches the model as the serving identity: its federation and its grant
+            # must exist before the first pod starts.
+            ready=(gpu_pool, admin_access, acr_pull, *serving_access),
             cluster=cluster,
         )
         self.register_outputs({
@@ -400,22 +402,24 @@ class GpuCluster(pulumi.ComponentResource):
         return account, container
 
     def _serving_identity(self, net: _Network, cluster: containerservice.ManagedCluster,
-                          container: storage.BlobContainer) -> managedidentity.UserAssignedIdentity:
+                          container: storage.BlobContainer,
+                          ) -> tuple[managedidentity.UserAssignedIdentity, tuple[pulumi.Resource, ...]]:
+        """The serving identity, and what makes it usable: the federation with the service account, the grant."""
         name, config, rg = self._name, self._config, net.resource_group.name
         identity = managedidentity.UserAssignedIdentity(
             f"{name}-serving-identity", resource_group_name=rg, location=config.region,
             resource_name_=f"{self._prefix}-serving", opts=self._child)
         issuer = cluster.oidc_issuer_profile.apply(_issuer_url)
-        managedidentity.FederatedIdentityCredential(
+        federation = managedidentity.FederatedIdentityCredential(
             f"{name}-serving-federation", resource_group_name=rg, resource_name_=identity.name,
             federated_identity_credential_resource_name="servestack-serving",
             issuer=issuer, audiences=[WORKLOAD_IDENTITY_AUDIENCE],
             subject=service_account_subject(config.serving.namespace), opts=self._child)
-        authorization.RoleAssignment(
+        model_reader = authorization.RoleAssignment(
             f"{name}-serving-model-reader", principal_id=identity.principal_id, principal_type="ServicePrincipal",
             role_definition_id=role_definition(self._client.subscription_id, STORAGE_BLOB_DATA_READER),
             scope=container.id, opts=self._child)
-        return identity
+        return identity, (federation, model_reader)
 
 
 def service_account_subject(namespace: str) -> str:

@@ -300,6 +300,17 @@ def test_serving_identity_is_federated_with_exactly_the_service_account(plan: di
     assert federation["issuer"].startswith("https://eastus.oic.prod-aks.azure.com/")
 
 
+def test_kubernetes_objects_wait_for_everything_the_pods_need(plan: dict[str, Any]) -> None:
+    """The init container fetches the model as the serving identity on the pod's first start: the namespace
+    (and so every Kubernetes object) waits for the federation and the grant, as for the GPU pool, the
+    deployer's cluster access and the kubelet's pull grant."""
+    waits_for = set(one(plan, "kubernetes:core/v1:Namespace")["dependencies"])
+    needed = {one(plan, FEDERATION)["urn"], one(plan, POOL)["urn"]} | {
+        one(plan, ROLE, name)["urn"] for name in (
+            "servestack-serving-model-reader", "servestack-deployer-cluster-admin", "servestack-kubelet-acr-pull")}
+    assert needed <= waits_for
+
+
 def test_role_assignments_are_scoped_to_single_resources(plan: dict[str, Any]) -> None:
     account = inputs(plan, ACCOUNT, "servestack-models")["accountName"]
     stack = plan["stack"]
