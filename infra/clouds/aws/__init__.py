@@ -12,6 +12,7 @@ Design choices (docs/aws.md explains them for users):
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 import pulumi
@@ -137,6 +138,10 @@ def _check(config: StackConfig) -> None:
     if config.kubernetes_version not in ADDON_VERSIONS:
         problems.append(f"{NAMESPACE}:kubernetesVersion: {config.kubernetes_version!r} has no pinned EKS add-on "
                         f"versions in servestack; allowed on aws: {', '.join(ADDON_VERSIONS)}")
+    for i, cidr in enumerate(config.access.api_cidrs):
+        if ipaddress.ip_network(cidr).version == 6:
+            problems.append(f"{NAMESPACE}:access.apiCidrs[{i}]: {cidr!r} is an IPv6 range; the public endpoint "
+                            "of an IPv4 EKS cluster admits IPv4 ranges only")
     if config.gpu.type is None or config.gpu.machine_type is None:
         problems.append(f"{NAMESPACE}:gpu.type: the aws stacks need a GPU type and machine type")
     if problems:

@@ -160,10 +160,13 @@ class Network(pulumi.ComponentResource):
         def ingress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
                     ports: tuple[int, int] | None = None, source_group: pulumi.Input[str] | None = None,
                     cidr: str | None = None) -> None:
+            # EC2 takes IPv4 and IPv6 ranges in separate fields, and refuses either in the other's.
+            ipv6 = cidr is not None and ipaddress.ip_network(cidr).version == 6
             aws.vpc.SecurityGroupIngressRule(
                 f"{name}-{rule}", security_group_id=group, description=description, ip_protocol=protocol,
                 from_port=ports[0] if ports else None, to_port=ports[1] if ports else None,
-                referenced_security_group_id=source_group, cidr_ipv4=cidr, opts=child)
+                referenced_security_group_id=source_group, cidr_ipv4=None if ipv6 else cidr,
+                cidr_ipv6=cidr if ipv6 else None, opts=child)
 
         def egress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
                    ports: tuple[int, int] | None = None, target_group: pulumi.Input[str] | None = None,

@@ -502,6 +502,23 @@ def test_internal_load_balancer_admits_only_the_vpc(tmp_path_factory: pytest.Tem
     assert check_plan(plan) == []
 
 
+def test_ipv6_clients_get_an_ipv6_rule_on_the_load_balancer_port(tmp_path_factory: pytest.TempPathFactory) -> None:
+    plan = _variant(tmp_path_factory, "aws-ipv6", access={"endpointCidrs": ["203.0.113.0/24", "2001:db8::/32"],
+                                                          "apiCidrs": ["198.51.100.0/24"]})
+    clients = [r["inputs"] for r in resources(plan, INGRESS) if r["name"].startswith("aws-network-lb-from-clients")]
+    # EC2 refuses an IPv6 range in cidrIpv4 (and the reverse): each family goes in its own field.
+    assert [(r.get("cidrIpv4"), r.get("cidrIpv6"), r["fromPort"]) for r in clients] == [
+        ("203.0.113.0/24", None, 80.0), (None, "2001:db8::/32", 80.0)]
+
+
+def test_ipv6_api_ranges_fail_the_plan_by_name(tmp_path_factory: pytest.TempPathFactory) -> None:
+    with pytest.raises(PlanError) as error:
+        _variant(tmp_path_factory, "aws-ipv6-api", access={"endpointCidrs": ["203.0.113.0/24"],
+                                                           "apiCidrs": ["2001:db8::/32"]})
+    assert ("servestack:access.apiCidrs[0]: '2001:db8::/32' is an IPv6 range; the public endpoint of an IPv4 "
+            "EKS cluster admits IPv4 ranges only") in str(error.value)
+
+
 def test_kubeconfig_gets_its_token_from_the_aws_cli() -> None:
     config = json.loads(kubeconfig("servestack-aws-dev", "https://example.eks.amazonaws.com", "Q0E=", "eu-west-1"))
     (cluster,) = config["clusters"]
