@@ -234,7 +234,7 @@ def test_dev_gpu_pool_is_spot_t4_scaling_from_zero(dev: dict[str, Any]) -> None:
     pool = inputs(dev, POOL)
     assert pool["vmSize"] == "Standard_NC4as_T4_v3"
     assert (pool["mode"], pool["enableAutoScaling"], pool["minCount"], pool["maxCount"], pool["count"]) == (
-        "User", True, 0.0, 2.0, 0.0)
+        "User", True, 0.0, 3.0, 0.0)
     assert (pool["scaleSetPriority"], pool["scaleSetEvictionPolicy"], pool["spotMaxPrice"]) == ("Spot", "Delete", -1.0)
     assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule",
                                   "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"]
@@ -244,15 +244,26 @@ def test_dev_gpu_pool_is_spot_t4_scaling_from_zero(dev: dict[str, Any]) -> None:
     assert pool["osDiskSizeGB"] == 128.0
 
 
+def test_a_rolling_update_at_full_scale_finds_a_gpu_node(plan: dict[str, Any]) -> None:
+    """At maxReplicas the rollout's surge pod (maxSurge 1, maxUnavailable 0) needs one more GPU node than the
+    replicas hold; without it the rollout waits forever and `pulumi up` times out."""
+    pool = inputs(plan, POOL)
+    hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")["spec"]
+    rollout = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["strategy"]["rollingUpdate"]
+    gpus_per_pod = float(_pod(plan)["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    assert gpus_per_pod == 1.0  # one pod per node on these one-GPU machines
+    assert pool["maxCount"] >= hpa["maxReplicas"] + rollout["maxSurge"]
+
+
 def test_the_cluster_autoscaler_owns_the_node_counts(plan: dict[str, Any]) -> None:
     assert one(plan, POOL)["ignoreChanges"] == ["count"]
     assert one(plan, CLUSTER)["ignoreChanges"] == ["agentPoolProfiles[0].count"]
 
 
-def test_prod_gpu_pool_is_on_demand_a100_one_to_eight(prod: dict[str, Any]) -> None:
+def test_prod_gpu_pool_is_on_demand_a100_one_to_nine(prod: dict[str, Any]) -> None:
     pool = inputs(prod, POOL)
     assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
-    assert (pool["minCount"], pool["maxCount"], pool["scaleSetPriority"]) == (1.0, 8.0, "Regular")
+    assert (pool["minCount"], pool["maxCount"], pool["scaleSetPriority"]) == (1.0, 9.0, "Regular")
     assert "spotMaxPrice" not in pool and "scaleSetEvictionPolicy" not in pool
     assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule"]
     assert pool["gpuProfile"] == {"driver": "Install"}
