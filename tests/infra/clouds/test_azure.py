@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from infra.clouds import azure
 from infra.config import ConfigError, parse_config
 from infra.offline.fakes import FakeContext
 from infra.offline.fakes import azure as fakes
-from infra.offline.plan import read_stack_config
+from infra.offline.plan import STACKS_DIR, plan_in_subprocess, read_stack_config
 from infra.offline.schemas import validate_plan
 from serving.fetch import parse_source
 from tests.infra.plans import inputs, one, resources
@@ -426,9 +427,21 @@ def test_kubernetes_objects_validate(plan: dict[str, Any]) -> None:
     assert [(r.kind, r.error) for r in results if r.error] == []
 
 
-def test_internal_load_balancer_annotations_name_the_node_subnet() -> None:
-    assert azure.INTERNAL_LB_SUBNET == "service.beta.kubernetes.io/azure-load-balancer-internal-subnet"
-    assert azure.NODE_SUBNET == "nodes"
+def test_internal_load_balancer_takes_a_node_subnet_address_and_admits_the_vnet(tmp_path: Path) -> None:
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.azure-dev.yaml").read_text())
+    document["config"]["servestack:access"] = {"internalLoadBalancer": True, "apiCidrs": ["203.0.113.0/24"]}
+    (tmp_path / "Pulumi.azure-dev.yaml").write_text(yaml.safe_dump(document))
+    plan = plan_in_subprocess("azure-dev", stacks_dir=tmp_path)
+    service = inputs(plan, "kubernetes:core/v1:Service")
+    assert service["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/azure-load-balancer-internal": "true",
+        "service.beta.kubernetes.io/azure-load-balancer-internal-subnet": "nodes"}
+    assert inputs(plan, SUBNET)["subnetName"] == "nodes"
+    assert "loadBalancerSourceRanges" not in service["spec"]
+    # Clients inside the VNet keep their addresses (externalTrafficPolicy Local): the policy admits the VNet.
+    clients, _scraper = inputs(plan, "kubernetes:networking.k8s.io/v1:NetworkPolicy")["spec"]["ingress"]
+    assert [peer["ipBlock"]["cidr"] for peer in clients["from"]] == ["10.20.0.0/16"]
+    assert "allow-serving-load-balancer" not in {r["name"] for r in inputs(plan, NSG)["securityRules"]}
 
 
 # --- config ---------------------------------------------------------------------------------------
