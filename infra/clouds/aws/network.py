@@ -23,6 +23,9 @@ NODE_PORTS = (30000, 32767)
 CONTROL_PLANE_TO_NODE_PORTS = ((443, "admission webhooks"), (4443, "metrics-server"),
                                (9443, "AWS Load Balancer Controller webhook"), (10250, "kubelet API"))
 FLOW_LOG_RETENTION_DAYS = 90
+# Zones (by zone ID: zone names map to IDs differently in every account) where EKS places no control
+# plane: a cluster with a subnet there fails with UnsupportedAvailabilityZoneException.
+EKS_UNSUPPORTED_ZONE_IDS = ("use1-az3", "usw1-az2", "cac1-az3", "cnn1-az4")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ class Network(pulumi.ComponentResource):
         zones = aws.get_availability_zones_output(
             state="available", filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status",
                                                                            values=["opt-in-not-required"])],
-            opts=pulumi.InvokeOutputOptions(parent=self))
+            exclude_zone_ids=list(EKS_UNSUPPORTED_ZONE_IDS), opts=pulumi.InvokeOutputOptions(parent=self))
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags={"Name": args.cluster_name},
                                       opts=child)
 

@@ -167,11 +167,25 @@ RESOURCES: dict[str, ResourceFake] = {
 }
 
 
+_COMPASS = {"north": "n", "south": "s", "east": "e", "west": "w", "central": "c", "northeast": "ne",
+            "northwest": "nw", "southeast": "se", "southwest": "sw"}
+
+
+def zone_ids(region: str) -> dict[str, str]:
+    """The placeholder account's zone names and their zone IDs. Every account maps names to IDs its own
+    way; in this one the region's first zone name is its third zone ID (in us-east-1: us-east-1a is
+    use1-az3, where EKS places no control plane)."""
+    area, *direction, number = region.split("-")
+    prefix = area + "".join(_COMPASS.get(d, d[:1]) for d in direction) + number
+    letters = "abcdef"
+    return {f"{region}{c}": f"{prefix}-az{(i + 2) % len(letters) + 1}" for i, c in enumerate(letters)}
+
+
 def _availability_zones(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
     region = _region(ctx)
-    letters = "abcdef"
-    return {"id": region, "names": [f"{region}{c}" for c in letters],
-            "zoneIds": [f"use1-az{i + 1}" for i in range(len(letters))], "groupNames": [region],
+    excluded = set(args.args.get("excludeZoneIds") or ())
+    zones = {name: zone_id for name, zone_id in zone_ids(region).items() if zone_id not in excluded}
+    return {"id": region, "names": list(zones), "zoneIds": list(zones.values()), "groupNames": [region],
             "state": "available"}
 
 

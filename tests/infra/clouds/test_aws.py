@@ -14,7 +14,9 @@ import yaml
 
 from infra.check import check_plan
 from infra.clouds.aws.kube import kubeconfig
+from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS
 from infra.config import ConfigError, parse_config
+from infra.offline.fakes.aws import zone_ids
 from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
 from infra.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, resources
@@ -90,6 +92,14 @@ def test_vpc_spans_the_configured_zones_with_private_and_public_subnets(plan: di
         assert subnet["inputs"]["tags"]["kubernetes.io/role/elb"] == "1"
     # Nothing gets a public IP at launch, in any subnet.
     assert all(s["inputs"]["mapPublicIpOnLaunch"] is False for s in private + public)
+
+
+def test_subnets_avoid_the_zones_where_eks_places_no_control_plane(plan: dict[str, Any]) -> None:
+    # Zone names map to zone IDs per account; the fake account's us-east-1a is use1-az3, which EKS refuses.
+    ids = zone_ids("us-east-1")
+    zones = {s["inputs"]["availabilityZone"] for s in resources(plan, SUBNET)}
+    assert "us-east-1a" not in zones
+    assert not {ids[z] for z in zones} & set(EKS_UNSUPPORTED_ZONE_IDS)
 
 
 def test_private_subnets_route_to_nat_and_only_public_ones_to_the_internet_gateway(plan: dict[str, Any]) -> None:
