@@ -93,8 +93,9 @@ class GpuCluster(pulumi.ComponentResource):
         models = ModelBucket(f"{name}-models", force_destroy=not config.is_prod, opts=child)
         serving_role = irsa_role(f"{name}-serving-role", eks.oidc_provider, config.serving.namespace,
                                  SERVING_SERVICE_ACCOUNT, child)
-        aws.iam.RolePolicy(f"{name}-serving-read-models", role=serving_role.id,
-                           policy=models.bucket.arn.apply(bucket_reader_policy), opts=child)
+        # In `ready`: the serving pods' init container reads the bucket as soon as they start.
+        read_models = aws.iam.RolePolicy(f"{name}-serving-read-models", role=serving_role.id,
+                                         policy=models.bucket.arn.apply(bucket_reader_policy), opts=child)
 
         provider = k8s.Provider(f"{name}-k8s", kubeconfig=kubeconfig_output(eks.cluster, region),
                                 opts=pulumi.ResourceOptions(parent=self, depends_on=eks.access))
@@ -125,7 +126,7 @@ class GpuCluster(pulumi.ComponentResource):
             load_balancer_annotations=lb,
             internal_load_balancer_annotations={f"{LB_ANNOTATION}-scheme": "internal"},
             internal_cidrs=(config.aws.vpc_cidr,),
-            ready=(eks.system_nodes, eks.gpu_nodes, eks.coredns, autoscaler, lb_controller),
+            ready=(eks.system_nodes, eks.gpu_nodes, eks.coredns, autoscaler, lb_controller, read_models),
             cluster=eks.cluster,
         )
         self.register_outputs({"clusterName": eks.cluster.name, "registryUrl": registry.url,

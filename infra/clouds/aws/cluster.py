@@ -135,12 +135,14 @@ class EksCluster(pulumi.ComponentResource):
 
         # The CNI's AWS permissions go to its own service account, not to every pod on the node.
         cni_role = iam.irsa_role(f"{name}-vpc-cni-role", self.oidc_provider, "kube-system", "aws-node", child)
-        aws.iam.RolePolicyAttachment(f"{name}-vpc-cni-policy", role=cni_role.name,
-                                     policy_arn=iam.managed_policy(args.partition, "AmazonEKS_CNI_Policy"),
-                                     opts=child)
+        cni_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-vpc-cni-policy", role=cni_role.name,
+            policy_arn=iam.managed_policy(args.partition, "AmazonEKS_CNI_Policy"), opts=child)
+        # The policy before the add-on: aws-node cannot hand out pod addresses (nor nodes turn Ready) without it.
         vpc_cni = self._addon(name, "vpc-cni", versions, service_account_role_arn=cni_role.arn,
                               # Without it, the serving NetworkPolicy would be accepted and not enforced.
-                              configuration_values=json.dumps({"enableNetworkPolicy": "true"}))
+                              configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+                              depends_on=[cni_policy])
         kube_proxy = self._addon(name, "kube-proxy", versions)
 
         node_role = aws.iam.Role(f"{name}-node-role", assume_role_policy=iam.service_trust("ec2.amazonaws.com"),

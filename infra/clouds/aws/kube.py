@@ -64,7 +64,7 @@ def cluster_autoscaler(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.OpenId
                        kubernetes_version: str, region: str, opts: pulumi.ResourceOptions,
                        provider: k8s.Provider, depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
     role = iam.irsa_role(f"{name}-cluster-autoscaler-role", oidc, "kube-system", CLUSTER_AUTOSCALER_SA, opts)
-    aws.iam.RolePolicy(
+    policy = aws.iam.RolePolicy(
         f"{name}-cluster-autoscaler-policy", role=role.id,
         policy=pulumi.Output.all(cluster.arn, cluster.name).apply(_autoscaler_policy),
         opts=opts)
@@ -88,8 +88,9 @@ def cluster_autoscaler(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.OpenId
     return k8s.helm.v3.Release(
         f"{name}-cluster-autoscaler", name="cluster-autoscaler", chart=chart, version=version,
         repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace="kube-system", values=values,
+        # The role's permissions before the pods that use them.
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,
-                                                                       depends_on=list(depends_on))))
+                                                                       depends_on=[*depends_on, policy])))
 
 
 def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.OpenIdConnectProvider,
@@ -97,8 +98,8 @@ def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.
                              opts: pulumi.ResourceOptions, provider: k8s.Provider,
                              depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
     role = iam.irsa_role(f"{name}-lb-controller-role", oidc, "kube-system", LOAD_BALANCER_CONTROLLER_SA, opts)
-    aws.iam.RolePolicy(f"{name}-lb-controller-policy", role=role.id,
-                       policy=iam.load_balancer_controller_policy(partition), opts=opts)
+    policy = aws.iam.RolePolicy(f"{name}-lb-controller-policy", role=role.id,
+                                policy=iam.load_balancer_controller_policy(partition), opts=opts)
     repo, chart, version = LOAD_BALANCER_CONTROLLER_CHART
     values = {
         "clusterName": cluster.name,
@@ -117,5 +118,6 @@ def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.
     return k8s.helm.v3.Release(
         f"{name}-lb-controller", name="aws-load-balancer-controller", chart=chart, version=version,
         repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace="kube-system", values=values,
+        # The role's permissions before the pods that use them.
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,
-                                                                       depends_on=list(depends_on))))
+                                                                       depends_on=[*depends_on, policy])))

@@ -231,6 +231,8 @@ def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]
                for a in addons.values())
     assert json.loads(addons["vpc-cni"]["inputs"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
     assert addons["vpc-cni"]["inputs"]["serviceAccountRoleArn"].startswith("arn:aws:iam::")
+    # aws-node runs with the IRSA role: the CNI policy must be on it before the add-on starts.
+    assert one(plan, ATTACHMENT, "aws-eks-vpc-cni-policy")["urn"] in addons["vpc-cni"]["dependencies"]
     system = one(plan, NODE_GROUP, "aws-eks-system-nodes")["urn"]
     assert system in addons["coredns"]["dependencies"]
     for name in ("aws-eks-system-nodes", "aws-eks-gpu-nodes"):
@@ -369,6 +371,15 @@ def test_node_role_has_only_the_managed_policies_nodes_need(plan: dict[str, Any]
     assert attached == {"arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
                         "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly"}
     assert not [p for p in resources(plan, ROLE_POLICY) if role["urn"] in p["dependencies"]]
+
+
+def test_pods_start_only_once_their_roles_have_their_permissions(plan: dict[str, Any]) -> None:
+    for release, policy in (("aws-cluster-autoscaler", "aws-cluster-autoscaler-policy"),
+                            ("aws-lb-controller", "aws-lb-controller-policy")):
+        assert one(plan, ROLE_POLICY, policy)["urn"] in one(plan, HELM, release)["dependencies"], release
+    # The serving objects wait for the platform's `ready`, which holds the bucket read policy.
+    namespace = one(plan, "kubernetes:core/v1:Namespace")
+    assert one(plan, ROLE_POLICY, "aws-serving-read-models")["urn"] in namespace["dependencies"]
 
 
 def test_controllers_trust_only_their_own_service_accounts(plan: dict[str, Any]) -> None:
