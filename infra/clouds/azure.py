@@ -74,6 +74,10 @@ AKS_SERVER_APP_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
 WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
 WORKLOAD_IDENTITY_CLIENT_ID = "azure.workload.identity/client-id"
 WORKLOAD_IDENTITY_USE = "azure.workload.identity/use"
+LB_IDLE_TIMEOUT = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"
+# Azure's load balancer resets a connection idle for 4 minutes by default; a non-streaming request may
+# stay silent until the server's own timeout (SERVESTACK_REQUEST_TIMEOUT_SECONDS, 300 s) answers 504.
+LB_IDLE_TIMEOUT_MINUTES = 10
 INTERNAL_LB = "service.beta.kubernetes.io/azure-load-balancer-internal"
 INTERNAL_LB_SUBNET = "service.beta.kubernetes.io/azure-load-balancer-internal-subnet"
 
@@ -203,6 +207,7 @@ class GpuCluster(pulumi.ComponentResource):
             model_bucket_uri=self.model_bucket_uri,
             service_account_annotations={WORKLOAD_IDENTITY_CLIENT_ID: serving_identity.client_id},
             pod_labels={WORKLOAD_IDENTITY_USE: "true"},
+            load_balancer_annotations={LB_IDLE_TIMEOUT: str(LB_IDLE_TIMEOUT_MINUTES)},
             internal_load_balancer_annotations={INTERNAL_LB: "true", INTERNAL_LB_SUBNET: NODE_SUBNET},
             internal_cidrs=(config.azure.vnet_cidr,),
             # The init container fetches the model as the serving identity: its federation and its grant

@@ -19,6 +19,7 @@ from infra.offline.fakes import azure as fakes
 from infra.offline.plan import STACKS_DIR, plan_in_subprocess, read_stack_config
 from infra.offline.schemas import validate_plan
 from serving.fetch import parse_source
+from serving.settings import Settings
 from tests.infra.plans import inputs, one, resources
 
 STACKS = ("azure-dev", "azure-prod")
@@ -404,6 +405,17 @@ def test_serving_pods_use_workload_identity_and_the_gpu_pool(plan: dict[str, Any
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
 
 
+def test_load_balancer_keeps_a_silent_request_open_until_the_server_times_it_out(plan: dict[str, Any]) -> None:
+    """Azure's default idle timeout (4 minutes) would reset a non-streaming request before the server's
+    own timeout answers it with a 504."""
+    annotations = inputs(plan, "kubernetes:core/v1:Service")["metadata"]["annotations"]
+    idle_minutes = int(annotations["service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"])
+    server_timeout = Settings.model_fields["request_timeout_seconds"].default
+    env = {e["name"] for e in _pod(plan)["spec"]["containers"][0]["env"]}
+    assert "SERVESTACK_REQUEST_TIMEOUT_SECONDS" not in env  # the server's default applies
+    assert 4 <= idle_minutes <= 100 and idle_minutes * 60 > server_timeout
+
+
 def test_device_plugin_runs_on_gpu_nodes_including_spot(plan: dict[str, Any]) -> None:
     plugin = inputs(plan, "kubernetes:apps/v1:DaemonSet")["spec"]["template"]["spec"]
     assert plugin["nodeSelector"] == {"servestack.io/pool": "gpu"}
@@ -434,6 +446,7 @@ def test_internal_load_balancer_takes_a_node_subnet_address_and_admits_the_vnet(
     plan = plan_in_subprocess("azure-dev", stacks_dir=tmp_path)
     service = inputs(plan, "kubernetes:core/v1:Service")
     assert service["metadata"]["annotations"] == {
+        "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout": "10",
         "service.beta.kubernetes.io/azure-load-balancer-internal": "true",
         "service.beta.kubernetes.io/azure-load-balancer-internal-subnet": "nodes"}
     assert inputs(plan, SUBNET)["subnetName"] == "nodes"
