@@ -117,7 +117,7 @@ class GpuCluster(pulumi.ComponentResource):
         cluster = self._cluster(network, subnet, node_sa, key)
         system_pool = self._system_pool(cluster, node_sa)
         gpu_pool = self._gpu_pool(cluster, node_sa, system_pool)
-        serving_sa = self._serving_identity(cluster, bucket)
+        serving_sa, serving_grants = self._serving_identity(cluster, bucket)
 
         private_endpoint = _private_endpoint(config)
         server = (cluster.private_cluster_config.apply(private_ip) if private_endpoint else cluster.endpoint)
@@ -144,7 +144,7 @@ class GpuCluster(pulumi.ComponentResource):
             service_account_annotations={"iam.gke.io/gcp-service-account": serving_sa.email},
             internal_load_balancer_annotations={"networking.gke.io/load-balancer-type": "Internal"},
             internal_cidrs=(config.gcp.network_cidr,),
-            ready=(system_pool, gpu_pool),
+            ready=(system_pool, gpu_pool, *serving_grants),
             cluster=cluster,
         )
         self.register_outputs({
@@ -300,8 +300,10 @@ class GpuCluster(pulumi.ComponentResource):
         )
         return account
 
-    def _serving_identity(self, cluster: gcp.container.Cluster,
-                          bucket: gcp.storage.Bucket) -> gcp.serviceaccount.Account:
+    def _serving_identity(self, cluster: gcp.container.Cluster, bucket: gcp.storage.Bucket,
+                          ) -> tuple[gcp.serviceaccount.Account, list[pulumi.Resource]]:
+        """The serving pods' Google service account, and the grants their first start needs (the init
+        container fetches the model as that account)."""
         name, args, config = self._name, self._args, self._args.config
         account = gcp.serviceaccount.Account(
             f"{name}-serving-sa",
@@ -312,7 +314,7 @@ class GpuCluster(pulumi.ComponentResource):
                         "the model bucket",
             opts=pulumi.ResourceOptions(parent=self, depends_on=self._apis),
         )
-        gcp.serviceaccount.IAMMember(
+        workload_identity = gcp.serviceaccount.IAMMember(
             f"{name}-serving-workload-identity",
             service_account_id=account.name,
             role="roles/iam.workloadIdentityUser",
@@ -320,14 +322,14 @@ class GpuCluster(pulumi.ComponentResource):
             # The workload pool exists once the cluster does.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
         )
-        gcp.storage.BucketIAMMember(
+        model_reader = gcp.storage.BucketIAMMember(
             f"{name}-serving-model-reader",
             bucket=bucket.name,
             role="roles/storage.objectViewer",
             member=account.email.apply(_sa_member),
             opts=pulumi.ResourceOptions(parent=self),
         )
-        return account
+        return account, [workload_identity, model_reader]
 
     # --- registry and model store ----------------------------------------------------------------
 

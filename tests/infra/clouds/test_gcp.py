@@ -515,6 +515,9 @@ def test_kubernetes_objects_use_the_cluster_provider_with_a_secret_kubeconfig(pl
     namespace = one(plan, "kubernetes:core/v1:Namespace")
     pools = [r["urn"] for r in resources(plan, POOL)]
     assert set(pools) <= set(namespace["dependencies"]), [by_urn[u]["name"] for u in namespace["dependencies"]]
+    # The serving pods fetch the model as their Google account at first start: the Workload Identity
+    # binding and the bucket grant come first.
+    assert {one(plan, SA_IAM)["urn"], one(plan, BUCKET_IAM)["urn"]} <= set(namespace["dependencies"])
 
 
 @pytest.mark.parametrize("stack", STACKS)
