@@ -34,6 +34,8 @@ RESTRICTED_CONTAINER = k8s.core.v1.SecurityContextArgs(
     capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
     seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
 )
+# The first rollout may wait for a GPU node to scale up from zero, a large image pull and a model load.
+ROLLOUT_MINUTES = 30
 # The image's non-root user (serving/Dockerfile).
 RUN_AS_USER = 10001
 
@@ -95,15 +97,18 @@ class ServingDeployment(pulumi.ComponentResource):
                 opts=in_ns,
             )
 
-        # The first rollout may wait for a GPU node to scale up from zero, a large image pull and a model
-        # load: give it half an hour. The Service waits for ready endpoints too, so it gets the same.
+        # Pulumi waits for the rollout (ROLLOUT_MINUTES); the Service waits for ready endpoints too.
+        rollout = f"{ROLLOUT_MINUTES}m"
         first_rollout = pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
-            custom_timeouts=pulumi.CustomTimeouts(create="30m", update="30m")))
+            custom_timeouts=pulumi.CustomTimeouts(create=rollout, update=rollout)))
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 replicas=serving.min_replicas,
+                # Kubernetes' own deadline (10 minutes by default) would report the rollout as failed
+                # (ProgressDeadlineExceeded) long before Pulumi stops waiting.
+                progress_deadline_seconds=ROLLOUT_MINUTES * 60,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
                 # Never below the available replicas: a new pod must be ready before an old one goes.
                 strategy=k8s.apps.v1.DeploymentStrategyArgs(

@@ -160,6 +160,8 @@ def test_first_rollout_may_take_half_an_hour_for_the_deployment_and_its_service(
     half_hour = {"create": "30m", "update": "30m"}
     assert one(plan, "kubernetes:apps/v1:Deployment")["customTimeouts"] == half_hour
     assert one(plan, "kubernetes:core/v1:Service")["customTimeouts"] == half_hour
+    # Kubernetes itself does not declare the rollout failed (ProgressDeadlineExceeded) before then.
+    assert inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["progressDeadlineSeconds"] == 1800.0
 
 
 def test_autoscaler_and_disruption_budget(plan: dict[str, Any]) -> None:
