@@ -126,7 +126,8 @@ class GpuCluster(pulumi.ComponentResource):
             load_balancer_annotations=lb,
             internal_load_balancer_annotations={f"{LB_ANNOTATION}-scheme": "internal"},
             internal_cidrs=(config.aws.vpc_cidr,),
-            ready=(eks.system_nodes, eks.gpu_nodes, eks.coredns, autoscaler, lb_controller, read_models),
+            ready=(eks.system_nodes, eks.gpu_nodes, eks.coredns, eks.metrics_server, autoscaler, lb_controller,
+                   read_models),
             cluster=eks.cluster,
         )
         self.register_outputs({"clusterName": eks.cluster.name, "registryUrl": registry.url,

@@ -1,8 +1,8 @@
 """The EKS cluster, its identity plumbing and its node groups.
 
 Order matters on EKS and is spelled out here: the cluster is created without its self-managed add-ons,
-then vpc-cni and kube-proxy (nodes stay NotReady without a CNI), then the node groups, then CoreDNS
-(which reports Degraded until it has nodes to run on).
+then vpc-cni and kube-proxy (nodes stay NotReady without a CNI), then the node groups, then CoreDNS and
+metrics-server (which report Degraded until they have nodes to run on).
 """
 
 from __future__ import annotations
@@ -23,10 +23,14 @@ SYSTEM_POOL_LABEL_VALUE = "system"
 # The label the cluster autoscaler's AWS provider reads to tell GPU nodes apart.
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # EKS add-on versions, pinned per Kubernetes minor (`aws eks describe-addon-versions` lists newer ones).
+# metrics-server: EKS has none by default, and the serving HPA's CPU target needs the metrics API.
 ADDON_VERSIONS: dict[str, dict[str, str]] = {
-    "1.31": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.31.3-eksbuild.2", "coredns": "v1.11.4-eksbuild.2"},
-    "1.32": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.32.0-eksbuild.2", "coredns": "v1.11.4-eksbuild.2"},
-    "1.33": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.33.0-eksbuild.2", "coredns": "v1.12.1-eksbuild.2"},
+    "1.31": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.31.3-eksbuild.2", "coredns": "v1.11.4-eksbuild.2",
+             "metrics-server": "v0.8.0-eksbuild.1"},
+    "1.32": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.32.0-eksbuild.2", "coredns": "v1.11.4-eksbuild.2",
+             "metrics-server": "v0.8.0-eksbuild.1"},
+    "1.33": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.33.0-eksbuild.2", "coredns": "v1.12.1-eksbuild.2",
+             "metrics-server": "v0.8.0-eksbuild.1"},
 }
 # Bottlerocket keeps the OS on its own small volume and containers on the second one.
 DATA_DEVICE = {"BOTTLEROCKET_x86_64_NVIDIA": "/dev/xvdb", "BOTTLEROCKET_x86_64": "/dev/xvdb",
@@ -71,6 +75,7 @@ class EksCluster(pulumi.ComponentResource):
     system_nodes: aws.eks.NodeGroup
     gpu_nodes: aws.eks.NodeGroup
     coredns: aws.eks.Addon
+    metrics_server: aws.eks.Addon
     access: list[pulumi.Resource]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -155,6 +160,8 @@ class EksCluster(pulumi.ComponentResource):
         self.gpu_nodes = self._node_group(f"{name}-gpu", args, args.gpu_pool, node_role, before_nodes)
         self._scale_from_zero_tags(f"{name}-gpu", args.gpu_pool)
         self.coredns = self._addon(name, "coredns", versions, depends_on=[self.system_nodes])
+        # A Deployment too (Degraded without nodes); it listens on 10251, which the node group admits.
+        self.metrics_server = self._addon(name, "metrics-server", versions, depends_on=[self.system_nodes])
 
         self.register_outputs({"clusterName": self.cluster.name, "endpoint": self.cluster.endpoint,
                                "oidcProviderArn": self.oidc_provider.arn})

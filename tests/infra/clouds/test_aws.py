@@ -181,7 +181,8 @@ def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_o
 
 def test_node_group_rules_cover_what_eks_needs(plan: dict[str, Any]) -> None:
     rules = {r["name"]: r["inputs"] for r in resources(plan, INGRESS)}
-    for port in (443, 4443, 9443, 10250):
+    # 10251: the metrics-server add-on (the API server calls it for the metrics API the HPA reads).
+    for port in (443, 9443, 10250, 10251):
         assert rules[f"aws-network-nodes-from-cluster-{port}"]["fromPort"] == port
     assert rules["aws-network-cluster-from-nodes-https"]["fromPort"] == 443
     assert rules["aws-network-nodes-from-nodes"]["ipProtocol"] == "-1"
@@ -226,7 +227,7 @@ def test_cluster_encrypts_secrets_logs_and_uses_access_entries(plan: dict[str, A
 
 def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]) -> None:
     addons = {r["inputs"]["addonName"]: r for r in resources(plan, "aws:eks/addon:Addon")}
-    assert set(addons) == {"vpc-cni", "kube-proxy", "coredns"}
+    assert set(addons) == {"vpc-cni", "kube-proxy", "coredns", "metrics-server"}
     assert all(a["inputs"]["addonVersion"].startswith("v") and "eksbuild" in a["inputs"]["addonVersion"]
                for a in addons.values())
     assert json.loads(addons["vpc-cni"]["inputs"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
@@ -235,6 +236,7 @@ def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]
     assert one(plan, ATTACHMENT, "aws-eks-vpc-cni-policy")["urn"] in addons["vpc-cni"]["dependencies"]
     system = one(plan, NODE_GROUP, "aws-eks-system-nodes")["urn"]
     assert system in addons["coredns"]["dependencies"]
+    assert system in addons["metrics-server"]["dependencies"]
     for name in ("aws-eks-system-nodes", "aws-eks-gpu-nodes"):
         deps = one(plan, NODE_GROUP, name)["dependencies"]
         assert addons["vpc-cni"]["urn"] in deps and addons["kube-proxy"]["urn"] in deps
@@ -371,6 +373,18 @@ def test_node_role_has_only_the_managed_policies_nodes_need(plan: dict[str, Any]
     assert attached == {"arn:aws:iam::aws:policy/AmazonEKSWorkerNodePolicy",
                         "arn:aws:iam::aws:policy/AmazonEC2ContainerRegistryPullOnly"}
     assert not [p for p in resources(plan, ROLE_POLICY) if role["urn"] in p["dependencies"]]
+
+
+def test_the_serving_autoscaler_has_a_metrics_api(plan: dict[str, Any]) -> None:
+    # EKS runs no metrics-server of its own: without the add-on the HPA's CPU target never reads a value.
+    hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
+    metrics_server = one(plan, "aws:eks/addon:Addon", "aws-eks-metrics-server")
+    assert metrics_server["inputs"]["addonVersion"] == "v0.8.0-eksbuild.1"
+    assert metrics_server["urn"] in one(plan, "kubernetes:core/v1:Namespace")["dependencies"]
+    # The add-on listens on 10251; the control plane (aggregated API) must reach it on the nodes.
+    rule = inputs(plan, INGRESS, "aws-network-nodes-from-cluster-10251")
+    assert (rule["fromPort"], rule["toPort"]) == (10251.0, 10251.0)
 
 
 def test_pods_start_only_once_their_roles_have_their_permissions(plan: dict[str, Any]) -> None:
