@@ -275,7 +275,16 @@ def _machine() -> dict[str, Any]:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    return {"cores": os.cpu_count(), "cpu": cpu, "load_average": list(os.getloadavg())}
+    return {"cores": os.cpu_count(), "cpu": cpu, "load_average": list(os.getloadavg()),
+            "cpu_pressure": _cpu_pressure()}
+
+
+def _cpu_pressure() -> str | None:
+    """Linux PSI: the share of time tasks waited for a CPU (other work on the machine skews the figures)."""
+    try:
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def _load(url: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -348,6 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     report["ratios"] = ratios(report["results"])
     report["machine"]["load_average_after"] = list(os.getloadavg())
+    report["machine"]["cpu_pressure_after"] = _cpu_pressure()
     return report
 
 
