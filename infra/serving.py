@@ -135,7 +135,9 @@ class ServingDeployment(pulumi.ComponentResource):
         if serving.prometheus_operator:
             _service_monitor(name, labels, ns, in_ns)
         if platform.needs_device_plugin and args.gpu.count > 0:
-            _device_plugin(name, platform, child)
+            # Outside the namespace, so it waits for the platform by itself (the deployer's cluster access).
+            _device_plugin(name, platform, pulumi.ResourceOptions.merge(
+                child, pulumi.ResourceOptions(depends_on=list(platform.ready))))
 
         self.namespace = ns
         self.endpoint = service.status.apply(lambda status: _endpoint_url(status, serving.port))
