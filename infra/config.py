@@ -647,6 +647,11 @@ def _azure(r: _Reader, environment: str, access: AccessConfig, cloud: str | None
         r.problem("privateCluster", "true, but servestack:access.apiCidrs is set; a private cluster's API "
                                     "has no public endpoint to restrict: remove apiCidrs or set "
                                     "privateCluster to false")
+    for i, cidr in enumerate(access.api_cidrs):
+        # The AKS API server has an IPv4 address only; authorizedIPRanges takes IPv4 ranges.
+        if on_azure and ipaddress.ip_network(cidr).version == 6:
+            r.problems.append(f"servestack:access.apiCidrs[{i}]: {cidr!r} is an IPv6 range; the AKS API server "
+                              "has an IPv4 address only and admits IPv4 ranges")
     if not _AZURE_VM_SIZE.match(system_vm_size):
         r.problem("systemVmSize", f"{system_vm_size!r} is not an Azure VM size such as Standard_D4ds_v5")
     storage_ranges = []

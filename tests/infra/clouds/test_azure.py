@@ -506,6 +506,10 @@ BAD_AZURE = [
                   "public IPv4 ranges from /1 to /30, or single addresses (/32)",
                   "servestack:azure.storageCidrs[2]: '0.0.0.0/0' is not allowed; the storage firewall takes "
                   "public IPv4 ranges from /1 to /30, or single addresses (/32)"], id="storage-ranges"),
+    pytest.param({}, {"servestack:access": {"endpointCidrs": ["198.51.100.0/24"],
+                                            "apiCidrs": ["203.0.113.0/24", "2001:db8::/32"]}},
+                 ["servestack:access.apiCidrs[1]: '2001:db8::/32' is an IPv6 range; the AKS API server has an "
+                  "IPv4 address only and admits IPv4 ranges"], id="ipv6-api-range"),
     pytest.param({"systemVmSize": "d4", "deployerType": "Robot", "zones": 3}, {},
                  ["servestack:azure.deployerType: 'Robot' is not a principal type; allowed: User, "
                   "ServicePrincipal",
