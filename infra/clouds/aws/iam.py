@@ -128,6 +128,10 @@ def load_balancer_controller_policy(partition: str) -> str:
         {"Sid": "Listeners", "Effect": "Allow", "Resource": "*", "Action": [
             "elasticloadbalancing:CreateListener", "elasticloadbalancing:DeleteListener",
             "elasticloadbalancing:ModifyListener", "elasticloadbalancing:ModifyListenerAttributes"]},
+        # The controller tags each listener as it creates it: CreateListener with tags also needs AddTags on
+        # the new listener, which carries no tag yet for a ResourceTag condition to match (as upstream).
+        {"Sid": "ListenerTags", "Effect": "Allow", "Resource": f"{elb}:listener/net/*/*/*",
+         "Action": ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"]},
         {"Sid": "ManageOwn", "Effect": "Allow", "Resource": "*", "Condition": tagged_resource, "Action": [
             "elasticloadbalancing:ModifyLoadBalancerAttributes", "elasticloadbalancing:SetIpAddressType",
             "elasticloadbalancing:SetSecurityGroups", "elasticloadbalancing:SetSubnets",

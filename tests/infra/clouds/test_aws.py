@@ -396,6 +396,18 @@ def test_pods_start_only_once_their_roles_have_their_permissions(plan: dict[str,
     assert one(plan, ROLE_POLICY, "aws-serving-read-models")["urn"] in namespace["dependencies"]
 
 
+def test_load_balancer_controller_may_tag_the_listeners_it_creates(plan: dict[str, Any]) -> None:
+    statements = json.loads(inputs(plan, ROLE_POLICY, "aws-lb-controller-policy")["policy"])["Statement"]
+    listener = "arn:aws:elasticloadbalancing:*:*:listener/net/*/*/*"
+    # No condition: a listener being created has no tags yet for aws:ResourceTag to match.
+    tagging = [s for s in statements if s["Resource"] == listener and "elasticloadbalancing:AddTags" in s["Action"]]
+    assert len(tagging) == 1 and "Condition" not in tagging[0]
+    # ... and only NLB listeners: no ALB, no listener rules.
+    resources_named = {r for s in statements for r in ([s["Resource"]] if isinstance(s["Resource"], str)
+                                                       else s["Resource"])}
+    assert not [r for r in resources_named if "/app/" in r or "listener-rule" in r]
+
+
 def test_controllers_trust_only_their_own_service_accounts(plan: dict[str, Any]) -> None:
     for role, account in (("aws-cluster-autoscaler-role", "cluster-autoscaler"),
                           ("aws-lb-controller-role", "aws-load-balancer-controller"),
