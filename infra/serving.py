@@ -333,12 +333,16 @@ def _network_policy(name: str, args: ServingArgs, labels: dict[str, str], ns: pu
                     opts: pulumi.ResourceOptions) -> None:
     access, platform, serving = args.access, args.platform, args.serving
     clients = list(access.endpoint_cidrs) or list(platform.internal_cidrs)
+    if not clients:
+        # The policy would admit no client at all: an endpoint that nobody can reach.
+        raise ValueError("servestack:access.endpointCidrs: empty, and the internal load balancer's clients are "
+                         f"unknown on the {platform.cloud} platform; list them in endpointCidrs")
     port = [k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
     rules = [k8s.networking.v1.NetworkPolicyIngressRuleArgs(
         ports=port,
         from_=[k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
                for c in clients],
-    )] if clients else []
+    )]
     # The metrics scraper, from its own namespace.
     rules.append(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
         ports=port,

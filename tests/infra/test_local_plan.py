@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.offline.plan import ROOT, STACKS_DIR, plan_in_subprocess
+from infra.offline.plan import ROOT, STACKS_DIR, PlanError, plan_in_subprocess
 from tests.infra.plans import inputs, one, resources
 
 NS = "servestack"
@@ -186,6 +186,17 @@ def test_network_policy_admits_only_the_serving_port(plan: dict[str, Any]) -> No
         "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
     assert scraper["ports"] == [{"port": 8000.0, "protocol": "TCP"}]
     assert scraper["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+
+
+def test_an_internal_load_balancer_without_known_clients_fails_the_plan_by_name(tmp_path: Path) -> None:
+    """An existing cluster's own network is unknown: without endpointCidrs the policy would admit nobody."""
+    config = yaml.safe_load((STACKS_DIR / "Pulumi.local.yaml").read_text())
+    config["config"]["servestack:access"] = {"internalLoadBalancer": True}
+    (tmp_path / "Pulumi.local.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(PlanError) as error:
+        plan_in_subprocess("local", stacks_dir=tmp_path)
+    assert ("servestack:access.endpointCidrs: empty, and the internal load balancer's clients are unknown on the "
+            "local platform; list them in endpointCidrs") in str(error.value)
 
 
 def test_gpu_pods_ask_for_gpus_and_tolerate_the_taint(gpu_plan: dict[str, Any]) -> None:
