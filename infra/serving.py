@@ -20,9 +20,11 @@ PORT = 8000
 # Where serving/Dockerfile bakes the model, and where the init container puts a fetched one.
 BAKED_MODEL_PATH = "/opt/servestack/model"
 MODELS_DIR = "/models"
-# The pod stays in the load balancer's endpoints for a moment after deletion starts; this pause
-# lets them deregister before the server stops admitting.
-PRE_STOP_SECONDS = 10
+# With externalTrafficPolicy Local the cloud's load balancer keeps sending new connections to a node until
+# its health checks on the node's healthCheckNodePort fail, which takes interval x unhealthy threshold:
+# Azure 5 s x 2, AWS NLB 10 s x 2 (the load balancer controller's defaults for Local), GKE 3 s x 2. The
+# server keeps admitting during this pause, so that none of them lands on a draining server (503).
+PRE_STOP_SECONDS = 30
 # After the drain the server still shuts down: uvicorn's graceful shutdown (up to 5 s, serving/__main__.py),
 # then the engine's stop. Time for both, before the kubelet's SIGKILL.
 SHUTDOWN_SECONDS = 10
