@@ -73,7 +73,7 @@ def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool)
     except (PlanError, ConfigError) as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return EXIT_BAD_INPUT
-    version = str(plan["config"].get("servestack:kubernetesVersion", "1.33"))
+    version = str(plan["config"].get("servestack:kubernetesVersion", "1.35"))
     schema_results = validate_plan(plan, version)
     if json_path is not None:
         write_plan(plan, json_path)

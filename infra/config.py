@@ -312,7 +312,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
     if cloud is None and "cloud" not in ours:
         root.problem("cloud", f"missing; allowed: {', '.join(catalog.CLOUDS)}")
     environment = root.text("environment", "dev", allowed=ENVIRONMENTS, what="a known environment")
-    kubernetes_version = root.text("kubernetesVersion", "1.33", allowed=KUBERNETES_VERSIONS,
+    kubernetes_version = root.text("kubernetesVersion", "1.35", allowed=KUBERNETES_VERSIONS,
                                    what="a supported Kubernetes version")
     budget = root.number("budgetPerHour", None)
 

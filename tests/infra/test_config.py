@@ -32,7 +32,7 @@ def test_valid_aws_config_fills_the_tree_from_the_catalog() -> None:
     assert (config.gpu.min_nodes, config.gpu.max_nodes, config.gpu.spot) == (1, 8, False)
     assert config.access.endpoint_cidrs == ("203.0.113.0/24",)
     assert config.access.api_cidrs == ()  # a private API endpoint
-    assert config.kubernetes_version == "1.33"
+    assert config.kubernetes_version == "1.35"
     assert config.serving.image is None  # taken from the stack's registry
 
 

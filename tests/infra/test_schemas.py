@@ -14,7 +14,7 @@ from infra.offline.schemas import kubernetes_objects, validate_plan
 @pytest.mark.parametrize("stack", stack_names())
 def test_kubernetes_objects_validate(stack: str, stack_plan: Callable[[str], dict[str, Any]]) -> None:
     plan = stack_plan(stack)
-    version = str(plan["config"].get("servestack:kubernetesVersion", "1.33"))
+    version = str(plan["config"].get("servestack:kubernetesVersion", "1.35"))
     results = validate_plan(plan, version)
     assert len(results) == len(kubernetes_objects(plan)) >= 8
     assert [f"{r.kind}/{r.name}: {r.error}" for r in results if r.error] == []
@@ -27,5 +27,5 @@ def test_validation_catches_a_wrong_field() -> None:
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "x"},
         "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
                  "spec": {"containers": [{"name": "c", "image": "i", "readinessProbes": {}}]}}}}}]}
-    (result,) = validate_plan(plan, "1.33")
+    (result,) = validate_plan(plan, "1.35")
     assert result.error is not None and "readinessProbes" in result.error

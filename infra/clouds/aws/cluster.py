@@ -23,6 +23,7 @@ SYSTEM_POOL_LABEL_VALUE = "system"
 # The label the cluster autoscaler's AWS provider reads to tell GPU nodes apart.
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # EKS add-on versions, pinned per Kubernetes minor (`aws eks describe-addon-versions` lists newer ones).
+# An add-on a minor does not pin gets EKS's default version for that minor, looked up at deploy time.
 # metrics-server: EKS has none by default, and the serving HPA's CPU target needs the metrics API.
 ADDON_VERSIONS: dict[str, dict[str, str]] = {
     "1.31": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.31.3-eksbuild.2", "coredns": "v1.11.4-eksbuild.2",
@@ -31,6 +32,9 @@ ADDON_VERSIONS: dict[str, dict[str, str]] = {
              "metrics-server": "v0.8.0-eksbuild.1"},
     "1.33": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.33.0-eksbuild.2", "coredns": "v1.12.1-eksbuild.2",
              "metrics-server": "v0.8.0-eksbuild.1"},
+    # From the EKS user guide's kube-proxy and CoreDNS version tables; no vpc-cni or metrics-server build
+    # is confirmed for 1.35 here, so those two take EKS's default for 1.35.
+    "1.35": {"kube-proxy": "v1.35.3-eksbuild.2", "coredns": "v1.14.2-eksbuild.4"},
 }
 # Bottlerocket keeps the OS on its own small volume and containers on the second one.
 DATA_DEVICE = {"BOTTLEROCKET_x86_64_NVIDIA": "/dev/xvdb", "BOTTLEROCKET_x86_64": "/dev/xvdb",
@@ -82,6 +86,7 @@ class EksCluster(pulumi.ComponentResource):
         super().__init__("servestack:aws:EksCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         versions = ADDON_VERSIONS[args.kubernetes_version]
+        self._kubernetes_version = args.kubernetes_version
 
         secrets_key = aws.kms.Key(
             f"{name}-secrets-key", description=f"Envelope encryption of {args.cluster_name}'s Kubernetes secrets",
@@ -170,8 +175,16 @@ class EksCluster(pulumi.ComponentResource):
                service_account_role_arn: pulumi.Input[str] | None = None,
                configuration_values: str | None = None,
                depends_on: Sequence[pulumi.Resource] = ()) -> aws.eks.Addon:
+        version: pulumi.Input[str]
+        if addon in versions:
+            version = versions[addon]
+        else:
+            # EKS's default version for the cluster's minor (most_recent=False), the one EKS itself installs.
+            version = aws.eks.get_addon_version_output(
+                addon_name=addon, kubernetes_version=self._kubernetes_version, most_recent=False,
+                opts=pulumi.InvokeOptions(parent=self)).apply(lambda result: result.version)
         return aws.eks.Addon(
-            f"{name}-{addon}", cluster_name=self.cluster.name, addon_name=addon, addon_version=versions[addon],
+            f"{name}-{addon}", cluster_name=self.cluster.name, addon_name=addon, addon_version=version,
             service_account_role_arn=service_account_role_arn, configuration_values=configuration_values,
             resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="PRESERVE",
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)))

@@ -20,9 +20,10 @@ from infra.clouds.aws import iam
 from infra.clouds.aws.cluster import SYSTEM_POOL_LABEL_VALUE, field
 from infra.platform import GPU_POOL_LABEL
 
-CLUSTER_AUTOSCALER_CHART = ("https://kubernetes.github.io/autoscaler", "cluster-autoscaler", "9.51.0")
+# Chart 9.59.0 ships autoscaler 1.35.0; the image tag below picks the release for older clusters.
+CLUSTER_AUTOSCALER_CHART = ("https://kubernetes.github.io/autoscaler", "cluster-autoscaler", "9.59.0")
 # The autoscaler's minor version must match the cluster's.
-CLUSTER_AUTOSCALER_IMAGES = {"1.31": "v1.31.0", "1.32": "v1.32.3", "1.33": "v1.33.0"}
+CLUSTER_AUTOSCALER_IMAGES = {"1.31": "v1.31.0", "1.32": "v1.32.3", "1.33": "v1.33.0", "1.35": "v1.35.0"}
 LOAD_BALANCER_CONTROLLER_CHART = ("https://aws.github.io/eks-charts", "aws-load-balancer-controller", "1.13.4")
 CLUSTER_AUTOSCALER_SA = "cluster-autoscaler"
 LOAD_BALANCER_CONTROLLER_SA = "aws-load-balancer-controller"

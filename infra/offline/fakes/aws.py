@@ -189,6 +189,21 @@ def _availability_zones(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
             "state": "available"}
 
 
+# EKS's default build per add-on, as describe-addon-versions reports it for a recent Kubernetes minor
+# (illustrative builds: the offline plan only needs the form `vX.Y.Z-eksbuild.N`).
+DEFAULT_ADDON_BUILDS = {"vpc-cni": "v1.20.4-eksbuild.2", "metrics-server": "v0.8.0-eksbuild.6"}
+
+
+def _addon_version(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    addon, kubernetes_version = args.args["addonName"], args.args["kubernetesVersion"]
+    if addon not in DEFAULT_ADDON_BUILDS:
+        raise KeyError(f"no fake EKS add-on version for {addon!r}; known: {', '.join(DEFAULT_ADDON_BUILDS)}")
+    return {"id": addon, "addonName": addon, "kubernetesVersion": kubernetes_version,
+            "mostRecent": bool(args.args.get("mostRecent")), "region": _region(ctx),
+            "version": DEFAULT_ADDON_BUILDS[addon]}
+
+
 CALLS: dict[str, CallFake] = {
     "aws:index/getAvailabilityZones:getAvailabilityZones": _availability_zones,
+    "aws:eks/getAddonVersion:getAddonVersion": _addon_version,
 }

@@ -90,7 +90,7 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: s
         "fqdn": "" if private else host,
         "privateFQDN": host if private else "",
         "azurePortalFQDN": host,
-        "currentKubernetesVersion": f"{args.inputs.get('kubernetesVersion', '1.33')}.5",
+        "currentKubernetesVersion": f"{args.inputs.get('kubernetesVersion', '1.35')}.5",
         "oidcIssuerProfile": {"enabled": True,
                               "issuerURL": f"https://{location}.oic.prod-aks.azure.com/{TENANT_ID}/"
                                            f"{_guid(ctx, 'issuer', name)}/"},

@@ -88,7 +88,7 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
         "privateClusterConfig": private,
         "masterAuth": {**dict(args.inputs.get("masterAuth") or {}), "clusterCaCertificate": ca},
         "selfLink": f"https://container.googleapis.com/v1/{path}",
-        "masterVersion": f"{args.inputs.get('minMasterVersion', '1.33')}.5-gke.1000000",
+        "masterVersion": f"{args.inputs.get('minMasterVersion', '1.35')}.5-gke.1000000",
         "operation": "",
     }
 

@@ -16,7 +16,7 @@ from infra.check import check_plan
 from infra.clouds.aws.kube import kubeconfig
 from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes.aws import zone_ids
+from infra.offline.fakes.aws import DEFAULT_ADDON_BUILDS, zone_ids
 from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
 from infra.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, resources
@@ -207,7 +207,7 @@ def test_prod_api_endpoint_is_private(prod: dict[str, Any]) -> None:
 
 def test_cluster_encrypts_secrets_logs_and_uses_access_entries(plan: dict[str, Any]) -> None:
     cluster = inputs(plan, CLUSTER)
-    assert cluster["name"] == f"servestack-{plan['stack']}" and cluster["version"] == "1.33"
+    assert cluster["name"] == f"servestack-{plan['stack']}" and cluster["version"] == "1.35"
     assert cluster["accessConfig"]["authenticationMode"] == "API"
     assert cluster["encryptionConfig"]["resources"] == ["secrets"]
     key = inputs(plan, "aws:kms/key:Key")
@@ -230,6 +230,11 @@ def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]
     assert set(addons) == {"vpc-cni", "kube-proxy", "coredns", "metrics-server"}
     assert all(a["inputs"]["addonVersion"].startswith("v") and "eksbuild" in a["inputs"]["addonVersion"]
                for a in addons.values())
+    # 1.35 pins kube-proxy and CoreDNS; vpc-cni and metrics-server take EKS's default build for 1.35,
+    # which the plan gets from the (faked) getAddonVersion invoke.
+    assert addons["kube-proxy"]["inputs"]["addonVersion"] == "v1.35.3-eksbuild.2"
+    assert addons["coredns"]["inputs"]["addonVersion"] == "v1.14.2-eksbuild.4"
+    assert addons["vpc-cni"]["inputs"]["addonVersion"] == DEFAULT_ADDON_BUILDS["vpc-cni"]
     assert json.loads(addons["vpc-cni"]["inputs"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
     assert addons["vpc-cni"]["inputs"]["serviceAccountRoleArn"].startswith("arn:aws:iam::")
     # aws-node runs with the IRSA role: the CNI policy must be on it before the add-on starts.
@@ -317,12 +322,12 @@ def test_empty_gpu_group_is_described_to_the_autoscaler(plan: dict[str, Any]) ->
 def test_cluster_autoscaler_is_pinned_discovers_the_cluster_and_may_scale_only_its_groups(
         plan: dict[str, Any]) -> None:
     release = inputs(plan, HELM, "aws-cluster-autoscaler")
-    assert release["chart"] == "cluster-autoscaler" and release["version"] == "9.51.0"
+    assert release["chart"] == "cluster-autoscaler" and release["version"] == "9.59.0"
     assert release["repositoryOpts"]["repo"] == "https://kubernetes.github.io/autoscaler"
     values = release["values"]
     cluster = f"servestack-{plan['stack']}"
     assert values["autoDiscovery"]["clusterName"] == cluster
-    assert values["image"]["tag"].startswith("v1.33.")
+    assert values["image"]["tag"] == "v1.35.0"
     role_arn = values["rbac"]["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"]
     role_name = role_arn.rsplit("/", 1)[-1]
     policy = json.loads(inputs(plan, ROLE_POLICY, "aws-cluster-autoscaler-policy")["policy"])
@@ -380,7 +385,7 @@ def test_the_serving_autoscaler_has_a_metrics_api(plan: dict[str, Any]) -> None:
     hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
     metrics_server = one(plan, "aws:eks/addon:Addon", "aws-eks-metrics-server")
-    assert metrics_server["inputs"]["addonVersion"] == "v0.8.0-eksbuild.1"
+    assert metrics_server["inputs"]["addonVersion"] == DEFAULT_ADDON_BUILDS["metrics-server"]
     assert metrics_server["urn"] in one(plan, "kubernetes:core/v1:Namespace")["dependencies"]
     # The add-on listens on 10251; the control plane (aggregated API) must reach it on the nodes.
     rule = inputs(plan, INGRESS, "aws-network-nodes-from-cluster-10251")
@@ -494,7 +499,7 @@ def test_kubernetes_provider_uses_a_secret_kubeconfig(plan: dict[str, Any]) -> N
 
 
 def test_kubernetes_objects_validate_against_the_schemas(plan: dict[str, Any]) -> None:
-    results = validate_plan(plan, "1.33")
+    results = validate_plan(plan, "1.35")
     assert len([r for r in results if not r.skipped]) >= 8
     assert [(r.kind, r.name, r.error) for r in results if r.error] == []
 
@@ -585,7 +590,7 @@ def test_unpinned_kubernetes_version_fails_the_plan_by_name(tmp_path_factory: py
     with pytest.raises(PlanError) as error:
         plan_in_subprocess("aws-old", stacks_dir=stacks)
     assert "servestack:kubernetesVersion: '1.30' has no pinned EKS add-on versions" in str(error.value)
-    assert "allowed on aws: 1.31, 1.32, 1.33" in str(error.value)
+    assert "allowed on aws: 1.31, 1.32, 1.33, 1.35" in str(error.value)
 
 
 def _aws_config(**aws: Any) -> dict[str, Any]:

@@ -188,7 +188,7 @@ def test_internal_only_endpoint_has_no_load_balancer_rule() -> None:
 
 def test_cluster_is_entra_only_overlay_with_workload_identity(plan: dict[str, Any]) -> None:
     cluster = inputs(plan, CLUSTER)
-    assert cluster["kubernetesVersion"] == "1.33"
+    assert cluster["kubernetesVersion"] == "1.35"
     assert cluster["networkProfile"] == {
         "networkPlugin": "azure", "networkPluginMode": "overlay", "networkDataplane": "cilium",
         "networkPolicy": "cilium", "podCidr": "10.244.0.0/16", "serviceCidr": "10.0.0.0/16",
@@ -437,7 +437,7 @@ def test_prod_fetches_the_model_from_its_container_in_a_form_fetch_accepts(prod:
 
 
 def test_kubernetes_objects_validate(plan: dict[str, Any]) -> None:
-    results = validate_plan(plan, "1.33")
+    results = validate_plan(plan, "1.35")
     assert len(results) == 9
     assert [(r.kind, r.error) for r in results if r.error] == []
 

@@ -127,7 +127,7 @@ def test_plans_pass_the_policy_pack(plan: dict[str, Any]) -> None:
 
 
 def test_kubernetes_objects_validate_and_no_device_plugin_is_installed(plan: dict[str, Any]) -> None:
-    results = validate_plan(plan, "1.33")
+    results = validate_plan(plan, "1.35")
     assert results and all(r.error is None for r in results), [r.error for r in results if r.error]
     # GKE installs the driver and runs its own device plugin.
     assert resources(plan, "kubernetes:apps/v1:DaemonSet") == []
@@ -327,7 +327,7 @@ def test_cluster_is_private_vpc_native_with_workload_identity(plan: dict[str, An
     assert cluster["workloadIdentityConfig"] == {"workloadPool": f"{plan['config']['gcp:project']}.svc.id.goog"}
     assert cluster["removeDefaultNodePool"] is True
     assert cluster["releaseChannel"] == {"channel": "REGULAR"}
-    assert cluster["minMasterVersion"] == "1.33"
+    assert cluster["minMasterVersion"] == "1.35"
     assert cluster["datapathProvider"] == "ADVANCED_DATAPATH"
     assert "networkPolicy" not in cluster  # Dataplane V2 enforces policies; the add-on must stay off
     assert cluster["enableShieldedNodes"] is True
