@@ -13,7 +13,8 @@
     SERVESTACK_DRAIN_SECONDS              after SIGTERM, time allowed for requests in flight (default 30)
     SERVESTACK_STALL_SECONDS              readiness fails when the engine loop has not ticked for this long
                                           (default 60)
-    SERVESTACK_TORCH_THREADS              CPU threads for torch; 0 keeps torch's default (one per core)
+    SERVESTACK_TORCH_THREADS              CPU threads for torch; 0 (default) means one per core, or one in
+                                          all for models under 50M parameters
     SERVESTACK_LOG_LEVEL                  uvicorn/python log level (default info)
 """
 
