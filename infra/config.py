@@ -334,12 +334,15 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
     root.reject_unknown()
 
     if gpu.type is not None and cloud not in (None, "local"):
+        # A rolling update at full scale starts one extra pod before it stops an old one (maxSurge 1,
+        # maxUnavailable 0): the pool must have a node for it, or the rollout waits forever.
         pool_gpus = gpu.max_nodes * gpu.count
-        if serving.max_replicas * gpu.count > pool_gpus:
+        needed = (serving.max_replicas + 1) * gpu.count
+        if needed > pool_gpus:
             problems.append(
-                f"{NAMESPACE}:serving.maxReplicas: {serving.max_replicas} pods need "
-                f"{serving.max_replicas * gpu.count} GPUs but the GPU pool holds at most {pool_gpus} "
-                f"({gpu.max_nodes} nodes x {gpu.count}); raise {NAMESPACE}:gpu.maxNodes or lower maxReplicas")
+                f"{NAMESPACE}:serving.maxReplicas: {serving.max_replicas} pods, plus the extra pod of a rolling "
+                f"update, need {needed} GPUs but the GPU pool holds at most {pool_gpus} ({gpu.max_nodes} nodes x "
+                f"{gpu.count}); raise {NAMESPACE}:gpu.maxNodes or lower maxReplicas")
 
     if problems:
         raise ConfigError(stack, problems)
@@ -365,7 +368,7 @@ def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
     machine_type = r.text("machineType", None)
     count = r.integer("count", 0, minimum=1) if r.has("count") else None
     min_nodes = r.integer("minNodes", 0, minimum=0)
-    max_nodes = r.integer("maxNodes", 1, minimum=1, maximum=100)
+    max_nodes = r.integer("maxNodes", 2, minimum=1, maximum=100)
     if min_nodes > max_nodes:
         r.problem("minNodes", f"{min_nodes} is greater than {r.key('maxNodes')} ({max_nodes}); "
                               "minNodes must be <= maxNodes")

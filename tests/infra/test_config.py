@@ -161,9 +161,9 @@ BAD_CONFIGS = [
          "latest) or by digest"],
         id="serving-image-and-quantity"),
     pytest.param(
-        VALID_AWS, {"servestack:serving": {"minReplicas": 4, "maxReplicas": 9}},
-        ["servestack:serving.maxReplicas: 9 pods need 9 GPUs but the GPU pool holds at most 8 (8 nodes x 1); "
-         "raise servestack:gpu.maxNodes or lower maxReplicas"],
+        VALID_AWS, {"servestack:serving": {"minReplicas": 4, "maxReplicas": 8}},
+        ["servestack:serving.maxReplicas: 8 pods, plus the extra pod of a rolling update, need 9 GPUs but the GPU "
+         "pool holds at most 8 (8 nodes x 1); raise servestack:gpu.maxNodes or lower maxReplicas"],
         id="more-pods-than-gpus"),
     pytest.param(
         VALID_AWS, {"servestack:model": {"name": "GLM 4", "source": "http://example.com/model"}},

@@ -236,7 +236,7 @@ def test_dev_gpu_pool_is_spot_t4_scaling_from_zero(dev: dict[str, Any]) -> None:
     pool = inputs(dev, POOL)
     assert pool["vmSize"] == "Standard_NC4as_T4_v3"
     assert (pool["mode"], pool["enableAutoScaling"], pool["minCount"], pool["maxCount"], pool["count"]) == (
-        "User", True, 0.0, 3.0, 0.0)
+        "User", True, 0.0, 2.0, 0.0)
     assert (pool["scaleSetPriority"], pool["scaleSetEvictionPolicy"], pool["spotMaxPrice"]) == ("Spot", "Delete", -1.0)
     assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule",
                                   "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"]
@@ -265,7 +265,7 @@ def test_the_cluster_autoscaler_owns_the_node_counts(plan: dict[str, Any]) -> No
 def test_prod_gpu_pool_is_on_demand_a100_one_to_nine(prod: dict[str, Any]) -> None:
     pool = inputs(prod, POOL)
     assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
-    assert (pool["minCount"], pool["maxCount"], pool["scaleSetPriority"]) == (1.0, 9.0, "Regular")
+    assert (pool["minCount"], pool["maxCount"], pool["scaleSetPriority"]) == (1.0, 8.0, "Regular")
     assert "spotMaxPrice" not in pool and "scaleSetEvictionPolicy" not in pool
     assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule"]
     assert pool["gpuProfile"] == {"driver": "Install"}
