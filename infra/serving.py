@@ -17,6 +17,8 @@ from infra.config import DEFAULT_IMAGE_REPOSITORY, AccessConfig, GpuConfig, Mode
 from infra.platform import Platform
 
 PORT = 8000
+# The serving pods' Kubernetes service account: each cloud's workload identity trusts exactly this name.
+SERVICE_ACCOUNT = "servestack"
 # Where serving/Dockerfile bakes the model, and where the init container puts a fetched one.
 BAKED_MODEL_PATH = "/opt/servestack/model"
 MODELS_DIR = "/models"
@@ -79,7 +81,7 @@ class ServingDeployment(pulumi.ComponentResource):
 
         service_account = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels,
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=SERVICE_ACCOUNT, namespace=ns, labels=labels,
                                                 annotations=dict(platform.service_account_annotations)),
             automount_service_account_token=False,
             opts=in_ns,

@@ -50,9 +50,8 @@ from infra.platform import (
     Platform,
     Toleration,
 )
+from infra.serving import SERVICE_ACCOUNT as SERVICE_ACCOUNT_NAME
 
-# The serving Kubernetes service account (infra/serving.py): the workload identity trusts exactly it.
-SERVICE_ACCOUNT_NAME = "servestack"
 MODELS_CONTAINER = "models"
 
 GPU_TAINT = f"{GPU_TAINT_KEY}={GPU_TAINT_VALUE}:{GPU_TAINT_EFFECT}"

@@ -36,8 +36,8 @@ from infra.clouds.aws.network import Network, NetworkArgs
 from infra.clouds.aws.storage import ModelBucket, Registry
 from infra.config import NAMESPACE, ConfigError, StackConfig
 from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TOLERATION, Platform
+from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 
-SERVING_SERVICE_ACCOUNT = "servestack"  # infra/serving.py
 # The AMI types whose nodes advertise nvidia.com/gpu without the device plugin DaemonSet.
 AMI_TYPES_WITH_DEVICE_PLUGIN = ("BOTTLEROCKET_x86_64_NVIDIA",)
 LB_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer"

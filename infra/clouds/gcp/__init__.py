@@ -42,9 +42,7 @@ from infra.platform import (
     Platform,
 )
 from infra.serving import PORT as POD_PORT
-
-# The serving Kubernetes service account (infra/serving.py names it so, in config.serving.namespace).
-SERVING_SERVICE_ACCOUNT = "servestack"
+from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 
 # iamcredentials: Workload Identity mints tokens through it; cloudresourcemanager: project IAM grants;
 # containerfilesystem: image streaming.
