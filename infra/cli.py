@@ -2,7 +2,7 @@
 
   servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
   servestack check (--stack NAME | --plan FILE)  the policy pack on that plan [--json FILE]
-  servestack run                                 the main job on the built-in default
+  servestack run [--model smollm2|tiny]          the main job: plans, checks, serving benchmark
 """
 
 from __future__ import annotations
@@ -43,7 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     register_check(commands)
 
-    run = commands.add_parser("run", help="the main job: offline plans and policy check of every stack")
+    run = commands.add_parser("run", help="the main job: offline plans and policy check of every stack, then "
+                                          "the serving benchmark with a bundled model")
+    run.add_argument("--model", default="smollm2", choices=("smollm2", "tiny"), help="the bundled model to serve")
+    run.add_argument("--skip-serving", action="store_true", help="plans and policy check only")
     run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)
@@ -108,7 +111,13 @@ def _run(args: argparse.Namespace) -> int:
     planned = _plan_all(plans)
     console.rule("[bold]policy check")
     checked = check_all(plans, OUT_DIR / "check", console)
-    return max(planned, checked)
+    if args.skip_serving:
+        return max(planned, checked)
+    # The serving image's server with its bundled model on this machine, against the naive baseline.
+    console.rule(f"[bold]serving benchmark: {args.model}, naive baseline vs our server vs our engine alone")
+    served = subprocess.run([sys.executable, "-m", "serving.sidebyside", "--model", args.model,
+                             "--json", str(OUT_DIR / f"sidebyside-{args.model}.json")], cwd=ROOT, check=False)
+    return max(planned, checked, served.returncode)
 
 
 def _print_plan(plan: Mapping[str, Any]) -> None:
