@@ -8,6 +8,7 @@ nothing and yield nothing. The four network rules are then small tests over open
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -47,7 +48,10 @@ DATA_PORTS = [
 
 @dataclass(frozen=True)
 class Opening:
-    """One allow-ingress entry in force. `ports` is None for protocols without ports (ICMP, GRE, ...)."""
+    """One allow-ingress entry in force. `ports` is None for protocols without ports (ICMP, GRE, ...).
+
+    `networks` are the entry's source CIDR blocks when it is surely in force, for `_together`.
+    """
 
     where: str
     protocol: str | Unknown
@@ -55,6 +59,7 @@ class Opening:
     world: bool | Unknown
     sources: str
     problem: str | None = None
+    networks: tuple[v.Network, ...] = ()
 
 
 def _problem(where: str, message: str) -> Opening:
@@ -118,7 +123,8 @@ def _aws_entry(where: str, entry: dict[str, Any], proto_key: str, source_keys: t
         world = v.world_sources(sources)
     except BadValue as e:
         return _problem(where, str(e))
-    return Opening(where, proto, ports, _active(in_force, world=world), _sources_text(sources))
+    return Opening(where, proto, ports, _active(in_force, world=world), _sources_text(sources),
+                   networks=v.source_networks(sources) if in_force is True else ())
 
 
 def _aws_group(resource: Resource) -> Iterator[Opening]:
@@ -184,7 +190,9 @@ def _gcp_firewall(resource: Resource) -> Iterator[Opening]:
         except BadValue as e:
             yield _problem(where, str(e))
             continue
-        yield Opening(where, proto, ports, _active(ingress, enabled, world=world), sources)
+        in_force = ingress is True and enabled is True
+        yield Opening(where, proto, ports, _active(ingress, enabled, world=world), sources,
+                      networks=v.source_networks(ranges) if in_force else ())
 
 
 def _azure_entry(where: str, rule: dict[str, Any]) -> Opening:
@@ -204,7 +212,8 @@ def _azure_entry(where: str, rule: dict[str, Any]) -> Opening:
         world = v.world_sources(sources, azure=True)
     except BadValue as e:
         return _problem(where, str(e))
-    return Opening(where, proto, ports, _active(allow, inbound, world=world), _sources_text(sources))
+    return Opening(where, proto, ports, _active(allow, inbound, world=world), _sources_text(sources),
+                   networks=v.source_networks(sources) if allow is True and inbound is True else ())
 
 
 def _azure_nsg(resource: Resource) -> Iterator[Opening]:
@@ -245,7 +254,9 @@ Test = Callable[[str, PortRanges | None], str | None]
 
 
 def _judge_openings(resource: Resource, judge: Judge, test: Test, fix: str) -> None:
-    for o in openings(resource):
+    found = openings(resource)
+    flagged: set[str] = set()  # protocols an entry already opens wrongly on its own
+    for o in found:
         if o.problem is not None:
             judge.unknown(f"{o.where}: {o.problem}")
             continue
@@ -259,9 +270,85 @@ def _judge_openings(resource: Resource, judge: Judge, test: Test, fix: str) -> N
         if wrong is None:
             continue
         if o.world is True:
+            flagged.add(o.protocol)
             judge.violation(f"{o.where} opens {wrong} to the whole internet (sources: {o.sources}). {fix}")
         else:
             judge.unknown(f"{o.where} would open {wrong} to the internet, and {o.world}")
+    for where, proto, ports in _together(found, flagged):
+        wrong = test(proto, ports)
+        if wrong is not None:
+            judge.violation(f"{', '.join(where)} together open {wrong} to the whole internet (their sources and "
+                            f"ports add up). {fix}")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """An opening with everything known, for `_together`; `alone` when its own sources are the world."""
+
+    where: str
+    protocol: str
+    ports: PortRanges  # () for protocols without ports
+    alone: bool
+    networks: tuple[v.Network, ...]
+
+
+_WORLD_NETWORKS = (v.parse_network("0.0.0.0/0"), v.parse_network("::/0"))
+
+
+def _entries(found: list[Opening]) -> list[_Entry]:
+    out = []
+    for o in found:
+        if o.problem is not None or isinstance(o.protocol, Unknown) or isinstance(o.ports, Unknown):
+            continue
+        if o.world is True:
+            out.append(_Entry(o.where, o.protocol, o.ports or (), True, _WORLD_NETWORKS))
+        elif o.networks:
+            out.append(_Entry(o.where, o.protocol, o.ports or (), False, o.networks))
+    return out
+
+
+def _world_ports(entries: list[_Entry]) -> tuple[PortRanges, list[str]]:
+    """The ports on which the sources, summed over the entries that open each port, cover the world."""
+    cuts = sorted({p for e in entries for lo, hi in e.ports for p in (lo, hi + 1)})
+    found: list[tuple[int, int]] = []
+    users: list[str] = []
+    for lo, nxt in itertools.pairwise(cuts):
+        over = [e for e in entries if any(plo <= lo and nxt - 1 <= phi for plo, phi in e.ports)]
+        if over and v.covers_world(n for e in over for n in e.networks):
+            if found and found[-1][1] == lo - 1:
+                found[-1] = (found[-1][0], nxt - 1)
+            else:
+                found.append((lo, nxt - 1))
+            users.extend(e.where for e in over if e.where not in users)
+    return tuple(found), users
+
+
+def _together(found: list[Opening], flagged: set[str]) -> Iterator[tuple[list[str], str, PortRanges | None]]:
+    """What several entries of one resource open to the world together though none does alone.
+
+    The world can be split into halves (0.0.0.0/1 and 128.0.0.0/1) over two entries, or the ports over
+    two ranges. Per protocol, this sums the sources of every entry in force that opens a port (an
+    any-protocol entry counts for every protocol) and yields the protocol with the ports on which they
+    cover the world. Ports that entries already opened to the world alone (`flagged` protocols) and
+    ports already yielded for every protocol are left out, so that nothing is reported twice.
+    """
+    entries = _entries(found)
+    every: PortRanges = ()  # what the any-protocol entries open to the world together
+    for proto in sorted({e.protocol for e in entries}, key=lambda p: p != ALL):
+        mine = [e for e in entries if e.protocol in (proto, ALL)]
+        reported = ALL in flagged or proto in flagged
+        if proto == ALL or proto in PORT_PROTOCOLS:
+            ports, users = _world_ports(mine)
+            if proto == ALL:
+                every = ports
+            else:
+                ports = v.outside(ports, every)
+            if reported:  # the entries alone were reported; only ports that they open together remain
+                ports = v.outside(ports, tuple(r for e in mine if e.alone for r in e.ports))
+            if ports:
+                yield users, proto, ports
+        elif not reported and not every and v.covers_world(n for e in mine for n in e.networks):
+            yield [e.where for e in mine], proto, None
 
 
 def _proto_text(proto: str) -> str:

@@ -125,13 +125,46 @@ def parse_network(text: str) -> Network:
         raise BadValue(f"{text!r} is not a CIDR block") from e
 
 
+IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def as_ipv4(network: Network) -> Network:
+    """An IPv4-mapped IPv6 range (inside ::ffff:0:0/96) read as the IPv4 range it maps.
+
+    Cloud firewalls match IPv4 packets by IPv4 rules, but a dual-stack socket, proxy or load balancer
+    sees an IPv4 client as ::ffff:a.b.c.d; counting ::ffff:0:0/96 as all of IPv4 keeps such a rule from
+    slipping through as "one IPv6 /96".
+    """
+    if isinstance(network, ipaddress.IPv6Network) and network.subnet_of(IPV4_MAPPED):
+        low = network.network_address.ipv4_mapped
+        assert low is not None
+        return ipaddress.IPv4Network((int(low), network.prefixlen - 96))
+    return network
+
+
 def covers_world(networks: Iterable[Network]) -> bool:
-    """True when the networks together cover all of IPv4 or all of IPv6 (any /0 does alone)."""
+    """True when the networks together cover all of IPv4 or all of IPv6 (any /0 does alone).
+
+    IPv4-mapped IPv6 ranges count as the IPv4 ranges they map (`as_ipv4`).
+    """
+    networks = [as_ipv4(n) for n in networks]
     v4 = [n for n in networks if isinstance(n, ipaddress.IPv4Network)]
     v6 = [n for n in networks if isinstance(n, ipaddress.IPv6Network)]
     world4, world6 = ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")
     return (list(ipaddress.collapse_addresses(v4)) == [world4]
             or list(ipaddress.collapse_addresses(v6)) == [world6])
+
+
+def source_networks(values: Sequence[Any]) -> tuple[Network, ...]:
+    """The CIDR blocks among these sources; tags, unknowns and anything else are left out."""
+    out: list[Network] = []
+    for value in values:
+        if isinstance(value, str) and value.strip():
+            try:
+                out.append(parse_network(value))
+            except BadValue:
+                continue
+    return tuple(out)
 
 
 def world_sources(values: Sequence[Any], azure: bool = False) -> bool | Unknown:
