@@ -93,7 +93,8 @@ def check_privileged(resource: Resource, config: dict[str, Any], judge: Judge) -
         if isinstance(added, Unknown):
             judge.unknown_value(added, f"{where}.securityContext.capabilities.add")
         else:
-            strong = sorted({str(a).upper() for a in added} & {"ALL", "SYS_ADMIN"})
+            # containerd accepts "CAP_SYS_ADMIN" as well as "SYS_ADMIN", in any case
+            strong = sorted({str(a).strip().upper().removeprefix("CAP_") for a in added} & {"ALL", "SYS_ADMIN"})
             if strong:
                 judge.violation(f"{where} adds capability {', '.join(strong)}, which is as good as "
                                 "privileged. Remove it.")
