@@ -26,7 +26,12 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
+# Server-side-apply patches of the same kinds (pulumi-kubernetes' DeploymentPatch, ...) change live objects:
+# what a patch sets counts, what it leaves out is the live object's business.
+PATCHES = {f"{kind}Patch": path for kind, path in POD_SPEC_PATHS.items()}
+POD_SPEC_PATHS.update(PATCHES)
 WORKLOADS = frozenset(POD_SPEC_PATHS)
+FULL_WORKLOADS = WORKLOADS - frozenset(PATCHES)
 SERVICE = "kubernetes:core/v1:Service"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 # Annotations that make a LoadBalancer service internal, on each cloud.
@@ -143,6 +148,8 @@ def check_privilege_escalation(resource: Resource, config: dict[str, Any], judge
         value = v.dig(c, "securityContext", "allowPrivilegeEscalation")
         if isinstance(value, Unknown):
             judge.unknown_value(value, f"{where}.securityContext.allowPrivilegeEscalation")
+        elif value is None and resource.type in PATCHES:
+            continue  # a patch that leaves it out keeps the live object's value
         elif value is None or v.truthy(value) is not False:
             shown = "unset (Kubernetes then allows it)" if value is None else repr(value)
             judge.violation(f"{where}.securityContext.allowPrivilegeEscalation is {shown}. Set it to false.")
@@ -291,7 +298,7 @@ KUBERNETES_RULES = [
         enforcement=EnforcementLevel.ADVISORY,
         remediation="Set runAsNonRoot: true, readOnlyRootFilesystem: true, capabilities.drop: [ALL] and "
                     "seccompProfile.type: RuntimeDefault (on the container or the pod).",
-        types=WORKLOADS,
+        types=FULL_WORKLOADS,
         check=check_hardening,
     ),
     Rule(

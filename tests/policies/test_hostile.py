@@ -314,6 +314,20 @@ CASES = [
          {"spec": {"containers": [container()],
                    "ephemeralContainers": [container("debug", allowPrivilegeEscalation=True)]}}, "violation",
          "ephemeralContainers[0]"),
+    Case("k8s-deployment-patch-privileged", "k8s-no-privileged", "kubernetes:apps/v1:DeploymentPatch",
+         {"metadata": {"name": "existing"}, "spec": {"template": {"spec": {"containers": [
+             {"name": "app", "securityContext": {"privileged": True}}]}}}}, "violation", "privileged"),
+    Case("k8s-daemonset-patch-host-network", "k8s-no-host-namespaces", "kubernetes:apps/v1:DaemonSetPatch",
+         {"metadata": {"name": "existing"}, "spec": {"template": {"spec": {"hostNetwork": True}}}}, "violation",
+         "hostNetwork"),
+    Case("k8s-cronjob-patch-escalation-on", "k8s-no-privilege-escalation", "kubernetes:batch/v1:CronJobPatch",
+         {"metadata": {"name": "existing"}, "spec": {"jobTemplate": {"spec": {"template": {"spec": {
+             "containers": [{"name": "a", "securityContext": {"allowPrivilegeEscalation": True}}]}}}}}},
+         "violation", "True"),
+    Case("k8s-deployment-patch-leaves-escalation-alone", "k8s-no-privilege-escalation",
+         "kubernetes:apps/v1:DeploymentPatch",
+         {"metadata": {"name": "existing"}, "spec": {"template": {"spec": {"containers": [
+             {"name": "app", "image": "app:1.2.4"}]}}}}, "pass"),
     Case("k8s-hardened", "k8s-hardened-containers", DEPLOYMENT, deployment(container()), "pass"),
     Case("k8s-hardened-pod-level-defaults", "k8s-hardened-containers", DEPLOYMENT,
          deployment({"name": "a", "image": "a:1", "securityContext": {
