@@ -34,15 +34,32 @@ WORKLOADS = frozenset(POD_SPEC_PATHS)
 FULL_WORKLOADS = WORKLOADS - frozenset(PATCHES)
 SERVICE = "kubernetes:core/v1:Service"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
-# Annotations that make a LoadBalancer service internal, on each cloud.
+# Annotations that make a LoadBalancer service internal on GKE and AKS.
 INTERNAL_LB = {
-    "service.beta.kubernetes.io/aws-load-balancer-internal": ("true", "0.0.0.0/0"),
-    "service.beta.kubernetes.io/aws-load-balancer-scheme": ("internal",),
     "networking.gke.io/load-balancer-type": ("internal",),
     "cloud.google.com/load-balancer-type": ("internal",),
     "service.beta.kubernetes.io/azure-load-balancer-internal": ("true",),
 }
 SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
+AWS_LB = "service.beta.kubernetes.io/aws-load-balancer"
+
+
+def _aws_internal(annotations: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether AWS makes this LoadBalancer service internal.
+
+    The AWS Load Balancer Controller takes the services with `aws-load-balancer-type: external` (or
+    `nlb-ip`, or loadBalancerClass service.k8s.aws/nlb); for them an `aws-load-balancer-scheme`
+    annotation decides, over the legacy `aws-load-balancer-internal`. Other services go to the cloud
+    controller manager, which ignores the scheme annotation and reads only `aws-load-balancer-internal`.
+    """
+    kind = annotations.get(f"{AWS_LB}-type")
+    controller = (isinstance(kind, str) and kind.strip().lower() in ("external", "nlb-ip")) or (
+        spec.get("loadBalancerClass") == "service.k8s.aws/nlb")
+    scheme = annotations.get(f"{AWS_LB}-scheme")
+    if controller and isinstance(scheme, str):
+        return scheme.strip().lower() == "internal"
+    internal = annotations.get(f"{AWS_LB}-internal")
+    return isinstance(internal, str) and internal.strip().lower() in ("true", "0.0.0.0/0")
 
 
 def pod_spec(resource: Resource) -> tuple[str, Any]:
@@ -224,6 +241,8 @@ def check_load_balancer(resource: Resource, config: dict[str, Any], judge: Judge
         judge.unknown_value(annotations, "metadata.annotations")
         return
     annotations = annotations if isinstance(annotations, dict) else {}
+    if _aws_internal(annotations, spec):
+        return
     for key, internal_values in INTERNAL_LB.items():
         value = annotations.get(key)
         if isinstance(value, str) and value.strip().lower() in internal_values:
