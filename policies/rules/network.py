@@ -166,9 +166,12 @@ def _gcp_firewall(resource: Resource) -> Iterator[Opening]:
     disabled = p.get("disabled")
     enabled: bool | Unknown = disabled if isinstance(disabled, Unknown) else not v.truthy(disabled)
     ranges = v.items(p.get("sourceRanges"))
-    if not ranges and not v.items(p.get("sourceTags")) and not v.items(p.get("sourceServiceAccounts")):
-        # GCP applies an ingress rule with no source at all to 0.0.0.0/0.
-        world: bool | Unknown = True
+    others = [p.get("sourceTags"), p.get("sourceServiceAccounts")]
+    unknown_others = next((o for o in others if isinstance(o, Unknown)), None)
+    if not ranges and not any(v.items(o) for o in others if not isinstance(o, Unknown)):
+        # GCP applies an ingress rule with no source at all to 0.0.0.0/0; tags or service accounts unknown
+        # during preview may turn out empty.
+        world: bool | Unknown = True if unknown_others is None else unknown_others
         sources = "no source given (GCP then means 0.0.0.0/0)"
     else:
         try:
