@@ -379,31 +379,40 @@ def _config_ports(config: dict[str, Any], *keys: str) -> PortRanges:
     return v.ports_from_config(values)
 
 
+ADMIN_FIX = ("Limit the sources to your operators' CIDR blocks, or reach the nodes through SSM, IAP or Bastion "
+             "instead.")
+DATA_FIX = ("Keep databases, caches and ML tools on private addresses; let clients in by security group, network "
+            "tag or CIDR.")
+ALL_PORTS_FIX = "Open only the ports the service needs, to the sources that need them."
+
+
+def _admin_test(config: dict[str, Any]) -> Test:
+    return _port_test(lambda c: _config_ports(c, "adminPorts", "extraAdminPorts"), "admin port(s)", config)
+
+
+def _data_test(config: dict[str, Any]) -> Test:
+    return _port_test(lambda c: _config_ports(c, "dataPorts", "extraDataPorts"), "data/ML port(s)", config)
+
+
+def _all_ports_test(proto: str, ports: PortRanges | None) -> str | None:
+    if proto == ALL:
+        every = ports is None or v.covers_all_ports(ports)
+        return "every protocol and port" if every else f"every protocol on port(s) {v.show_ports(ports)}"
+    if ports is not None and v.covers_all_ports(ports):
+        return f"every {proto} port"
+    return None
+
+
 def check_admin_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
-    test = _port_test(lambda c: _config_ports(c, "adminPorts", "extraAdminPorts"), "admin port(s)", config)
-    _judge_openings(resource, judge, test,
-                    "Limit the sources to your operators' CIDR blocks, or reach the nodes through SSM, IAP "
-                    "or Bastion instead.")
+    _judge_openings(resource, judge, _admin_test(config), ADMIN_FIX)
 
 
 def check_data_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
-    test = _port_test(lambda c: _config_ports(c, "dataPorts", "extraDataPorts"), "data/ML port(s)", config)
-    _judge_openings(resource, judge, test,
-                    "Keep databases, caches and ML tools on private addresses; let clients in by security "
-                    "group, network tag or CIDR.")
+    _judge_openings(resource, judge, _data_test(config), DATA_FIX)
 
 
 def check_all_ports(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
-    def test(proto: str, ports: PortRanges | None) -> str | None:
-        if proto == ALL:
-            every = ports is None or v.covers_all_ports(ports)
-            return "every protocol and port" if every else f"every protocol on port(s) {v.show_ports(ports)}"
-        if ports is not None and v.covers_all_ports(ports):
-            return f"every {proto} port"
-        return None
-
-    _judge_openings(resource, judge, test,
-                    "Open only the ports the service needs, to the sources that need them.")
+    _judge_openings(resource, judge, _all_ports_test, ALL_PORTS_FIX)
 
 
 def check_public_allowlist(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
@@ -444,6 +453,61 @@ def check_aws_inline_and_standalone(resources: list[Resource], config: dict[str,
                     f"{rule.name} also manages it; the two fight over the group's rules on every update. "
                     "Move all its rules to standalone rule resources (vpc.SecurityGroupIngressRule/"
                     "EgressRule), or all inline.", urn)
+
+
+def _rule_target(rule: Resource, groups: set[str]) -> str | None:
+    """The security group, NSG or GCP network and targets that a standalone rule resource adds to."""
+    p = rule.props
+    if rule.type in (AWS_SG_RULE, AWS_VPC_INGRESS):
+        urns = [u for u in rule.property_dependencies.get("securityGroupId", ()) if u in groups]
+        if not urns:
+            urns = [u for u in rule.dependencies if u in groups]
+        if len(urns) == 1:
+            return urns[0]
+        group = p.get("securityGroupId")
+        return f"aws:{group}" if isinstance(group, str) and not urns else None
+    if rule.type == AZURE_RULE:
+        nsg, rg = p.get("networkSecurityGroupName"), p.get("resourceGroupName")
+        return f"azure:{rg}/{nsg}" if isinstance(nsg, str) and isinstance(rg, str) else None
+    if rule.type == GCP_FIREWALL:
+        parts = [p.get("network"), p.get("targetTags"), p.get("targetServiceAccounts")]
+        if any(isinstance(x, Unknown) for x in parts) or not isinstance(parts[0], str):
+            return None
+        tags, accounts = (",".join(sorted(str(t) for t in v.items(x))) for x in parts[1:])
+        return f"gcp:{parts[0]}:{tags}:{accounts}"
+    return None
+
+
+def check_split_over_rules(resources: list[Resource], config: dict[str, Any], judge: Judge) -> None:
+    """Standalone rules that open the world together: 0.0.0.0/1 in one rule and 128.0.0.0/1 in another."""
+    groups = {r.urn for r in resources if r.type in (AWS_SG, AWS_DEFAULT_SG)}
+    by_target: dict[str, list[Resource]] = {}
+    for r in resources:
+        target = _rule_target(r, groups)
+        if target is not None:
+            by_target.setdefault(target, []).append(r)
+    tests = [(_admin_test(config), ADMIN_FIX), (_data_test(config), DATA_FIX), (_all_ports_test, ALL_PORTS_FIX)]
+    for members in by_target.values():
+        if len(members) < 2:
+            continue
+        owner: dict[str, Resource] = {}
+        found: list[Opening] = []
+        for r in members:
+            for o in openings(r):
+                label = f"{r.name} {o.where}"
+                owner[label] = r
+                found.append(Opening(label, o.protocol, o.ports, o.world, o.sources, o.problem, o.networks))
+        for test, fix in tests:
+            flagged = {o.protocol for o in found
+                       if o.world is True and o.problem is None and isinstance(o.protocol, str)
+                       and not isinstance(o.ports, Unknown) and test(o.protocol, o.ports) is not None}
+            for where, proto, ports in _together(found, flagged):
+                involved = {owner[w].urn for w in where}
+                wrong = test(proto, ports)
+                if wrong is None or len(involved) < 2:
+                    continue  # one resource alone: its own rule reports it
+                judge.violation(f"rules {', '.join(where)} together open {wrong} to the whole internet (their "
+                                f"sources and ports add up). {fix}", owner[where[0]].urn)
 
 
 def _ports_schema(description: str, default: list[str]) -> dict[str, Any]:
@@ -514,5 +578,23 @@ NETWORK_RULES = [
         types=frozenset({AWS_SG, AWS_DEFAULT_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_VPC_EGRESS}),
         check=check_aws_inline_and_standalone,
         stack=True,
+    ),
+    Rule(
+        name="no-world-open-split-over-rules",
+        description="Standalone firewall rules on one security group, NSG or GCP network and targets do not "
+                    "open an admin, data or every port to the whole internet together (0.0.0.0/1 in one "
+                    "rule, 128.0.0.0/1 in another).",
+        severity=Severity.CRITICAL,
+        enforcement=EnforcementLevel.MANDATORY,
+        remediation="Restrict the rules' sources to known CIDR blocks, a security group or a network tag.",
+        types=frozenset({AWS_SG_RULE, AWS_VPC_INGRESS, AZURE_RULE, GCP_FIREWALL}),
+        check=check_split_over_rules,
+        stack=True,
+        config={
+            "adminPorts": _ports_schema("Administration ports (as for no-world-admin-ports).", ADMIN_PORTS),
+            "extraAdminPorts": _ports_schema("More administration ports, added to adminPorts.", []),
+            "dataPorts": _ports_schema("Data and ML ports (as for no-world-data-ports).", DATA_PORTS),
+            "extraDataPorts": _ports_schema("More data ports, added to dataPorts.", []),
+        },
     ),
 ]

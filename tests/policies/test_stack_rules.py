@@ -126,3 +126,53 @@ def test_budget_unknown_max_size_and_missing_budget() -> None:
 def test_budget_ignores_cpu_pools(budget: float) -> None:
     cpu = stack_resource(NODE_GROUP, "system", {"instanceTypes": ["m6i.large"], "scalingConfig": {"maxSize": 9.0}})
     assert check_stack("gpu-budget", [cpu], {"budgetPerHour": budget}).kind == "pass"
+
+
+NSR = "azure-native:network:SecurityRule"
+FW = "gcp:compute/firewall:Firewall"
+SPLIT = "no-world-open-split-over-rules"
+
+
+def _vin(name: str, cidr: str, port: float, group: PolicyResource) -> PolicyResource:
+    return stack_resource(VIN, name, {"ipProtocol": "tcp", "fromPort": port, "toPort": port, "cidrIpv4": cidr},
+                          deps=[group], property_deps={"securityGroupId": [group]})
+
+
+def test_world_halves_over_two_standalone_rules_open_ssh() -> None:
+    group = stack_resource(SG, "nodes", {"description": "nodes"})
+    rules = [_vin("ssh-low", "0.0.0.0/1", 22.0, group), _vin("ssh-high", "128.0.0.0/1", 22.0, group)]
+    verdict = check_stack(SPLIT, [group, *rules])
+    assert verdict.kind == "violation" and len(verdict.messages) == 1
+    assert "ssh-low rule, ssh-high rule together open admin port(s) 22" in verdict.messages[0]
+    assert verdict.urns == [urn(VIN, "ssh-low")]
+
+
+def test_halves_on_two_groups_or_on_harmless_ports_pass() -> None:
+    a, b = stack_resource(SG, "a", {}), stack_resource(SG, "b", {})
+    assert check_stack(SPLIT, [a, b, _vin("low", "0.0.0.0/1", 22.0, a), _vin("high", "128.0.0.0/1", 22.0, b)]).kind \
+        == "pass"
+    assert check_stack(SPLIT, [a, _vin("low", "0.0.0.0/1", 443.0, a), _vin("high", "128.0.0.0/1", 443.0, a)]).kind \
+        == "pass"
+
+
+def test_one_world_rule_is_left_to_the_resource_rule() -> None:
+    group = stack_resource(SG, "nodes", {})
+    rules = [_vin("ssh-world", "0.0.0.0/0", 22.0, group), _vin("ssh-office", "203.0.113.0/24", 22.0, group)]
+    assert check_stack(SPLIT, [group, *rules]).kind == "pass"
+
+
+def test_azure_rules_on_one_nsg_and_gcp_firewalls_on_one_network() -> None:
+    def nsr(name: str, prefix: str) -> PolicyResource:
+        return stack_resource(NSR, name, {"resourceGroupName": "rg", "networkSecurityGroupName": "nodes",
+                                          "access": "Allow", "direction": "Inbound", "protocol": "*",
+                                          "sourceAddressPrefix": prefix, "destinationPortRange": "*"})
+
+    verdict = check_stack(SPLIT, [nsr("low", "0.0.0.0/1"), nsr("high", "128.0.0.0/1")])
+    assert verdict.kind == "violation" and "every protocol and port" in " ".join(verdict.messages)
+
+    def fw(name: str, ranges: list[str], tags: list[str]) -> PolicyResource:
+        return stack_resource(FW, name, {"network": "vpc", "allows": [{"protocol": "tcp", "ports": ["6379"]}],
+                                         "sourceRanges": ranges, "targetTags": tags})
+
+    assert check_stack(SPLIT, [fw("low", ["::/1"], ["db"]), fw("high", ["8000::/1"], ["db"])]).kind == "violation"
+    assert check_stack(SPLIT, [fw("low", ["::/1"], ["db"]), fw("high", ["8000::/1"], ["cache"])]).kind == "pass"
