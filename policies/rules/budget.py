@@ -27,6 +27,13 @@ GPU_TAINT = "nvidia.com/gpu"
 # GKE spreads a regional cluster's node pools over three zones unless nodeLocations says otherwise.
 GKE_DEFAULT_ZONES = 3
 _ZONE = re.compile(r"^[a-z]+-[a-z]+\d+-[a-z]$")
+# GPU machine families, so that a GPU pool of a machine type missing from the catalog is "cannot verify"
+# rather than passed as a CPU pool: AWS g*/p* (g4dn, g6e, p5, ...), GCP a2/a3/g2/..., Azure N-series.
+GPU_FAMILIES = {
+    "aws": re.compile(r"^[gp]\d+[a-z]*\.", re.IGNORECASE),
+    "gcp": re.compile(r"^(a\d+|g[2-9])-", re.IGNORECASE),  # g1-small is a shared-core CPU type
+    "azure": re.compile(r"^standard_n", re.IGNORECASE),
+}
 
 
 @dataclass(frozen=True)
@@ -107,7 +114,10 @@ def pools(resources: list[Resource]) -> list[Pool]:
             node = v.as_dict(p.get("nodeConfig"))
             auto = p.get("autoscaling") if isinstance(p.get("autoscaling"), dict) else None
             total = _count(auto.get("totalMaxNodeCount")) if auto else None
-            per_zone = _count(auto.get("maxNodeCount")) if auto else _count(p.get("nodeCount"))
+            # without autoscaling a pool runs nodeCount per zone, or initialNodeCount where that is unset
+            per_zone = (_count(auto.get("maxNodeCount")) if auto
+                        else _count(p.get("nodeCount") if p.get("nodeCount") is not None
+                                    else p.get("initialNodeCount")))
             if total is not None:
                 max_nodes: int | Unknown = total
             elif isinstance(per_zone, Unknown):
@@ -139,7 +149,8 @@ def check_budget(resources: list[Resource], config: dict[str, Any], judge: Judge
         return
     for pool in found:
         known = [m for m in (_known_machine(pool.cloud, t) for t in pool.machine_types) if m is not None]
-        if not known and not pool.tainted:
+        family = GPU_FAMILIES[pool.cloud]
+        if not known and not pool.tainted and not any(family.match(t) for t in pool.machine_types):
             continue  # a CPU pool
         if isinstance(pool.max_nodes, Unknown) or isinstance(pool.spot, Unknown):
             unknown = pool.max_nodes if isinstance(pool.max_nodes, Unknown) else pool.spot

@@ -122,6 +122,24 @@ def test_budget_unknown_max_size_and_missing_budget() -> None:
     assert check_stack("gpu-budget", [_eks_gpu(1.0)], {"failClosed": True}).kind == "violation"
 
 
+@pytest.mark.parametrize(("cloud_type", "props"), [
+    (NODE_GROUP, {"instanceTypes": ["p4de.24xlarge"], "scalingConfig": {"maxSize": 8.0}}),
+    (GKE_POOL, {"nodeConfig": {"machineType": "a4-highgpu-8g"}, "nodeCount": 2.0}),
+    (AKS_POOL, {"vmSize": "Standard_ND96amsr_A100_v4", "count": 4.0}),
+], ids=["aws", "gcp", "azure"])
+def test_budget_untainted_gpu_machine_outside_the_catalog_cannot_be_priced(cloud_type: str, props: dict) -> None:
+    verdict = check_stack("gpu-budget", [stack_resource(cloud_type, "gpu", props)], {"budgetPerHour": 1.0})
+    assert verdict.kind == "unknown" and "price catalog" in (verdict.cannot_verify or "")
+
+
+def test_budget_gke_pool_without_autoscaling_runs_its_initial_node_count() -> None:
+    pool = stack_resource(GKE_POOL, "gpu", {"nodeConfig": {"machineType": "g2-standard-4"}, "initialNodeCount": 4.0,
+                                            "nodeLocations": ["us-central1-a"]})
+    price = catalog.machine("gcp", "g2-standard-4").on_demand_per_hour
+    verdict = check_stack("gpu-budget", [pool], {"budgetPerHour": 4 * price - 0.01})
+    assert verdict.kind == "violation" and "gpu: 4 x g2-standard-4" in verdict.messages[0]
+
+
 @pytest.mark.parametrize("budget", [0.01, 1000.0])
 def test_budget_ignores_cpu_pools(budget: float) -> None:
     cpu = stack_resource(NODE_GROUP, "system", {"instanceTypes": ["m6i.large"], "scalingConfig": {"maxSize": 9.0}})
