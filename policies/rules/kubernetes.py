@@ -33,6 +33,7 @@ POD_SPEC_PATHS.update(PATCHES)
 WORKLOADS = frozenset(POD_SPEC_PATHS)
 FULL_WORKLOADS = WORKLOADS - frozenset(PATCHES)
 SERVICE = "kubernetes:core/v1:Service"
+SERVICE_PATCH = "kubernetes:core/v1:ServicePatch"
 CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 # Annotations that make a LoadBalancer service internal on GKE and AKS.
 INTERNAL_LB = {
@@ -234,7 +235,8 @@ def check_load_balancer(resource: Resource, config: dict[str, Any], judge: Judge
     if isinstance(kind, Unknown):
         judge.unknown_value(kind, "spec.type")
         return
-    if kind != "LoadBalancer":
+    patch = resource.type == SERVICE_PATCH
+    if kind != "LoadBalancer" and not (patch and kind is None):
         return
     annotations = v.dig(resource.props, "metadata", "annotations")
     if isinstance(annotations, Unknown):
@@ -255,6 +257,18 @@ def check_load_balancer(resource: Resource, config: dict[str, Any], judge: Judge
     items = v.as_list(ranges)
     if isinstance(items, Unknown):
         judge.unknown_value(items, where)
+        return
+    if patch and (kind is None or not items):
+        # A patch keeps what it leaves out: the live service's type, ranges or internal annotation.
+        try:
+            world_ranges = bool(items) and v.world_sources(items) is True
+        except BadValue as e:
+            judge.unknown(f"{where}: {e}")
+            return
+        if kind is not None or world_ranges:
+            judge.unknown("this patch sets " + (f"{where} to the whole internet" if kind is None else
+                          "type LoadBalancer without source ranges or an internal annotation") +
+                          ", and what the live service keeps is not known to the policy")
         return
     if not items:
         judge.violation("a public LoadBalancer with no loadBalancerSourceRanges admits the whole internet. "
@@ -336,7 +350,7 @@ KUBERNETES_RULES = [
         enforcement=EnforcementLevel.MANDATORY,
         remediation="Set spec.loadBalancerSourceRanges to the clients' CIDR blocks, or annotate the service "
                     "as an internal load balancer for its cloud.",
-        types=frozenset({SERVICE}),
+        types=frozenset({SERVICE, SERVICE_PATCH}),
         check=check_load_balancer,
     ),
 ]

@@ -374,6 +374,16 @@ CASES = [
     Case("k8s-lb-unknown-ranges", "k8s-loadbalancer-restricted", SERVICE,
          service(loadBalancerSourceRanges=UNKNOWN_ARRAY_VALUE), "unknown"),
     Case("k8s-cluster-ip-service", "k8s-loadbalancer-restricted", SERVICE, service("ClusterIP"), "pass"),
+    Case("k8s-service-patch-world-ranges-on-load-balancer", "k8s-loadbalancer-restricted",
+         "kubernetes:core/v1:ServicePatch", service(loadBalancerSourceRanges=["0.0.0.0/0"]), "violation"),
+    Case("k8s-service-patch-world-ranges-type-left-out", "k8s-loadbalancer-restricted",
+         "kubernetes:core/v1:ServicePatch",
+         {"metadata": {"name": "web"}, "spec": {"loadBalancerSourceRanges": ["::/0"]}}, "unknown"),
+    Case("k8s-service-patch-makes-public-load-balancer", "k8s-loadbalancer-restricted",
+         "kubernetes:core/v1:ServicePatch", {"metadata": {"name": "web"}, "spec": {"type": "LoadBalancer"}},
+         "unknown"),
+    Case("k8s-service-patch-other-fields", "k8s-loadbalancer-restricted", "kubernetes:core/v1:ServicePatch",
+         {"metadata": {"name": "web", "labels": {"team": "ml"}}}, "pass"),
 ]
 
 
