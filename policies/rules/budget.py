@@ -2,7 +2,8 @@
 
 Capacity is read from the node-pool resources themselves (not from the stack's config), so that
 what is priced is what would be deployed. A pool is a GPU pool when it carries the nvidia.com/gpu
-taint or the price catalog knows its machine type. Prices come from `infra.catalog`.
+taint, the price catalog knows its machine type, or the type is of a GPU family (a GPU pool the catalog
+cannot price is "cannot verify"). Prices come from `infra.catalog`.
 """
 
 from __future__ import annotations
