@@ -27,10 +27,19 @@ AWS_VPC_INGRESS = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
 AWS_VPC_EGRESS = "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule"
 AWS_NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 GCP_FIREWALL = "gcp:compute/firewall:Firewall"
+# Firewall policy rules: global and regional network policies, and hierarchical (folder, organization) ones.
+GCP_POLICY_RULES = frozenset({
+    "gcp:compute/networkFirewallPolicyRule:NetworkFirewallPolicyRule",
+    "gcp:compute/regionNetworkFirewallPolicyRule:RegionNetworkFirewallPolicyRule",
+    "gcp:compute/firewallPolicyRule:FirewallPolicyRule",
+})
+# Other sources a policy rule can match on; each is a bounded set of addresses, not the world.
+GCP_POLICY_OTHER_SOURCES = ("srcAddressGroups", "srcFqdns", "srcRegionCodes", "srcThreatIntelligences",
+                            "srcSecureTags", "srcNetworks")
 AZURE_NSG = "azure-native:network:NetworkSecurityGroup"
 AZURE_RULE = "azure-native:network:SecurityRule"
 FIREWALL_TYPES = frozenset({AWS_SG, AWS_DEFAULT_SG, AWS_SG_RULE, AWS_VPC_INGRESS, AWS_NODE_GROUP,
-                            GCP_FIREWALL, AZURE_NSG, AZURE_RULE})
+                            GCP_FIREWALL, AZURE_NSG, AZURE_RULE, *GCP_POLICY_RULES})
 
 ADMIN_PORTS = ["22", "3389", "5985-5986", "2375-2376", "6443", "10250"]
 # Databases, caches, coordination and ML tooling that must never face the internet.
@@ -198,6 +207,48 @@ def _gcp_firewall(resource: Resource) -> Iterator[Opening]:
                       networks=v.source_networks(ranges) if in_force else ())
 
 
+def _gcp_policy_rule(resource: Resource) -> Iterator[Opening]:
+    p = resource.props
+    action, direction, disabled = p.get("action"), p.get("direction"), p.get("disabled")
+    # "apply_security_profile_group" lets traffic through after inspection, so it opens like "allow"
+    allow: bool | Unknown = (action if isinstance(action, Unknown)
+                             else str(action).lower() in ("allow", "apply_security_profile_group"))
+    ingress: bool | Unknown = (direction if isinstance(direction, Unknown)
+                               else direction is None or str(direction).upper() == "INGRESS")
+    enabled: bool | Unknown = disabled if isinstance(disabled, Unknown) else not v.truthy(disabled)
+    match = p.get("match")
+    if isinstance(match, Unknown):
+        yield _problem("match", str(match))
+        return
+    match = v.as_dict(match)
+    ranges = v.items(match.get("srcIpRanges"))
+    if not ranges and not any(v.items(match.get(k)) for k in GCP_POLICY_OTHER_SOURCES):
+        if allow is True and ingress is True and enabled is True:
+            yield _problem("match", "an ingress rule that names no source")
+        return
+    try:
+        world = v.world_sources(ranges)
+    except BadValue as e:
+        yield _problem("match.srcIpRanges", str(e))
+        return
+    in_force = allow is True and ingress is True and enabled is True
+    for i, layer4 in enumerate(v.items(match.get("layer4Configs"))):
+        where = f"match.layer4Configs[{i}]"
+        if isinstance(layer4, Unknown):
+            yield _problem(where, str(layer4))
+            continue
+        if not isinstance(layer4, dict):
+            continue
+        try:
+            proto = _proto(layer4.get("ipProtocol"))
+            ports = _ports_for(proto, partial(_union, v.items(layer4.get("ports"))))
+        except BadValue as e:
+            yield _problem(where, str(e))
+            continue
+        yield Opening(where, proto, ports, _active(allow, ingress, enabled, world=world), _sources_text(ranges),
+                      networks=v.source_networks(ranges) if in_force else ())
+
+
 def _azure_entry(where: str, rule: dict[str, Any]) -> Opening:
     access, direction = rule.get("access"), rule.get("direction")
     allow: bool | Unknown = access if isinstance(access, Unknown) else str(access).lower() == "allow"
@@ -242,6 +293,7 @@ READERS: dict[str, Callable[[Resource], Iterator[Opening]]] = {
     GCP_FIREWALL: _gcp_firewall,
     AZURE_NSG: _azure_nsg,
     AZURE_RULE: _azure_rule,
+    **dict.fromkeys(GCP_POLICY_RULES, _gcp_policy_rule),
 }
 
 
