@@ -17,7 +17,9 @@ Why our own scheduler: transformers' continuous batching (`generate_batch`, page
 but measured 80-90 output tokens/s with SmolLM2-135M on 2 cores for 32 requests, against about 170 for this
 engine at batch 16 (`python -m serving.sidebyside --with-transformers-cb`); it is offline (no streaming of
 a request while others join) as used there. This engine keeps transformers for what works: the models,
-their tokenizers and chat templates, SDPA attention, and the Cache interface (a preallocated layer).
+their tokenizers and chat templates, SDPA attention, and the Cache interface (a preallocated layer). On CPU
+the linear layers run on oneDNN with weights packed once at load (`prepack_linears`): twice as fast per
+decode step as torch's default matrix products on this machine, at batch 1 and at batch 16.
 
 Exactness: every row gets its own position ids and a mask that hides its left padding, so greedy output
 is the same token for token whether a request runs alone or in a batch (fp32 on CPU).
@@ -199,6 +201,44 @@ def choose_device() -> tuple[str, Any]:
     if torch.cuda.is_available():
         return "cuda", torch.bfloat16
     return "cpu", torch.float32
+
+
+def _prepacked_linear_class() -> type:
+    import torch
+
+    class PrepackedLinear(torch.nn.Module):
+        """A linear layer run by oneDNN on a weight it reordered once, at load time, into its own blocked
+        layout (as torch's inductor does when it freezes a CPU model). Measured with SmolLM2-135M on this
+        project's 2-core AMD machine, fp32: a decode step at batch 16 takes 33 ms instead of 74 ms with
+        torch's default (MKL) matrix products, and 19 instead of 36 ms at batch 1; same greedy tokens."""
+
+        def __init__(self, linear: Any, batch_size: int) -> None:
+            super().__init__()
+            self.out_features = linear.out_features
+            self.weight = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach(), batch_size)
+            self.bias = None if linear.bias is None else linear.bias.detach()
+
+        def forward(self, x: Any) -> Any:
+            y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), self.weight, self.bias,
+                                                   "none", [], "")
+            return y.view(*x.shape[:-1], self.out_features)
+
+    return PrepackedLinear
+
+
+def prepack_linears(model: Any, batch_size: int) -> int:
+    """Replace every plain fp32 linear layer of a CPU model by a `PrepackedLinear` (weights packed for
+    `batch_size` rows, which oneDNN takes as a hint). Returns how many were replaced."""
+    import torch
+
+    prepacked = _prepacked_linear_class()
+    replaced = 0
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32:
+                setattr(module, name, prepacked(child, batch_size))
+                replaced += 1
+    return replaced
 
 
 # --- the continuous-batching implementation -------------------------------------------------------
@@ -408,6 +448,10 @@ class TorchEngine(Engine):
             # A small model's operations are too short to gain from several threads, and with several a
             # busy core elsewhere on the machine stalls every step (measured: 400 instead of 10,000 tok/s).
             torch.set_num_threads(1)
+        if device == "cpu" and torch.backends.mkldnn.is_available():
+            with torch.inference_mode():
+                prepacked = prepack_linears(model, self.max_batch_size)
+            log.info("%d linear layers prepacked for oneDNN", prepacked)
         config = model.config.get_text_config(decoder=True)
         self.max_model_len = int(getattr(config, "max_position_embeddings", 0) or 4096)
         eos = model.generation_config.eos_token_id

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serving.engine import RequestHandle, SamplingParams, TorchEngine, _TextTracker
+from serving.engine import RequestHandle, SamplingParams, TorchEngine, _TextTracker, prepack_linears
 
 pytestmark = pytest.mark.anyio
 
@@ -111,6 +111,23 @@ async def test_cancel_frees_the_slot(engine: TorchEngine) -> None:
             break
         await asyncio.sleep(0.01)
     assert engine.num_running == 0 and engine.num_waiting == 0
+
+
+def test_prepacked_linears_give_the_same_greedy_tokens(tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    packed = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    linears = sum(type(m) is torch.nn.Linear for m in plain.modules())
+    with torch.inference_mode():
+        assert prepack_linears(packed, batch_size=4) == linears > 0
+        assert not any(type(m) is torch.nn.Linear for m in packed.modules())
+        ids = torch.tensor([[5, 17, 42, 99, 7, 3], [8, 8, 120, 64, 2, 300]])
+        expected, got = plain(input_ids=ids).logits, packed(input_ids=ids).logits
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # another summation order, same fp32
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
 class CharTokenizer:
