@@ -430,7 +430,8 @@ async def _main(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
     from rich.console import Console
     from rich.progress import Progress
 
-    console = Console()
+    # Logs are not terminals; rich would fold the table to 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     slos = dict(args.goodput)
     levels = []
     for concurrency in args.concurrency:

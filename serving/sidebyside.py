@@ -418,7 +418,8 @@ def print_report(report: dict[str, Any]) -> None:
     goals.add_row("server TTFT p99 vs baseline TTFT p50",
                   f"{ms(ratio['server_ttft_p99_ms'])} vs {ms(ratio['baseline_ttft_p50_ms'])} ms", "below",
                   "yes" if met[2] else "NO")
-    console = Console()
+    # Logs are not terminals; rich would fold the table to 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 140)
     console.print(table)
     console.print(goals)
 
