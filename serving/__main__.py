@@ -81,7 +81,7 @@ def main() -> int:
     from pydantic import ValidationError
 
     from serving.app import build_app
-    from serving.engine import TorchEngine
+    from serving.engine_process import EngineProcess
     from serving.settings import Settings, describe
 
     try:
@@ -92,7 +92,7 @@ def main() -> int:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     holder: dict[str, Any] = {}
-    engine = TorchEngine(
+    engine = EngineProcess(
         settings.model_path,
         model_name=settings.served_model_name,
         max_batch_size=settings.max_batch_size,

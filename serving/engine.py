@@ -8,7 +8,9 @@ auth or limits other than its batch size; the app knows nothing of torch, caches
 fake engine behind this same interface.
 
 `TorchEngine` is the continuous-batching implementation: one thread owns the model and loops
-admit -> prefill newcomers -> one decode step for every running sequence -> emit deltas. Requests join the
+admit -> prefill newcomers -> one decode step for every running sequence -> emit deltas. `python -m serving`
+runs it in a process of its own (serving.engine_process), so that HTTP and this loop do not take turns on
+one interpreter lock. Requests join the
 running batch between decode steps and leave it when they finish or are cancelled; their keys and values
 stay in a preallocated per-layer buffer (rows = sequences, left-padded; columns = positions), so no step
 recomputes a prefix and a short request never waits for a long one to finish.
@@ -76,24 +78,39 @@ class _Failed:
     error: ServingError
 
 
-class RequestHandle:
-    """A submitted request as the app sees it: iterate its deltas, or cancel it."""
+class Request:
+    """A request as an engine loop sees it: its prompt, its sampling, when it came, whether it is cancelled."""
 
     _ids = itertools.count(1)
 
-    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams) -> None:
-        self.id = next(self._ids)
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, *, id: int | None = None,
+                 submitted_at: float | None = None) -> None:
+        self.id = next(self._ids) if id is None else id
         self.prompt_ids = list(prompt_ids)
         self.params = params
-        self.submitted_at = time.monotonic()
+        # time.monotonic() is the system's monotonic clock: comparable across the processes of one machine.
+        self.submitted_at = time.monotonic() if submitted_at is None else submitted_at
         self.cancelled = threading.Event()
+
+
+class RequestHandle(Request):
+    """A submitted request as the app sees it: iterate its deltas, or cancel it."""
+
+    def __init__(self, prompt_ids: Sequence[int], params: SamplingParams,
+                 on_cancel: Callable[[RequestHandle], None] | None = None) -> None:
+        super().__init__(prompt_ids, params)
+        self._on_cancel = on_cancel
         self._loop = asyncio.get_running_loop()
         self._events: asyncio.Queue[Output | _Failed] = asyncio.Queue()
         self._done = False
 
     def cancel(self) -> None:
         """Stop generating; the engine frees the slot before its next step."""
+        if self.cancelled.is_set():
+            return
         self.cancelled.set()
+        if self._on_cancel is not None:
+            self._on_cancel(self)
 
     # Called by the engine, from any thread.
     def push(self, item: Output | _Failed) -> None:
@@ -246,13 +263,21 @@ def prepack_linears(model: Any, batch_size: int) -> int:
 
 class _TextTracker:
     """Turns a growing list of token ids into text deltas, holding back what may still become a stop string
-    or an incomplete UTF-8 character. Decodes only a short window per token (as vLLM and TGI do): the text
-    of ids[prefix:] minus that of ids[prefix:read] is what the newest ids added."""
+    or an incomplete UTF-8 character. With a fast (Rust) tokenizer, the tokenizers library's `DecodeStream`
+    decodes each new token in one call, as TGI does; otherwise a short window is decoded per token (as vLLM
+    does): the text of ids[prefix:] minus that of ids[prefix:read] is what the newest ids added."""
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
         self._tokenizer = tokenizer
         self._stop = stop
         self._hold = max((len(s) for s in stop), default=1) - 1
+        self._backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._stream: Any = None
+        if self._backend is not None:
+            from tokenizers.decoders import DecodeStream
+
+            self._stream = DecodeStream(skip_special_tokens=True)
+        self._fed = 0  # token ids given to the stream
         self._prefix = 0  # token offsets of the decode window
         self._read = 0
         self.text = ""  # all text decoded so far
@@ -261,13 +286,24 @@ class _TextTracker:
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
 
-    def update(self, token_ids: list[int], final: bool) -> tuple[str, bool]:
-        """Return (new text to send, whether a stop string was found)."""
+    def _advance(self, token_ids: list[int], final: bool) -> None:
+        """Append to `text` what the ids not seen yet decode to."""
+        if self._stream is not None:
+            for token in token_ids[self._fed :]:
+                piece = self._stream.step(self._backend, token)
+                if piece:
+                    self.text += piece
+            self._fed = len(token_ids)
+            return
         before = self._decode(token_ids[self._prefix : self._read])
         after = self._decode(token_ids[self._prefix :])
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
             self.text += after[len(before) :]
             self._prefix, self._read = self._read, len(token_ids)
+
+    def update(self, token_ids: list[int], final: bool) -> tuple[str, bool]:
+        """Return (new text to send, whether a stop string was found)."""
+        self._advance(token_ids, final)
         if self._stop:
             start = max(0, self.emitted - self._hold)
             hits = [i for i in (self.text.find(s, start) for s in self._stop) if i >= 0]
@@ -286,7 +322,7 @@ class _TextTracker:
 
 @dataclass
 class _Seq:
-    handle: RequestHandle
+    handle: Request
     text: _TextTracker
     generator: Any  # torch.Generator, or None for greedy
     generated: list[int] = field(default_factory=list)
@@ -356,7 +392,7 @@ class TorchEngine(Engine):
         self.threads = threads
         self.max_model_len = 0
         self._on_step = on_step
-        self._inbox: queue.SimpleQueue[RequestHandle] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -404,28 +440,45 @@ class TorchEngine(Engine):
         self._thread.start()
 
     async def stop(self) -> None:
+        await asyncio.to_thread(self.stop_and_join)
+
+    def stop_and_join(self, timeout: float = 60) -> None:
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 60)
+            self._thread.join(timeout)
 
     def encode_prompt(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=True))
+        return encode_prompt(self.tokenizer, text)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # some versions return a BatchEncoding
-            ids = ids["input_ids"]
-        return list(ids)
+        return encode_chat(self.tokenizer, messages)
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
         if self._dead or self._stopping.is_set():
             raise EngineDead("the engine has stopped")
         handle = RequestHandle(prompt_ids, params)
-        self._submitted += 1
-        self._inbox.put(handle)
-        self._wake.set()
+        self.enqueue(handle)
         return handle
+
+    # -- for engines that wrap this one --
+
+    def enqueue(self, request: Request) -> None:
+        """Queue a request built elsewhere (any thread); its deltas go to `_send`."""
+        self._submitted += 1
+        self._inbox.put(request)
+        self._wake.set()
+
+    def wake(self) -> None:
+        """Have the loop look at its requests now (e.g. after a cancel)."""
+        self._wake.set()
+
+    def _send(self, items: list[tuple[Request, Output | _Failed]]) -> None:
+        """Hand deltas to whoever waits for them: here, the event loops of the requests' handles."""
+        deliver(items)  # type: ignore[arg-type]  # this engine's requests are the handles of submit()
+
+    def _tick(self) -> None:
+        self._last_step_at = time.monotonic()
 
     # -- loading --
 
@@ -452,8 +505,7 @@ class TorchEngine(Engine):
             with torch.inference_mode():
                 prepacked = prepack_linears(model, self.max_batch_size)
             log.info("%d linear layers prepacked for oneDNN", prepacked)
-        config = model.config.get_text_config(decoder=True)
-        self.max_model_len = int(getattr(config, "max_position_embeddings", 0) or 4096)
+        self.max_model_len = context_length(model.config)
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -468,12 +520,12 @@ class TorchEngine(Engine):
     def _main(self) -> None:
         import torch
 
-        waiting: list[RequestHandle] = []
+        waiting: list[Request] = []
         try:
             self.load()
             with torch.inference_mode():
                 while not self._stopping.is_set():
-                    self._last_step_at = time.monotonic()
+                    self._tick()
                     self._wake.clear()  # before reading the inbox, so that no submit's wake-up is lost
                     while True:
                         try:
@@ -494,32 +546,34 @@ class TorchEngine(Engine):
             self._dead = True
         finally:
             failure = _Failed(EngineDead("the engine stopped before finishing this request"))
-            for handle in waiting + [s.handle for s in self._running]:
-                handle.push(failure)
+            unfinished = waiting + [s.handle for s in self._running]
             while True:
                 try:
-                    self._inbox.get_nowait().push(failure)
+                    unfinished.append(self._inbox.get_nowait())
                 except queue.Empty:
                     break
+            self._send([(request, failure) for request in unfinished])
 
-    def _drop_cancelled(self, waiting: list[RequestHandle]) -> list[RequestHandle]:
+    def _drop_cancelled(self, waiting: list[Request]) -> list[Request]:
         kept = []
-        for handle in waiting:
-            if handle.cancelled.is_set():
+        gone: list[tuple[Request, Output | _Failed]] = []
+        for request in waiting:
+            if request.cancelled.is_set():
                 self._finished += 1
-                handle.push(Output("", 0, "cancelled"))
+                gone.append((request, Output("", 0, "cancelled")))
             else:
-                kept.append(handle)
+                kept.append(request)
         cancelled = [i for i, s in enumerate(self._running) if s.handle.cancelled.is_set()]
-        for i in cancelled:
-            self._running[i].handle.push(Output("", 0, "cancelled"))
+        gone += [(self._running[i].handle, Output("", 0, "cancelled")) for i in cancelled]
+        if gone:
+            self._send(gone)
         self._remove_rows(cancelled)
         return kept
 
-    def _admit(self, waiting: list[RequestHandle]) -> list[RequestHandle]:
+    def _admit(self, waiting: list[Request]) -> list[Request]:
         """First come, first served, up to the free slots and the prefill token budget (at least one)."""
         free = self.max_batch_size - len(self._running)
-        admitted: list[RequestHandle] = []
+        admitted: list[Request] = []
         longest = 0
         for handle in waiting[:free]:
             longest = max(longest, len(handle.prompt_ids))
@@ -528,7 +582,7 @@ class TorchEngine(Engine):
             admitted.append(handle)
         return admitted
 
-    def _new_seq(self, handle: RequestHandle) -> _Seq:
+    def _new_seq(self, handle: Request) -> _Seq:
         import torch
 
         params = handle.params
@@ -538,7 +592,7 @@ class TorchEngine(Engine):
             generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
         return _Seq(handle=handle, text=_TextTracker(self.tokenizer, params.stop), generator=generator)
 
-    def _prefill(self, handles: list[RequestHandle]) -> None:
+    def _prefill(self, handles: list[Request]) -> None:
         """Run the prompts of the newcomers (left-padded together), then move their keys and values into
         the batch buffer and pick their first tokens."""
         import torch
@@ -686,7 +740,7 @@ class TorchEngine(Engine):
         greedy = logits.argmax(dim=-1).tolist()
         now = time.monotonic()
         finished: list[int] = []
-        outputs: list[tuple[RequestHandle, Output | _Failed]] = []
+        outputs: list[tuple[Request, Output | _Failed]] = []
         for i, s in enumerate(seqs):
             params = s.params
             token = greedy[i] if s.generator is None else _sample(logits[i], params, s.generator)
@@ -708,8 +762,25 @@ class TorchEngine(Engine):
             outputs.append((s.handle, Output(delta, 1, reason, queue_seconds)))
             if reason is not None:
                 finished.append(self._running.index(s))
-        deliver(outputs)
+        self._send(outputs)
         self._remove_rows(sorted(finished))
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer.encode(text, add_special_tokens=True))
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # some versions return a BatchEncoding
+        ids = ids["input_ids"]
+    return list(ids)
+
+
+def context_length(config: Any) -> int:
+    """The longest sequence (prompt + output) the model takes, from its config."""
+    text_config = config.get_text_config(decoder=True)
+    return int(getattr(text_config, "max_position_embeddings", 0) or 4096)
 
 
 def _sample(logits: Any, params: SamplingParams, generator: Any) -> int:

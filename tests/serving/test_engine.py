@@ -153,3 +153,16 @@ def test_text_tracker_flushes_at_the_end_and_waits_for_whole_characters() -> Non
     tracker = _TextTracker(CharTokenizer(), stop=())
     assert tracker.update([ord("a"), 0xFFFD], final=False) == ("", False)
     assert tracker.update([ord("a"), 0xFFFD, ord("b")], final=True) == ("a\ufffdb", False)
+
+
+def test_text_tracker_streams_a_fast_tokenizer_one_token_at_a_time(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    text = "Héllo, wörld! 你好 🚀 <|im_end|> fox"  # characters of several bytes, each byte its own token
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    tracker = _TextTracker(tokenizer, stop=())
+    assert tracker._stream is not None  # the tokenizers library's DecodeStream, not the window fallback
+    deltas = [tracker.update(ids[: i + 1], final=i == len(ids) - 1)[0] for i in range(len(ids))]
+    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True) == "Héllo, wörld! 你好 🚀  fox"
+    assert all("\ufffd" not in d for d in deltas)  # never half a character
