@@ -6,7 +6,8 @@
 On one model and one workload, one after the other on the same machine:
   (a) baseline: a FastAPI handler that calls `model.generate` once per request behind a lock (streamed);
   (b) server:   `python -m serving` with the same model, over HTTP;
-  (c) engine:   our TorchEngine alone, no HTTP, at the same concurrency and batch size;
+  (c) engine:   our engine alone, in its own process as the server runs it (serving.engine_process), no
+                HTTP, at the same concurrency and batch size;
   (d) optional (--with-transformers-cb): transformers' generate_batch on the same prompts, offline.
 (a) and (b) are driven by serving.bench's load generator (streamed completions, greedy, ignore_eos), (c)
 by the same prompts submitted straight to the engine. Then it prints the figures and the ratios against
@@ -173,9 +174,11 @@ def _warm_up(base_url: str, model: str) -> None:
 
 
 async def _engine_alone(model_path: Path, model_name: str, args: argparse.Namespace) -> dict[str, Any]:
-    from serving.engine import SamplingParams, TorchEngine
+    from serving.engine import SamplingParams
+    from serving.engine_process import EngineProcess
 
-    engine = TorchEngine(model_path, model_name=model_name, max_batch_size=args.concurrency)
+    # The engine exactly as the server runs it (in its own process), minus HTTP.
+    engine = EngineProcess(model_path, model_name=model_name, max_batch_size=args.concurrency)
     engine.start()
     while not engine.loaded:
         if engine.dead:

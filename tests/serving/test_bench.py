@@ -329,7 +329,7 @@ def test_the_time_bound_also_holds_while_requests_are_still_being_scheduled(stub
 
 def test_connection_failures_are_errors_not_crashes() -> None:
     result = asyncio.run(run_load(DOWN_URL, model="m", concurrency=1, requests=2, input_len=4, output_len=4))
-    assert (result.completed, result.errors, result.error_kinds) == (0, 2, {"ConnectError": 2})
+    assert (result.completed, result.errors, result.error_kinds) == (0, 2, {"ClientConnectorError": 2})
 
 
 def test_the_command_prints_a_table_per_level_and_writes_json(stub: Stub, tmp_path: Path) -> None:
