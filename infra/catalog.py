@@ -100,3 +100,38 @@ def cheapest(cloud: str, gpu_type: str, gpus: int | None = None) -> GpuMachine |
     """The cheapest on-demand machine with this GPU (and GPU count, if given) on this cloud."""
     fits = [m for m in machines(cloud) if m.gpu_type == gpu_type and (gpus is None or m.gpus == gpus)]
     return min(fits, key=lambda m: m.on_demand_per_hour, default=None)
+
+
+# --- what a cluster costs besides its GPU nodes (same regions, same caveats) ---------------------------
+
+# On-demand $/hour of the CPU machine types the stacks use for system nodes (and close alternatives).
+CPU_MACHINES: dict[tuple[str, str], float] = {
+    ("aws", "m6i.large"): 0.096,
+    ("aws", "m6i.xlarge"): 0.192,
+    ("aws", "m7i.large"): 0.1008,
+    ("gcp", "e2-standard-2"): 0.067,
+    ("gcp", "e2-standard-4"): 0.134,
+    ("azure", "Standard_D2ds_v5"): 0.113,
+    ("azure", "Standard_D4ds_v5"): 0.226,
+}
+
+# The managed control plane: EKS standard support, GKE's cluster management fee, AKS by pricing tier.
+CONTROL_PLANE_PER_HOUR = {"aws": 0.10, "gcp": 0.10}
+AKS_TIER_PER_HOUR = {"free": 0.0, "standard": 0.10, "premium": 0.60}
+
+# A NAT gateway's hourly charge (AWS and Azure); Cloud NAT on GCP is charged per VM that uses it, up to 32.
+NAT_GATEWAY_PER_HOUR = {"aws": 0.045, "azure": 0.045}
+GCP_NAT_PER_VM_HOUR = 0.0014
+GCP_NAT_MAX_VMS = 32
+
+# The load balancer in front of the serving Service: an AWS NLB, a GCP forwarding rule, an Azure Standard
+# load balancer rule (hourly part only; data processed is charged by the GB).
+LOAD_BALANCER_PER_HOUR = {"aws": 0.0225, "gcp": 0.025, "azure": 0.025}
+
+
+PRICED_CLOUDS = ("aws", "gcp", "azure")
+
+
+def cpu_price(cloud: str, machine_type: str) -> float | None:
+    """On-demand $/hour of a CPU machine type, or None when the catalog does not know it."""
+    return CPU_MACHINES.get((cloud, machine_type))

@@ -2,12 +2,16 @@
 
   servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
   servestack check (--stack NAME | --plan FILE)  the policy pack on that plan [--json FILE]
-  servestack run [--model smollm2|tiny]          the main job: plans, checks, serving benchmark
+  servestack cost (--stack NAME | --plan FILE)   the estimated $/hour of that plan [--json FILE]
+  servestack compare [--bench STACK=FILE ...]    the stacks side by side, and a report with plots
+  servestack run [--model smollm2|tiny]          the main job: plans, checks, costs, serving benchmark,
+                                                 comparison report
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -21,6 +25,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from infra.check import register as register_check
+from infra.compare import register as register_compare
+from infra.cost import register as register_cost
 from infra.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
 from infra.terminal import console, errors
 
@@ -42,11 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.set_defaults(handler=_plan)
 
     register_check(commands)
+    register_cost(commands)
+    register_compare(commands, OUT_DIR)
 
-    run = commands.add_parser("run", help="the main job: offline plans and policy check of every stack, then "
-                                          "the serving benchmark with a bundled model")
+    run = commands.add_parser("run", help="the main job: offline plans, policy check and cost of every stack, "
+                                          "the serving benchmark with a bundled model, the comparison report")
     run.add_argument("--model", default="smollm2", choices=("smollm2", "tiny"), help="the bundled model to serve")
-    run.add_argument("--skip-serving", action="store_true", help="plans and policy check only")
+    run.add_argument("--skip-serving", action="store_true", help="no serving benchmark")
     run.set_defaults(handler=_run)
 
     args = parser.parse_args(argv)
@@ -105,19 +113,29 @@ def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from infra.check import check_all
+    from infra.cost import estimate, print_estimate
 
     plans = OUT_DIR / "plans"
     shutil.rmtree(plans, ignore_errors=True)  # a removed stack's old plan must not be checked
     planned = _plan_all(plans)
     console.rule("[bold]policy check")
     checked = check_all(plans, OUT_DIR / "check", console)
-    if args.skip_serving:
-        return max(planned, checked)
-    # The serving image's server with its bundled model on this machine, against the naive baseline.
-    console.rule(f"[bold]serving benchmark: {args.model}, naive baseline vs our server vs our engine alone")
-    served = subprocess.run([sys.executable, "-m", "serving.sidebyside", "--model", args.model,
-                             "--json", str(OUT_DIR / f"sidebyside-{args.model}.json")], cwd=ROOT, check=False)
-    return max(planned, checked, served.returncode)
+    console.rule("[bold]cost estimates")
+    for path in sorted(plans.glob("*.json")):
+        print_estimate(console, estimate(json.loads(path.read_text())))
+    served = 0
+    compare_args = [sys.executable, "-m", "infra.cli", "compare", "--plans", str(plans)]
+    if not args.skip_serving:
+        # The serving image's server with its bundled model on this machine, against the naive baseline.
+        console.rule(f"[bold]serving benchmark: {args.model}, naive baseline vs our server vs our engine alone")
+        sidebyside = OUT_DIR / f"sidebyside-{args.model}.json"
+        served = subprocess.run([sys.executable, "-m", "serving.sidebyside", "--model", args.model,
+                                 "--json", str(sidebyside)], cwd=ROOT, check=False).returncode
+        if served == 0:
+            compare_args += ["--sidebyside", str(sidebyside)]
+    console.rule("[bold]comparison")
+    compared = subprocess.run(compare_args, cwd=ROOT, check=False).returncode
+    return max(planned, checked, served, compared)
 
 
 def _print_plan(plan: Mapping[str, Any]) -> None:

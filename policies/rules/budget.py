@@ -46,6 +46,7 @@ class Pool:
     max_nodes: int | Unknown
     spot: bool | Unknown
     tainted: bool
+    min_nodes: int | Unknown = 0  # what the pool keeps when idle (the cost estimate's floor)
 
 
 def _known_machine(cloud: str, machine_type: str) -> catalog.GpuMachine | None:
@@ -75,13 +76,17 @@ def _aks_pool(resource: Resource, label: str, p: dict[str, Any]) -> Pool:
     auto = p.get("enableAutoScaling")
     if isinstance(auto, Unknown):
         max_nodes: int | Unknown | None = auto
+        min_nodes: int | Unknown | None = auto
     else:
-        max_nodes = _count(p.get("maxCount") if v.truthy(auto or False) else p.get("count"))
+        scales = v.truthy(auto or False)
+        max_nodes = _count(p.get("maxCount") if scales else p.get("count"))
+        min_nodes = _count(p.get("minCount") if scales else p.get("count"))
     priority = p.get("scaleSetPriority")
     spot = priority if isinstance(priority, Unknown) else str(priority or "").lower() == "spot"
     size = p.get("vmSize")
     return Pool(resource, label, "azure", (size,) if isinstance(size, str) else (),
-                1 if max_nodes is None else max_nodes, spot, _has_gpu_taint(p.get("nodeTaints")))
+                1 if max_nodes is None else max_nodes, spot, _has_gpu_taint(p.get("nodeTaints")),
+                1 if min_nodes is None else min_nodes)
 
 
 def _gke_zones(pool: Resource, clusters: dict[str, Resource]) -> int:
@@ -98,6 +103,21 @@ def _gke_zones(pool: Resource, clusters: dict[str, Resource]) -> int:
     return 1 if isinstance(location, str) and _ZONE.match(location) else GKE_DEFAULT_ZONES
 
 
+def _gke_nodes(pool: Resource, clusters: dict[str, Resource], auto: dict[str, Any] | None, total_key: str,
+               per_zone_key: str, fixed: int | Unknown | None, unset: int) -> int | Unknown:
+    """A GKE pool's node bound: the autoscaler's total, or its per-zone bound (or the fixed count; `unset`
+    where neither is given) times the pool's zones."""
+    total = _count(auto.get(total_key)) if auto else None
+    if total is not None:
+        return total
+    per_zone = _count(auto.get(per_zone_key)) if auto else fixed
+    if isinstance(per_zone, Unknown):
+        return per_zone
+    if per_zone is None:
+        per_zone = unset
+    return per_zone * _gke_zones(pool, clusters)
+
+
 def pools(resources: list[Resource]) -> list[Pool]:
     clusters = {r.urn: r for r in resources if r.type == GKE_CLUSTER}
     found: list[Pool] = []
@@ -110,27 +130,22 @@ def pools(resources: list[Resource]) -> list[Pool]:
                 r, r.name, "aws", tuple(t for t in v.items(types) if isinstance(t, str)),
                 _count(v.dig(p, "scalingConfig", "maxSize")) or 0,
                 capacity if isinstance(capacity, Unknown) else str(capacity or "").upper() == "SPOT",
-                _has_gpu_taint(p.get("taints"))))
+                _has_gpu_taint(p.get("taints")), _count(v.dig(p, "scalingConfig", "minSize")) or 0))
         elif r.type == GKE_NODE_POOL:
             node = v.as_dict(p.get("nodeConfig"))
             auto = p.get("autoscaling") if isinstance(p.get("autoscaling"), dict) else None
-            total = _count(auto.get("totalMaxNodeCount")) if auto else None
+            fixed = _count(p.get("nodeCount") if p.get("nodeCount") is not None else p.get("initialNodeCount"))
             # without autoscaling a pool runs nodeCount per zone, or initialNodeCount where that is unset
-            per_zone = (_count(auto.get("maxNodeCount")) if auto
-                        else _count(p.get("nodeCount") if p.get("nodeCount") is not None
-                                    else p.get("initialNodeCount")))
-            if total is not None:
-                max_nodes: int | Unknown = total
-            elif isinstance(per_zone, Unknown):
-                max_nodes = per_zone
-            else:
-                max_nodes = (per_zone if per_zone is not None else 1) * _gke_zones(r, clusters)
+            max_nodes = _gke_nodes(r, clusters, auto, "totalMaxNodeCount", "maxNodeCount", fixed, unset=1)
+            min_nodes = _gke_nodes(r, clusters, auto, "totalMinNodeCount", "minNodeCount", fixed,
+                                   unset=0 if auto else 1)
             spot_flags = [node.get("spot"), node.get("preemptible")]
             unknown_spot = next((f for f in spot_flags if isinstance(f, Unknown)), None)
             machine = node.get("machineType")
             found.append(Pool(r, r.name, "gcp", (machine,) if isinstance(machine, str) else (), max_nodes,
                               unknown_spot or any(v.truthy(f) is True for f in spot_flags if f is not None),
-                              _has_gpu_taint(node.get("taints")) or bool(node.get("guestAccelerators"))))
+                              _has_gpu_taint(node.get("taints")) or bool(node.get("guestAccelerators")),
+                              min_nodes))
         elif r.type == AKS_POOL:
             found.append(_aks_pool(r, r.name, p))
         elif r.type == AKS_CLUSTER:

@@ -1,0 +1,249 @@
+"""The cost estimate of a stack, from its offline plan and the price catalog (`infra.catalog`).
+
+What is priced is what the plan would create: the node pools (read as the gpu-budget policy reads them),
+the managed control plane, NAT and the serving load balancer, each at its hourly list price in the cloud's
+reference region. Three figures per stack:
+
+- idle: every pool at its minimum, with room for the serving Deployment's minimum replicas;
+- peak: every pool at its maximum;
+- per replica: the GPU capacity one more serving replica takes, which turns a measured throughput into
+  dollars per million output tokens.
+
+Left out, because they depend on traffic and data rather than on the plan: disks, object storage, data
+transfer, per-GB NAT and load-balancer processing, logs and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from infra import catalog, terminal
+from policies.rules.budget import AKS_CLUSTER, pools
+from policies.rules.common import Resource
+from policies.rules.values import Unknown
+
+GPU_RESOURCE = "nvidia.com/gpu"
+EKS_CLUSTER = "aws:eks/cluster:Cluster"
+GKE_CLUSTER = "gcp:container/cluster:Cluster"
+AWS_NAT = "aws:ec2/natGateway:NatGateway"
+AZURE_NAT = "azure-native:network:NatGateway"
+GCP_NAT = "gcp:compute/routerNat:RouterNat"
+SERVICE = "kubernetes:core/v1:Service"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+EXIT_BAD_INPUT = 2
+
+
+@dataclass(frozen=True)
+class Line:
+    """One priced item: its hourly price per unit, and how many units run idle and at peak."""
+
+    item: str
+    per_hour: float
+    idle: int
+    peak: int
+
+    @property
+    def idle_per_hour(self) -> float:
+        return self.per_hour * self.idle
+
+    @property
+    def peak_per_hour(self) -> float:
+        return self.per_hour * self.peak
+
+
+@dataclass(frozen=True)
+class Estimate:
+    stack: str
+    cloud: str
+    lines: tuple[Line, ...]
+    replica_per_hour: float | None  # the GPU capacity of one serving replica; None without a priced GPU pool
+    gpu: str | None = None  # e.g. "nvidia-l4 x1 on g6.xlarge, spot"
+    unpriced: tuple[str, ...] = field(default_factory=tuple)  # what the catalog cannot price
+
+    @property
+    def idle_per_hour(self) -> float:
+        return sum(line.idle_per_hour for line in self.lines)
+
+    @property
+    def peak_per_hour(self) -> float:
+        return sum(line.peak_per_hour for line in self.lines)
+
+    def per_million_tokens(self, tokens_per_second: float) -> float | None:
+        """Dollars per million output tokens for one replica serving `tokens_per_second` without pause."""
+        if self.replica_per_hour is None or tokens_per_second <= 0:
+            return None
+        return self.replica_per_hour / (tokens_per_second * 3600) * 1_000_000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "cloud": self.cloud,
+            "gpu": self.gpu,
+            "idle_per_hour": round(self.idle_per_hour, 4),
+            "peak_per_hour": round(self.peak_per_hour, 4),
+            "replica_per_hour": None if self.replica_per_hour is None else round(self.replica_per_hour, 4),
+            "lines": [{"item": line.item, "per_hour": line.per_hour, "idle": line.idle, "peak": line.peak}
+                      for line in self.lines],
+            "unpriced": list(self.unpriced),
+        }
+
+
+def _resources(plan: Mapping[str, Any]) -> list[Resource]:
+    return [Resource(r["type"], r["urn"], r["name"], dict(r.get("inputs") or {}), r.get("parent"),
+                     tuple(r.get("dependencies") or ()), r.get("propertyDependencies") or {})
+            for r in plan["resources"]]
+
+
+def _number(value: Any, default: int) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+
+
+def _serving_shape(resources: Sequence[Resource]) -> tuple[int, int]:
+    """(GPUs per serving replica, minimum replicas), from the serving Deployment and its autoscaler."""
+    gpus, replicas = 0, 0
+    for r in resources:
+        if r.type == DEPLOYMENT:
+            containers = (((r.props.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")
+            for container in containers or []:
+                limit = ((container.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
+                gpus = max(gpus, _number(int(limit) if isinstance(limit, str) and limit.isdigit() else limit, 0))
+            replicas = max(replicas, _number((r.props.get("spec") or {}).get("replicas"), 1))
+    for r in resources:
+        if r.type == HPA:
+            replicas = _number((r.props.get("spec") or {}).get("minReplicas"), 1)
+    return gpus, replicas
+
+
+def estimate(plan: Mapping[str, Any]) -> Estimate:
+    """Price one stack's plan (see the module docstring)."""
+    config = plan.get("config") or {}
+    cloud = str(config.get("servestack:cloud") or (plan.get("outputs") or {}).get("cloud") or "local")
+    if cloud not in catalog.PRICED_CLOUDS:  # the local stack: a cluster that exists and is paid elsewhere
+        return Estimate(str(plan["stack"]), cloud, (), None)
+    resources = _resources(plan)
+    lines: list[Line] = []
+    unpriced: list[str] = []
+    gpus_per_replica, min_replicas = _serving_shape(resources)
+    replica_per_hour: float | None = None
+    gpu: str | None = None
+    nodes_idle = nodes_peak = 0
+
+    for pool in pools(resources):
+        if isinstance(pool.min_nodes, Unknown) or isinstance(pool.max_nodes, Unknown) or not pool.machine_types:
+            unpriced.append(f"node pool {pool.label}: size or machine type unknown in the plan")
+            continue
+        machine_type = pool.machine_types[0]
+        idle, peak = int(pool.min_nodes), int(pool.max_nodes)
+        gpu_machine = _gpu_machine(pool.cloud, machine_type)
+        spot = pool.spot is True
+        if gpu_machine is not None:
+            price = gpu_machine.price_per_hour(spot)
+            per_node = max(1, gpu_machine.gpus // gpus_per_replica) if gpus_per_replica else 1
+            # The Deployment's minimum replicas need GPU nodes even when the pool's own minimum is lower.
+            idle = min(peak, max(idle, math.ceil(min_replicas / per_node))) if gpus_per_replica else idle
+            replica_per_hour = price / per_node
+            gpu = f"{gpu_machine.gpu_type} x{gpu_machine.gpus} on {machine_type}" + (", spot" if spot else "")
+            item = f"GPU nodes {pool.label}: {machine_type}" + (" spot" if spot else "")
+        else:
+            cpu = catalog.cpu_price(pool.cloud, machine_type)
+            if cpu is None:
+                unpriced.append(f"node pool {pool.label}: no price for {machine_type} on {pool.cloud}")
+                continue
+            price = cpu
+            item = f"nodes {pool.label}: {machine_type}"
+        nodes_idle += idle
+        nodes_peak += peak
+        lines.append(Line(item, price, idle, peak))
+
+    for r in resources:
+        if r.type in (EKS_CLUSTER, GKE_CLUSTER):
+            lines.append(Line(f"control plane {r.name}", catalog.CONTROL_PLANE_PER_HOUR[cloud], 1, 1))
+        elif r.type == AKS_CLUSTER:
+            tier = str((r.props.get("sku") or {}).get("tier") or "Free").lower()
+            if tier in catalog.AKS_TIER_PER_HOUR:
+                lines.append(Line(f"control plane {r.name} ({tier} tier)", catalog.AKS_TIER_PER_HOUR[tier], 1, 1))
+            else:
+                unpriced.append(f"control plane {r.name}: unknown AKS tier {tier!r}")
+        elif r.type in (AWS_NAT, AZURE_NAT):
+            lines.append(Line(f"NAT gateway {r.name}", catalog.NAT_GATEWAY_PER_HOUR[cloud], 1, 1))
+        elif r.type == SERVICE and (r.props.get("spec") or {}).get("type") == "LoadBalancer":
+            lines.append(Line(f"load balancer {r.name}", catalog.LOAD_BALANCER_PER_HOUR[cloud], 1, 1))
+    for r in resources:
+        if r.type == GCP_NAT:  # charged per VM behind it, up to a cap
+            lines.append(Line(f"Cloud NAT {r.name} (per VM)", catalog.GCP_NAT_PER_VM_HOUR,
+                              min(nodes_idle, catalog.GCP_NAT_MAX_VMS), min(nodes_peak, catalog.GCP_NAT_MAX_VMS)))
+
+    return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced))
+
+
+def _gpu_machine(cloud: str, machine_type: str) -> catalog.GpuMachine | None:
+    try:
+        return catalog.machine(cloud, machine_type)
+    except catalog.UnknownMachine:
+        return None
+
+
+# --- `servestack cost` ------------------------------------------------------------------------------
+
+
+def print_estimate(console: Console, estimate: Estimate) -> None:
+    if not estimate.lines:
+        console.print(f"{estimate.stack}: nothing to price (a {estimate.cloud} stack runs on a cluster that exists)")
+        return
+    table = Table(title=f"estimated cost of {estimate.stack} ({estimate.cloud}), US$ per hour, list prices",
+                  title_justify="left", caption="idle: every pool at its minimum, the serving minimum replicas up; "
+                  "peak: every pool at its maximum", caption_justify="left")
+    for column in ("item", "$/h each", "idle", "$/h idle", "peak", "$/h peak"):
+        table.add_column(column, justify="left" if column == "item" else "right")
+    for line in estimate.lines:
+        table.add_row(escape(line.item), f"{line.per_hour:.4f}", str(line.idle), f"{line.idle_per_hour:.3f}",
+                      str(line.peak), f"{line.peak_per_hour:.3f}")
+    table.add_row("[bold]total", "", "", f"[bold]{estimate.idle_per_hour:.3f}", "",
+                  f"[bold]{estimate.peak_per_hour:.3f}")
+    console.print(table)
+    if estimate.replica_per_hour is not None:
+        console.print(f"one serving replica ({estimate.gpu}): ${estimate.replica_per_hour:.3f}/h")
+    for item in estimate.unpriced:
+        console.print(f"[yellow]not priced:[/] {escape(item)}")
+
+
+def register(commands: Any) -> None:
+    """Add the `cost` subcommand to the servestack command line."""
+    parser = commands.add_parser("cost", help="the estimated $/hour of a stack, from its offline plan")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--stack", help="stack name (stacks/Pulumi.NAME.yaml): plan it, then price it")
+    source.add_argument("--plan", type=Path, help="a plan JSON written by `servestack plan --json`")
+    parser.add_argument("--json", type=Path, help="write the estimate as JSON here")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from infra.offline.plan import PlanError, load_plan, plan_in_subprocess
+
+    try:
+        if args.plan is not None:
+            plan = load_plan(args.plan)
+        else:
+            with terminal.console.status(f"planning {args.stack} under the mock runtime"):
+                plan = plan_in_subprocess(args.stack)
+    except (PlanError, OSError, ValueError) as error:
+        terminal.errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        return EXIT_BAD_INPUT
+    result = estimate(plan)
+    print_estimate(terminal.console, result)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+        terminal.console.print(f"estimate written to {args.json}")
+    return 0
