@@ -1,8 +1,9 @@
-"""`python -m serving` on a read-only root filesystem, as the Deployment runs it (readOnlyRootFilesystem, an
-emptyDir on /tmp, /dev/shm in memory, the model directory mounted read-only).
+"""`python -m serving` on a read-only root filesystem, as the Deployment runs it (readOnlyRootFilesystem, one
+writable emptyDir named by the environment, /dev/shm in memory, the model directory read-only).
 
-The test makes that filesystem with a private mount namespace (util-linux `unshare`, as root): `/` and the
-model are remounted read-only and a fresh tmpfs covers /tmp, for the server process only.
+The test makes that filesystem with a private mount namespace (util-linux `unshare`, as root), for the
+server process only: a fresh tmpfs is mounted for the writable directory, then `/` and `/tmp` (the
+checkout, the virtualenv and the model included) are remounted read-only.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from tests.serving.conftest import ServerProcess, free_port, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Inside the namespace: mount, prove the root is read-only, then become the server (exec keeps the pid, so
-# the test's SIGTERM reaches the server itself).
+# Inside the namespace: mount, prove that nothing else is writable, then become the server (exec keeps the
+# pid, so the test's SIGTERM reaches the server itself).
 _PREPARE = """
 set -e
-mount --bind "$MODEL_SOURCE" /mnt
-mount -o remount,bind,ro /mnt
-mount -t tmpfs -o size=512m tmpfs /tmp
+mount -t tmpfs -o size=512m tmpfs "$WRITABLE"
 mount -o remount,bind,ro /
-if touch /servestack-write-probe 2>/dev/null; then echo "the root filesystem is writable" >&2; exit 97; fi
+if mountpoint -q /tmp; then mount -o remount,bind,ro /tmp; fi
+for probe in /servestack-probe /tmp/servestack-probe "$MODEL_PATH/servestack-probe" "$REPO/servestack-probe"; do
+    if touch "$probe" 2>/dev/null; then echo "$probe is writable" >&2; exit 97; fi
+done
 exec "$@"
 """
 
@@ -46,10 +48,15 @@ pytestmark = pytest.mark.skipif(not _mount_namespaces_available(),
 
 def test_the_server_serves_and_drains_on_a_read_only_root(tiny_model: Path, tmp_path: Path) -> None:
     port = free_port()
+    writable = tmp_path / "writable"  # the pod's emptyDir
+    writable.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_", "TMPDIR", "TORCH"))}
-    env |= {"MODEL_SOURCE": str(tiny_model), "MODEL_PATH": "/mnt", "SERVESTACK_MODEL_NAME": "tiny",
-            "SERVESTACK_HOST": "127.0.0.1", "SERVESTACK_PORT": str(port), "SERVESTACK_TORCH_THREADS": "1",
-            "HF_HOME": "/tmp/hf", "HOME": "/home/nobody-here", "PYTHONPATH": str(REPO)}
+    env |= {"WRITABLE": str(writable), "REPO": str(REPO), "MODEL_PATH": str(tiny_model),
+            "SERVESTACK_MODEL_NAME": "tiny", "SERVESTACK_HOST": "127.0.0.1", "SERVESTACK_PORT": str(port),
+            "SERVESTACK_TORCH_THREADS": "1", "HOME": "/home/nobody-here", "PYTHONPATH": str(REPO),
+            # what the Deployment points at its emptyDir (HF_HOME) or the server defaults to under it
+            "TMPDIR": str(writable), "HF_HOME": f"{writable}/hf", "XDG_CACHE_HOME": f"{writable}/cache",
+            "TORCHINDUCTOR_CACHE_DIR": f"{writable}/torchinductor", "TRITON_CACHE_DIR": f"{writable}/triton"}
     log = tmp_path / "server.log"
     command = ["unshare", "--mount", "--propagation", "private", "sh", "-c", _PREPARE, "sh",
                sys.executable, "-m", "serving"]
