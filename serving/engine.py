@@ -264,8 +264,9 @@ def prepack_linears(model: Any, batch_size: int) -> int:
 class _TextTracker:
     """Turns a growing list of token ids into text deltas, holding back what may still become a stop string
     or an incomplete UTF-8 character. With a fast (Rust) tokenizer, the tokenizers library's `DecodeStream`
-    decodes each new token in one call, as TGI does; otherwise a short window is decoded per token (as vLLM
-    does): the text of ids[prefix:] minus that of ids[prefix:read] is what the newest ids added."""
+    decodes each new token in one call, as TGI does. Otherwise, and for the rest of a request whose ids the
+    stream refuses (a byte-fallback tokenizer given invalid bytes), a short window is decoded per token, as
+    vLLM does: the text of ids[prefix:] minus that of ids[prefix:read] is what the newest ids added."""
 
     def __init__(self, tokenizer: Any, stop: tuple[str, ...]) -> None:
         self._tokenizer = tokenizer
@@ -278,7 +279,7 @@ class _TextTracker:
 
             self._stream = DecodeStream(skip_special_tokens=True)
         self._fed = 0  # token ids given to the stream
-        self._prefix = 0  # token offsets of the decode window
+        self._prefix = 0  # token offsets of the decode window; with the stream, both mark its last piece
         self._read = 0
         self.text = ""  # all text decoded so far
         self.emitted = 0  # characters of it already sent
@@ -289,12 +290,21 @@ class _TextTracker:
     def _advance(self, token_ids: list[int], final: bool) -> None:
         """Append to `text` what the ids not seen yet decode to."""
         if self._stream is not None:
-            for token in token_ids[self._fed :]:
-                piece = self._stream.step(self._backend, token)
-                if piece:
-                    self.text += piece
-            self._fed = len(token_ids)
-            return
+            try:
+                for i in range(self._fed, len(token_ids)):
+                    piece = self._stream.step(self._backend, token_ids[i])
+                    self._fed = i + 1
+                    if piece:
+                        self.text += piece
+                        self._prefix = self._read = self._fed
+            except Exception:  # the stream refuses these bytes: decode by windows from its last piece on
+                log.debug("DecodeStream refused a token sequence; decoding this request by windows")
+                self._stream = None
+            else:
+                if not final or self._read == len(token_ids):
+                    return
+                # The request ends inside a character the stream still holds: the window path below sends
+                # what those ids decode to (with U+FFFD for the missing bytes), as decode() would.
         before = self._decode(token_ids[self._prefix : self._read])
         after = self._decode(token_ids[self._prefix :])
         if len(after) > len(before) and (final or not after.endswith("\ufffd")):
@@ -441,6 +451,11 @@ class TorchEngine(Engine):
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.stop_and_join)
+
+    @property
+    def looping(self) -> bool:
+        """True from start() until the loop has ended (stopped or failed)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def stop_and_join(self, timeout: float = 60) -> None:
         self._stopping.set()

@@ -166,3 +166,28 @@ def test_text_tracker_streams_a_fast_tokenizer_one_token_at_a_time(tiny_model: P
     deltas = [tracker.update(ids[: i + 1], final=i == len(ids) - 1)[0] for i in range(len(ids))]
     assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True) == "Héllo, wörld! 你好 🚀  fox"
     assert all("\ufffd" not in d for d in deltas)  # never half a character
+
+
+def test_text_tracker_falls_back_to_windows_when_the_stream_refuses_the_bytes() -> None:
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    # A Llama-style byte-fallback tokenizer: random ids make byte sequences that are not UTF-8, and for some
+    # of them DecodeStream raises "Invalid prefix encountered" instead of returning text.
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}, "▁": 259}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>", byte_fallback=True))
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                         decoders.Strip(" ", 1, 0)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", unk_token="<unk>")
+    ids = [4, 145, 259, 4]  # 0x01, 0x8E (a stray continuation byte), a space, 0x01
+
+    def run(stream: bool) -> tuple[str, _TextTracker]:
+        tracker = _TextTracker(tokenizer, stop=())
+        if not stream:
+            tracker._stream = None
+        text = "".join(tracker.update(ids[: i + 1], final=i == len(ids) - 1)[0] for i in range(len(ids)))
+        return text, tracker
+
+    text, tracker = run(stream=True)
+    assert tracker._stream is None  # it fell back, rather than failing the request (and the engine loop)
+    assert text == run(stream=False)[0] == "\x01\ufffd \x01"
