@@ -23,6 +23,7 @@ import asyncio
 import ctypes
 import logging
 import multiprocessing
+import multiprocessing.util
 import signal
 import threading
 import time
@@ -132,6 +133,9 @@ class EngineProcess(Engine):
         from_app.close()  # the child holds its ends; closing ours lets each side see the other's exit as EOF
         to_app.close()
         self._to_engine = to_engine
+        # At interpreter exit multiprocessing joins its children (after a SIGTERM the engine ignores); closing
+        # the pipe first is what tells the engine process to end, even when nobody called stop().
+        multiprocessing.util.Finalize(self, to_engine.close, exitpriority=10)
         threading.Thread(target=self._read, args=(from_engine,), name="engine-reader", daemon=True).start()
         threading.Thread(target=self._load_tokenizer, name="tokenizer-load", daemon=True).start()
 
@@ -144,6 +148,8 @@ class EngineProcess(Engine):
                 log.warning("the engine process did not stop within 60s; killing it")
                 self._process.kill()
                 await asyncio.to_thread(self._process.join, 10)
+        if self._to_engine is not None:
+            self._to_engine.close()
 
     def encode_prompt(self, text: str) -> list[int]:
         return encode_prompt(self._tokenizer, text)
@@ -157,7 +163,7 @@ class EngineProcess(Engine):
         handle = RequestHandle(prompt_ids, params, on_cancel=self._cancel)
         self._handles[handle.id] = handle
         if not self._post(("submit", handle.id, handle.prompt_ids, params, handle.submitted_at)):
-            del self._handles[handle.id]
+            self._handles.pop(handle.id, None)
             raise EngineDead("the engine process is gone")
         return handle
 
@@ -212,7 +218,8 @@ class EngineProcess(Engine):
                     deliveries.append((handle, result))
             deliver(deliveries)
         if not self._stopping:
-            log.error("the engine process exited (code %s)", self._process.exitcode if self._process else None)
+            self._process.join(5)  # to read its exit code
+            log.error("the engine process exited (code %s)", self._process.exitcode)
             self._lost = True
         failure = _Failed(EngineDead("the engine stopped before finishing this request"))
         deliver([(handle, failure) for handle in list(handles.values())])
@@ -267,6 +274,7 @@ class _PipedEngine(TorchEngine):
         finally:
             self._status.running = 0
             self._status.dead = self.dead
+            self._to_app.close()  # the app sees EOF: whatever it still sends has no one to go to
 
 
 def _engine_main(from_app: Connection, to_app: Connection, status: Any, model_path: str, model_name: str,
@@ -279,8 +287,10 @@ def _engine_main(from_app: Connection, to_app: Connection, status: Any, model_pa
                           threads=threads)
     engine.start()
     requests = engine.requests
-    while True:
+    while engine.looping:  # when the loop has ended (stopped or failed), so does this process
         try:
+            if not from_app.poll(0.5):
+                continue
             message = from_app.recv()
         except (EOFError, OSError):  # the app process is gone
             break

@@ -180,39 +180,42 @@ async def _engine_alone(model_path: Path, model_name: str, args: argparse.Namesp
     # The engine exactly as the server runs it (in its own process), minus HTTP.
     engine = EngineProcess(model_path, model_name=model_name, max_batch_size=args.concurrency)
     engine.start()
-    while not engine.loaded:
-        if engine.dead:
-            raise RuntimeError("the engine failed to load")
-        await asyncio.sleep(0.1)
-    params = SamplingParams(max_tokens=args.output_len, temperature=0, ignore_eos=True)
-    async for _ in engine.submit(engine.encode_prompt("warm up"), SamplingParams(max_tokens=4, temperature=0)):
-        pass
-    prompts = [engine.encode_prompt(build_prompt(args.input_len, i)) for i in range(args.requests)]
-    slots = asyncio.Semaphore(args.concurrency)
-    ttft: list[float] = []
-    e2el: list[float] = []
-    itl: list[float] = []
-    tokens = 0
+    try:
+        while not engine.loaded:
+            if engine.dead:
+                raise RuntimeError("the engine failed to load")
+            await asyncio.sleep(0.1)
+        params = SamplingParams(max_tokens=args.output_len, temperature=0, ignore_eos=True)
+        warm_up = SamplingParams(max_tokens=4, temperature=0)
+        async for _ in engine.submit(engine.encode_prompt("warm up"), warm_up):
+            pass
+        prompts = [engine.encode_prompt(build_prompt(args.input_len, i)) for i in range(args.requests)]
+        slots = asyncio.Semaphore(args.concurrency)
+        ttft: list[float] = []
+        e2el: list[float] = []
+        itl: list[float] = []
+        tokens = 0
 
-    async def one(ids: list[int]) -> None:
-        nonlocal tokens
-        async with slots:
-            sent = time.perf_counter()
-            last: float | None = None
-            async for out in engine.submit(ids, params):
-                now = time.perf_counter()
-                if last is None:
-                    ttft.append(now - sent)
-                else:
-                    itl.append(now - last)
-                last = now
-                tokens += out.new_tokens
-            e2el.append(time.perf_counter() - sent)
+        async def one(ids: list[int]) -> None:
+            nonlocal tokens
+            async with slots:
+                sent = time.perf_counter()
+                last: float | None = None
+                async for out in engine.submit(ids, params):
+                    now = time.perf_counter()
+                    if last is None:
+                        ttft.append(now - sent)
+                    else:
+                        itl.append(now - last)
+                    last = now
+                    tokens += out.new_tokens
+                e2el.append(time.perf_counter() - sent)
 
-    start = time.perf_counter()
-    await asyncio.gather(*[one(ids) for ids in prompts])
-    duration = time.perf_counter() - start
-    await engine.stop()
+        start = time.perf_counter()
+        await asyncio.gather(*[one(ids) for ids in prompts])
+        duration = time.perf_counter() - start
+    finally:
+        await engine.stop()
     return {
         "completed": len(e2el),
         "errors": args.requests - len(e2el),

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -122,3 +125,36 @@ def test_the_engine_process_exits_when_the_server_is_killed(start_server: Callab
     gone, alive = psutil.wait_procs(engines, timeout=20)
     assert gone and not alive
 
+
+
+async def test_a_model_that_fails_to_load_ends_the_engine_process(tiny_model: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")  # the tokenizer loads; the model cannot
+    engine = EngineProcess(broken, model_name="broken", threads=1)
+    engine.start()
+    await until(lambda: engine.dead, "the engine never reported the failed load")
+    await asyncio.to_thread(engine._process.join, 30)  # it ends by itself: nobody has to stop it
+    assert engine._process.exitcode == 0
+    assert not engine.loaded
+    with pytest.raises(EngineDead):
+        engine.submit([1, 2], SamplingParams(max_tokens=1))
+
+
+def test_a_program_that_never_calls_stop_still_exits(tiny_model: Path) -> None:
+    program = f"""
+import asyncio
+from serving.engine_process import EngineProcess
+
+async def main():
+    engine = EngineProcess({str(tiny_model)!r}, model_name="tiny", threads=1)
+    engine.start()
+    while not engine.loaded:
+        await asyncio.sleep(0.05)
+
+asyncio.run(main())
+print("returned")
+"""
+    # Without a way to tell the engine process, the interpreter's exit would wait on it for ever.
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=90)
+    assert (done.returncode, done.stdout.strip()) == (0, "returned"), done.stderr
