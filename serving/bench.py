@@ -262,7 +262,9 @@ async def _run_load(
             except asyncio.CancelledError:
                 record(RequestResult(ok=False, error=TIME_LIMIT))
                 raise
-            except (aiohttp.ClientError, json.JSONDecodeError, ValueError) as e:
+            except TimeoutError:  # the session's timeout is the run's time limit
+                result = RequestResult(ok=False, error=TIME_LIMIT)
+            except Exception as e:  # whatever one request meets is that request's error, not the run's
                 result = RequestResult(ok=False, error=type(e).__name__)
             record(result)
 
@@ -468,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         levels = asyncio.run(_main(args))
-    except (aiohttp.ClientError, ValueError) as e:
+    except (aiohttp.ClientError, TimeoutError, ValueError) as e:
         print(f"bench failed: {args.url}: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -56,6 +56,7 @@ class StubBehaviour:
     first_delay_s: float = 0.0
     token_delay_s: float = 0.0
     statuses: list[int] = field(default_factory=list)  # consumed one per request; empty means 200
+    malformed: list[bool] = field(default_factory=list)  # consumed one per request: stream a JSON array chunk
     hang: bool = False
     usage: bool = True
     api_key: str | None = None
@@ -82,18 +83,21 @@ def _stub_app(behaviour: StubBehaviour) -> FastAPI:
         status = behaviour.statuses.pop(0) if behaviour.statuses else 200
         if status != 200:
             return JSONResponse({"error": {"message": "stub failure", "code": status}}, status_code=status)
-        return StreamingResponse(_events(behaviour, body), media_type="text/event-stream")
+        malformed = behaviour.malformed.pop(0) if behaviour.malformed else False
+        return StreamingResponse(_events(behaviour, body, malformed), media_type="text/event-stream")
 
     return app
 
 
-async def _events(behaviour: StubBehaviour, body: dict[str, Any]) -> AsyncIterator[str]:
+async def _events(behaviour: StubBehaviour, body: dict[str, Any], malformed: bool) -> AsyncIterator[str]:
     behaviour.in_flight += 1
     behaviour.max_in_flight = max(behaviour.max_in_flight, behaviour.in_flight)
     try:
         if behaviour.hang:
             await asyncio.sleep(30)
         await asyncio.sleep(behaviour.first_delay_s)
+        if malformed:
+            yield "data: [1, 2]\n\n"
         tokens = int(body["max_tokens"])
         for i in range(tokens):
             if i:
@@ -296,6 +300,13 @@ def test_http_errors_are_counted_by_status(stub: Stub) -> None:
     assert (result.completed, result.errors) == (3, 3)
     assert result.error_kinds == {"HTTP 500": 1, "HTTP 429": 2}
     assert result.to_dict()["output_tokens"] == 3 * 5
+
+
+def test_a_malformed_stream_fails_its_request_only(stub: Stub) -> None:
+    stub.behaviour.malformed = [False, True, False, False]
+    result = _load(stub, concurrency=2, requests=4)
+    assert (result.completed, result.errors, result.not_sent) == (3, 1, 0)
+    assert result.error_kinds == {"AttributeError": 1}
 
 
 def test_a_wrong_api_key_counts_every_request_as_an_error(stub: Stub) -> None:
