@@ -1,12 +1,13 @@
 """`servestack compare`: the clouds side by side, in the terminal and as a report with plots.
 
-    servestack compare [--plans out/plans] [--bench STACK=BENCH.json ...] [--sidebyside SIDEBYSIDE.json]
-                       [--out out/compare]
+    servestack compare [--plans out/plans] [--bench STACK=BENCH.json[@REPLICAS] ...]
+                       [--sidebyside SIDEBYSIDE.json] [--out out/compare]
 
 For every planned stack: the estimated $/hour idle and at peak (infra.cost) and the hourly price of one
 serving replica. Where a stack has a measurement (`--bench`: the JSON of `python -m serving.bench`
-run against that stack's endpoint, one replica serving), its best output throughput and TTFT, and what
-its output tokens cost: $ per million = replica $/h / (tokens/s x 3600) x 1e6. Since no stack may have
+run against that stack's endpoint, with REPLICAS serving it, by default the Deployment's minimum), its
+best output throughput and TTFT, and what its output tokens cost: $ per million = replica $/h /
+(tokens/s per replica x 3600) x 1e6. Since no stack may have
 been measured yet, the report also plots that cost against throughput for every stack, so any measured
 or expected figure can be read off. `--sidebyside` adds the serving benchmark run on this machine
 (`python -m serving.sidebyside`): baseline, our server and our engine alone, on the CPU.
@@ -46,9 +47,10 @@ class Measured:
 
     source: str
     concurrency: int
-    output_throughput: float
+    output_throughput: float  # of the whole endpoint
     ttft_p50_ms: float | None
     ttft_p99_ms: float | None
+    replicas: int | None = None  # that served it, as given; None: the stack's minimum replicas
 
 
 @dataclass(frozen=True)
@@ -57,43 +59,53 @@ class Row:
     measured: Measured | None
 
     @property
-    def per_million_tokens(self) -> float | None:
+    def replicas(self) -> int | None:
         if self.measured is None:
             return None
-        return self.estimate.per_million_tokens(self.measured.output_throughput)
+        return self.measured.replicas or self.estimate.min_replicas
+
+    @property
+    def per_million_tokens(self) -> float | None:
+        if self.measured is None or not self.replicas:
+            return None
+        return self.estimate.per_million_tokens(self.measured.output_throughput / self.replicas)
 
     def to_dict(self) -> dict[str, Any]:
         measured = None
         if self.measured is not None:
             measured = {"source": self.measured.source, "concurrency": self.measured.concurrency,
-                        "output_throughput": self.measured.output_throughput,
+                        "replicas": self.replicas, "output_throughput": self.measured.output_throughput,
                         "ttft_p50_ms": self.measured.ttft_p50_ms, "ttft_p99_ms": self.measured.ttft_p99_ms}
         return {**self.estimate.to_dict(), "measured": measured, "per_million_tokens": self.per_million_tokens}
 
 
-def load_bench(path: Path) -> Measured:
+def load_bench(path: Path, replicas: int | None = None) -> Measured:
     """The level with the highest output throughput in a `serving.bench --json` file."""
     try:
         data = json.loads(path.read_text())
         levels = [level for level in data["levels"] if level["completed"] > 0]
+        if not levels:
+            raise CompareError(f"--bench {path}: no level completed a request")
+        best = max(levels, key=lambda level: float(level["output_throughput"]))
+        return Measured(str(path), int(best["concurrency"]), float(best["output_throughput"]),
+                        best["ttft"]["p50"], best["ttft"]["p99"], replicas)
     except (OSError, ValueError, KeyError, TypeError) as error:
+        if isinstance(error, CompareError):
+            raise
         raise CompareError(f"--bench {path}: not a serving.bench JSON file ({error})") from error
-    if not levels:
-        raise CompareError(f"--bench {path}: no level completed a request")
-    best = max(levels, key=lambda level: level["output_throughput"])
-    return Measured(str(path), int(best["concurrency"]), float(best["output_throughput"]),
-                    best["ttft"]["p50"], best["ttft"]["p99"])
 
 
 def parse_bench_args(values: Sequence[str], stacks: Sequence[str]) -> dict[str, Measured]:
     measured: dict[str, Measured] = {}
     for value in values:
-        stack, sep, file = value.partition("=")
-        if not sep or not stack or not file:
-            raise CompareError(f"--bench {value!r}: expected STACK=FILE, e.g. aws-dev=bench.json")
+        stack, sep, target = value.partition("=")
+        file, at, count = target.rpartition("@") if "@" in target else (target, "", "")
+        if not sep or not stack or not file or (at and not (count.isdigit() and int(count) > 0)):
+            raise CompareError(f"--bench {value!r}: expected STACK=FILE or STACK=FILE@REPLICAS (REPLICAS a "
+                               f"whole number >= 1), e.g. aws-dev=bench.json@1")
         if stack not in stacks:
             raise CompareError(f"--bench {value!r}: no plan for stack {stack!r}; planned: {', '.join(stacks)}")
-        measured[stack] = load_bench(Path(file))
+        measured[stack] = load_bench(Path(file), int(count) if at else None)
     return measured
 
 
@@ -101,9 +113,35 @@ def compare(plans_dir: Path, bench: Sequence[str] = ()) -> list[Row]:
     paths = sorted(plans_dir.glob("*.json"))
     if not paths:
         raise CompareError(f"--plans {plans_dir}: no plan files; run `servestack plan` first")
-    estimates = [estimate(json.loads(path.read_text())) for path in paths]
+    estimates = []
+    for path in paths:
+        try:
+            estimates.append(estimate(json.loads(path.read_text())))
+        except (OSError, ValueError) as error:  # PlanShapeError and JSONDecodeError are ValueErrors
+            raise CompareError(f"{path}: {error}") from error
     measured = parse_bench_args(bench, [e.stack for e in estimates])
     return [Row(e, measured.get(e.stack)) for e in estimates]
+
+
+def load_sidebyside(path: Path) -> dict[str, Any]:
+    """A `serving.sidebyside --json` file, checked for what the report reads."""
+
+    def need(value: Any, *keys: str) -> Any:
+        for key in keys:
+            value = value[key]
+        return value
+
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        for keys in (("model",), ("date",), ("machine", "cores"), ("workload", "concurrency")):
+            need(data, *keys)
+        for name in ("baseline", "server", "engine"):
+            float(need(data, "results", name, "output_throughput"))
+            need(data, "results", name, "ttft", "p50")
+            need(data, "results", name, "ttft", "p99")
+        return data
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise CompareError(f"--sidebyside {path}: not a serving.sidebyside JSON file ({error})") from error
 
 
 # --- the terminal -----------------------------------------------------------------------------------
@@ -126,7 +164,8 @@ def print_rows(rows: Sequence[Row]) -> None:
         ttft = "-" if m is None else f"{_ms(m.ttft_p50_ms)} / {_ms(m.ttft_p99_ms)}"
         table.add_row(e.stack, escape(e.gpu or "-"), _money(e.idle_per_hour if e.lines else None),
                       _money(e.peak_per_hour if e.lines else None), _money(e.replica_per_hour, 3),
-                      "-" if m is None else f"{m.output_throughput:,.1f}", ttft, _money(row.per_million_tokens, 3))
+                      "-" if m is None else f"{m.output_throughput:,.1f} ({row.replicas} repl.)", ttft,
+                      _money(row.per_million_tokens, 3))
     terminal.console.print(table)
 
 
@@ -165,9 +204,9 @@ def _plots(rows: Sequence[Row], sidebyside: dict[str, Any] | None, out: Path) ->
                 continue
             costs = [e.per_million_tokens(t) or 0.0 for t in THROUGHPUTS]  # never None: the replica is priced
             line = ax.plot(THROUGHPUTS, costs, label=e.stack)[0]
-            if row.measured is not None and row.per_million_tokens is not None:
-                ax.scatter([row.measured.output_throughput], [row.per_million_tokens], color=line.get_color(),
-                           zorder=3, edgecolors="black")
+            if row.measured is not None and row.replicas and row.per_million_tokens is not None:
+                ax.scatter([row.measured.output_throughput / row.replicas], [row.per_million_tokens],
+                           color=line.get_color(), zorder=3, edgecolors="black")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("output tokens/s of one replica")
@@ -225,7 +264,7 @@ def _html(rows: Sequence[Row], sidebyside: dict[str, Any] | None, plots: dict[st
         body.append("<tr>" + "".join(cell(v) for v in (
             e.stack, e.gpu or "-", _money(e.idle_per_hour if e.lines else None),
             _money(e.peak_per_hour if e.lines else None), _money(e.replica_per_hour, 3),
-            "-" if m is None else f"{m.output_throughput:,.1f}",
+            "-" if m is None else f"{m.output_throughput:,.1f} ({row.replicas} replicas)",
             "-" if m is None else f"{_ms(m.ttft_p50_ms)} / {_ms(m.ttft_p99_ms)}",
             _money(row.per_million_tokens, 3))) + "</tr>")
     details = []
@@ -256,7 +295,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <h1>servestack: clouds side by side</h1>
 <p>Generated {html.escape(generated)}. Estimated from each stack's offline plan at on-demand (or spot) list
 prices of the clouds' reference regions; disks, storage, data transfer and per-GB charges are left out.
-$ per 1M output tokens: one replica's hourly price over its measured output tokens per hour.</p>
+$ per 1M output tokens: one replica's hourly price over its share of the measured output tokens per hour.</p>
 <table>{''.join(body)}</table>
 {_img(plots.get('cost'), 'cost per hour')}
 {_img(plots.get('per_million'), 'dollars per million tokens')}
@@ -300,10 +339,7 @@ def run(args: argparse.Namespace) -> int:
         rows = compare(args.plans, args.bench)
         sidebyside = None
         if args.sidebyside is not None:
-            try:
-                sidebyside = json.loads(args.sidebyside.read_text())
-            except (OSError, ValueError) as error:
-                raise CompareError(f"--sidebyside {args.sidebyside}: {error}") from error
+            sidebyside = load_sidebyside(args.sidebyside)
     except CompareError as error:
         terminal.errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT

@@ -28,9 +28,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from infra import catalog, terminal
+from policies.rules import values as v
 from policies.rules.budget import AKS_CLUSTER, pools
 from policies.rules.common import Resource
-from policies.rules.values import Unknown
+from policies.rules.values import BadValue, Unknown
 
 GPU_RESOURCE = "nvidia.com/gpu"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
@@ -70,6 +71,7 @@ class Estimate:
     replica_per_hour: float | None  # the GPU capacity of one serving replica; None without a priced GPU pool
     gpu: str | None = None  # e.g. "nvidia-l4 x1 on g6.xlarge, spot"
     unpriced: tuple[str, ...] = field(default_factory=tuple)  # what the catalog cannot price
+    min_replicas: int = 1  # of the serving Deployment (its autoscaler's minimum)
 
     @property
     def idle_per_hour(self) -> float:
@@ -93,20 +95,31 @@ class Estimate:
             "idle_per_hour": round(self.idle_per_hour, 4),
             "peak_per_hour": round(self.peak_per_hour, 4),
             "replica_per_hour": None if self.replica_per_hour is None else round(self.replica_per_hour, 4),
+            "min_replicas": self.min_replicas,
             "lines": [{"item": line.item, "per_hour": line.per_hour, "idle": line.idle, "peak": line.peak}
                       for line in self.lines],
             "unpriced": list(self.unpriced),
         }
 
 
+class PlanShapeError(ValueError):
+    pass
+
+
 def _resources(plan: Mapping[str, Any]) -> list[Resource]:
-    return [Resource(r["type"], r["urn"], r["name"], dict(r.get("inputs") or {}), r.get("parent"),
-                     tuple(r.get("dependencies") or ()), r.get("propertyDependencies") or {})
-            for r in plan["resources"]]
+    try:
+        return [Resource(r["type"], r["urn"], r["name"], v.as_dict(v.plain(r.get("inputs") or {})),
+                         r.get("parent"), tuple(r.get("dependencies") or ()), r.get("propertyDependencies") or {})
+                for r in plan["resources"]]
+    except (KeyError, TypeError, AttributeError) as error:
+        raise PlanShapeError(f"not a servestack plan: a resource lacks {error}") from error
 
 
-def _number(value: Any, default: int) -> int:
-    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else default
+def _count(value: Any, default: int) -> int:
+    try:
+        return v.port_number(value)  # a whole number given as int, float or string
+    except BadValue:
+        return default
 
 
 def _serving_shape(resources: Sequence[Resource]) -> tuple[int, int]:
@@ -114,32 +127,37 @@ def _serving_shape(resources: Sequence[Resource]) -> tuple[int, int]:
     gpus, replicas = 0, 0
     for r in resources:
         if r.type == DEPLOYMENT:
-            containers = (((r.props.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")
-            for container in containers or []:
-                limit = ((container.get("resources") or {}).get("limits") or {}).get(GPU_RESOURCE)
-                gpus = max(gpus, _number(int(limit) if isinstance(limit, str) and limit.isdigit() else limit, 0))
-            replicas = max(replicas, _number((r.props.get("spec") or {}).get("replicas"), 1))
+            containers = v.items(v.dig(r.props, "spec", "template", "spec", "containers"))
+            gpus = max(gpus, sum(_count(v.dig(c, "resources", "limits", GPU_RESOURCE), 0) for c in containers))
+            replicas = max(replicas, _count(v.dig(r.props, "spec", "replicas"), 1))
     for r in resources:
         if r.type == HPA:
-            replicas = _number((r.props.get("spec") or {}).get("minReplicas"), 1)
+            replicas = _count(v.dig(r.props, "spec", "minReplicas"), 1)
     return gpus, replicas
 
 
 def estimate(plan: Mapping[str, Any]) -> Estimate:
     """Price one stack's plan (see the module docstring)."""
+    if not isinstance(plan, Mapping) or "stack" not in plan or not isinstance(plan.get("resources"), list):
+        raise PlanShapeError("not a servestack plan: it needs a 'stack' and a 'resources' list")
     config = plan.get("config") or {}
     cloud = str(config.get("servestack:cloud") or (plan.get("outputs") or {}).get("cloud") or "local")
-    if cloud not in catalog.PRICED_CLOUDS:  # the local stack: a cluster that exists and is paid elsewhere
-        return Estimate(str(plan["stack"]), cloud, (), None)
     resources = _resources(plan)
+    gpus_per_replica, min_replicas = _serving_shape(resources)
+    if cloud not in catalog.PRICED_CLOUDS:  # the local stack: a cluster that exists and is paid elsewhere
+        return Estimate(str(plan["stack"]), cloud, (), None, min_replicas=min_replicas)
     lines: list[Line] = []
     unpriced: list[str] = []
-    gpus_per_replica, min_replicas = _serving_shape(resources)
+    floor_left = min_replicas  # serving replicas the GPU pools must hold even when idle
     replica_per_hour: float | None = None
     gpu: str | None = None
     nodes_idle = nodes_peak = 0
 
-    for pool in pools(resources):
+    try:
+        found = pools(resources)
+    except (BadValue, TypeError, AttributeError) as error:
+        raise PlanShapeError(f"a node pool of this plan cannot be read: {error}") from error
+    for pool in found:
         if isinstance(pool.min_nodes, Unknown) or isinstance(pool.max_nodes, Unknown) or not pool.machine_types:
             unpriced.append(f"node pool {pool.label}: size or machine type unknown in the plan")
             continue
@@ -149,11 +167,18 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
         spot = pool.spot is True
         if gpu_machine is not None:
             price = gpu_machine.price_per_hour(spot)
-            per_node = max(1, gpu_machine.gpus // gpus_per_replica) if gpus_per_replica else 1
+            per_node = gpu_machine.gpus // gpus_per_replica if gpus_per_replica else 1  # replicas per node
+            if per_node == 0:
+                unpriced.append(f"serving replicas: {gpus_per_replica} GPUs each, but {machine_type} has "
+                                f"{gpu_machine.gpus}; they cannot be scheduled on {pool.label}")
+                per_node = 1
             # The Deployment's minimum replicas need GPU nodes even when the pool's own minimum is lower.
-            idle = min(peak, max(idle, math.ceil(min_replicas / per_node))) if gpus_per_replica else idle
-            replica_per_hour = price / per_node
-            gpu = f"{gpu_machine.gpu_type} x{gpu_machine.gpus} on {machine_type}" + (", spot" if spot else "")
+            held = min(peak, math.ceil(floor_left / per_node)) if gpus_per_replica else 0
+            floor_left = max(0, floor_left - held * per_node)
+            idle = max(idle, held)
+            if replica_per_hour is None:  # the first GPU pool serves; a second one only adds capacity
+                replica_per_hour = price / per_node
+            gpu = gpu or f"{gpu_machine.gpu_type} x{gpu_machine.gpus} on {machine_type}" + (", spot" if spot else "")
             item = f"GPU nodes {pool.label}: {machine_type}" + (" spot" if spot else "")
         else:
             cpu = catalog.cpu_price(pool.cloud, machine_type)
@@ -170,21 +195,21 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
         if r.type in (EKS_CLUSTER, GKE_CLUSTER):
             lines.append(Line(f"control plane {r.name}", catalog.CONTROL_PLANE_PER_HOUR[cloud], 1, 1))
         elif r.type == AKS_CLUSTER:
-            tier = str((r.props.get("sku") or {}).get("tier") or "Free").lower()
+            tier = str(v.dig(r.props, "sku", "tier") or "Free").lower()
             if tier in catalog.AKS_TIER_PER_HOUR:
                 lines.append(Line(f"control plane {r.name} ({tier} tier)", catalog.AKS_TIER_PER_HOUR[tier], 1, 1))
             else:
                 unpriced.append(f"control plane {r.name}: unknown AKS tier {tier!r}")
         elif r.type in (AWS_NAT, AZURE_NAT):
             lines.append(Line(f"NAT gateway {r.name}", catalog.NAT_GATEWAY_PER_HOUR[cloud], 1, 1))
-        elif r.type == SERVICE and (r.props.get("spec") or {}).get("type") == "LoadBalancer":
+        elif r.type == SERVICE and v.dig(r.props, "spec", "type") == "LoadBalancer":
             lines.append(Line(f"load balancer {r.name}", catalog.LOAD_BALANCER_PER_HOUR[cloud], 1, 1))
     for r in resources:
         if r.type == GCP_NAT:  # charged per VM behind it, up to a cap
             lines.append(Line(f"Cloud NAT {r.name} (per VM)", catalog.GCP_NAT_PER_VM_HOUR,
                               min(nodes_idle, catalog.GCP_NAT_MAX_VMS), min(nodes_peak, catalog.GCP_NAT_MAX_VMS)))
 
-    return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced))
+    return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced), min_replicas)
 
 
 def _gpu_machine(cloud: str, machine_type: str) -> catalog.GpuMachine | None:
@@ -237,10 +262,10 @@ def run(args: argparse.Namespace) -> int:
         else:
             with terminal.console.status(f"planning {args.stack} under the mock runtime"):
                 plan = plan_in_subprocess(args.stack)
-    except (PlanError, OSError, ValueError) as error:
+        result = estimate(plan)
+    except (PlanError, OSError, ValueError) as error:  # PlanShapeError is a ValueError
         terminal.errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT
-    result = estimate(plan)
     print_estimate(terminal.console, result)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ Plan = Callable[[str], dict[str, Any]]
 def plans(stack_plan: Plan, tmp_path: Path) -> Path:
     directory = tmp_path / "plans"
     directory.mkdir()
-    for stack in ("aws-dev", "gcp-dev", "local"):
+    for stack in ("aws-dev", "gcp-dev", "gcp-prod", "local"):
         (directory / f"{stack}.json").write_text(json.dumps(stack_plan(stack)))
     return directory
 
@@ -67,6 +67,7 @@ def test_a_measured_stack_gets_its_cost_per_million_tokens_and_the_report_its_pl
     stacks = {s["stack"]: s for s in json.loads((out / "comparison.json").read_text())["stacks"]}
     aws = stacks["aws-dev"]
     assert aws["measured"]["concurrency"] == 8  # the best level
+    assert aws["measured"]["replicas"] == 1  # aws-dev's minimum
     assert aws["measured"]["output_throughput"] == pytest.approx(2000.0)
     assert aws["measured"]["ttft_p50_ms"] == pytest.approx(125.0)  # of 50, 100, 150, 200 ms
     assert aws["per_million_tokens"] == pytest.approx(0.33 / (2000 * 3600) * 1e6)  # $0.0458
@@ -91,9 +92,25 @@ def test_without_measurements_the_report_still_prices_every_stack(plans: Path, t
                                                     "report.html"]
 
 
+def test_an_endpoint_measured_with_several_replicas_is_shared_among_them(plans: Path, tmp_path: Path) -> None:
+    bench = bench_file(tmp_path / "gcp-prod-bench.json", {16: 3000.0})
+    out = tmp_path / "report"
+    # gcp-prod's autoscaler keeps 2 replicas: by default each served half of the measured tokens
+    assert compare("--plans", str(plans), "--bench", f"gcp-prod={bench}", "--out", str(out)).returncode == 0
+    gcp = {s["stack"]: s for s in json.loads((out / "comparison.json").read_text())["stacks"]}["gcp-prod"]
+    assert (gcp["min_replicas"], gcp["measured"]["replicas"]) == (2, 2)
+    assert gcp["per_million_tokens"] == pytest.approx(0.707 / (1500 * 3600) * 1e6)
+    # pinned to one replica for the run, as given after @
+    assert compare("--plans", str(plans), "--bench", f"gcp-prod={bench}@1", "--out", str(out)).returncode == 0
+    gcp = {s["stack"]: s for s in json.loads((out / "comparison.json").read_text())["stacks"]}["gcp-prod"]
+    assert gcp["per_million_tokens"] == pytest.approx(0.707 / (3000 * 3600) * 1e6)
+
+
 @pytest.mark.parametrize(("bench", "message"), [
-    ("aws-dev", "--bench 'aws-dev': expected STACK=FILE"),
-    ("azure-prod=x.json", "no plan for stack 'azure-prod'; planned: aws-dev, gcp-dev, local"),
+    ("aws-dev", "--bench 'aws-dev': expected STACK=FILE or STACK=FILE@REPLICAS"),
+    ("aws-dev=b.json@none", "--bench 'aws-dev=b.json@none': expected STACK=FILE or STACK=FILE@REPLICAS"),
+    ("aws-dev=b.json@0", "(REPLICAS a whole number >= 1)"),
+    ("azure-prod=x.json", "no plan for stack 'azure-prod'; planned: aws-dev, gcp-dev, gcp-prod, local"),
     ("aws-dev=missing.json", "--bench missing.json: not a serving.bench JSON file"),
 ])
 def test_a_bad_bench_argument_is_refused_naming_it(plans: Path, bench: str, message: str) -> None:
@@ -106,3 +123,18 @@ def test_no_plans_is_refused_with_what_to_run(tmp_path: Path) -> None:
     result = compare("--plans", str(tmp_path))
     assert result.returncode == 2
     assert "no plan files; run `servestack plan` first" in result.stderr
+
+
+def test_a_file_that_is_not_a_plan_is_refused_naming_it(plans: Path) -> None:
+    (plans / "notes.json").write_text(json.dumps({"stack": "notes", "resources": "none"}))
+    result = compare("--plans", str(plans))
+    assert result.returncode == 2
+    assert f"{plans / 'notes.json'}: not a servestack plan" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_sidebyside_file_without_its_results_is_refused_naming_it(plans: Path, tmp_path: Path) -> None:
+    partial = tmp_path / "sbs.json"
+    partial.write_text(json.dumps({"model": "smollm2", "results": {"baseline": {}}}))
+    result = compare("--plans", str(plans), "--sidebyside", str(partial))
+    assert result.returncode == 2
+    assert f"--sidebyside {partial}: not a serving.sidebyside JSON file" in result.stderr

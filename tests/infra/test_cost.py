@@ -81,6 +81,14 @@ def test_a_pool_minimum_above_the_replicas_is_its_own_floor(stack_plan: Plan) ->
     assert ("GPU nodes aws-eks-gpu-nodes: g6.xlarge spot", 0.33, 2, 2) in lines(estimate(plan))
 
 
+def test_a_replica_wanting_more_gpus_than_a_node_has_is_named_unschedulable(stack_plan: Plan) -> None:
+    plan = copy.deepcopy(stack_plan("aws-dev"))
+    deployment = next(r for r in plan["resources"] if r["type"] == "kubernetes:apps/v1:Deployment")
+    deployment["inputs"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] = "2"
+    assert estimate(plan).unpriced == ("serving replicas: 2 GPUs each, but g6.xlarge has 1; they cannot be "
+                                       "scheduled on aws-eks-gpu-nodes",)
+
+
 def test_dollars_per_million_tokens_follow_from_one_replica_per_hour() -> None:
     e = Estimate("s", "aws", (Line("GPU", 0.805, 1, 2),), replica_per_hour=0.805)
     assert e.per_million_tokens(1000.0) == pytest.approx(0.805 / 3.6)  # 3.6M tokens in an hour
