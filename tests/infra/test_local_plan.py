@@ -154,6 +154,7 @@ def test_service_is_a_load_balancer_limited_to_the_allowed_cidrs(plan: dict[str,
     assert spec["ports"] == [{"name": "http", "port": 80.0, "targetPort": "http", "protocol": "TCP"}]
     assert spec["externalTrafficPolicy"] == "Local"
     assert plan["outputs"]["endpoint"].startswith("http://203.0.113.")
+    assert plan["outputs"]["gpu_node_usd_per_hour"] == 0.0  # a local cluster is paid for elsewhere
 
 
 def test_first_rollout_may_take_half_an_hour_for_the_deployment_and_its_service(plan: dict[str, Any]) -> None:

@@ -511,6 +511,8 @@ def test_policy_pack_finds_nothing(plan: dict[str, Any]) -> None:
 def test_plan_outputs(plan: dict[str, Any]) -> None:
     outputs = plan["outputs"]
     assert outputs["cloud"] == "aws" and outputs["gpu_machine_type"] == "g6.xlarge"
+    # the catalog's g6.xlarge: spot in dev, on-demand in prod
+    assert outputs["gpu_node_usd_per_hour"] == {"aws-dev": 0.33, "aws-prod": 0.805}[plan["stack"]]
     assert outputs["api_key"] == "[secret]"
 
 
