@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -113,7 +112,8 @@ def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from infra.check import check_all
-    from infra.cost import estimate, print_estimate
+    from infra.compare import CompareError, compare, load_sidebyside, print_rows, write_report
+    from infra.cost import print_estimate
 
     plans = OUT_DIR / "plans"
     shutil.rmtree(plans, ignore_errors=True)  # a removed stack's old plan must not be checked
@@ -121,21 +121,30 @@ def _run(args: argparse.Namespace) -> int:
     console.rule("[bold]policy check")
     checked = check_all(plans, OUT_DIR / "check", console)
     console.rule("[bold]cost estimates")
-    for path in sorted(plans.glob("*.json")):
-        print_estimate(console, estimate(json.loads(path.read_text())))
-    served = 0
-    compare_args = [sys.executable, "-m", "infra.cli", "compare", "--plans", str(plans)]
+    try:
+        rows = compare(plans)  # each plan priced once: here line by line, below side by side
+    except CompareError as error:
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        return EXIT_BAD_INPUT
+    for row in rows:
+        print_estimate(console, row.estimate)
+    served, sidebyside = 0, None
     if not args.skip_serving:
         # The serving image's server with its bundled model on this machine, against the naive baseline.
         console.rule(f"[bold]serving benchmark: {args.model}, naive baseline vs our server vs our engine alone")
-        sidebyside = OUT_DIR / f"sidebyside-{args.model}.json"
+        sidebyside_json = OUT_DIR / f"sidebyside-{args.model}.json"
         served = subprocess.run([sys.executable, "-m", "serving.sidebyside", "--model", args.model,
-                                 "--json", str(sidebyside)], cwd=ROOT, check=False).returncode
+                                 "--json", str(sidebyside_json)], cwd=ROOT, check=False).returncode
         if served == 0:
-            compare_args += ["--sidebyside", str(sidebyside)]
+            try:
+                sidebyside = load_sidebyside(sidebyside_json)
+            except CompareError as error:  # the report goes on without the benchmark, which failed anyway
+                errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+                served = 1
     console.rule("[bold]comparison")
-    compared = subprocess.run(compare_args, cwd=ROOT, check=False).returncode
-    return max(planned, checked, served, compared)
+    print_rows(rows)
+    console.print(f"report written to {write_report(rows, sidebyside, OUT_DIR / 'compare')}")
+    return max(planned, checked, served)
 
 
 def _print_plan(plan: Mapping[str, Any]) -> None:
