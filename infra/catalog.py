@@ -129,7 +129,7 @@ GCP_NAT_MAX_VMS = 32
 LOAD_BALANCER_PER_HOUR = {"aws": 0.0225, "gcp": 0.025, "azure": 0.025}
 
 
-PRICED_CLOUDS = ("aws", "gcp", "azure")
+PRICED_CLOUDS = tuple(c for c in CLOUDS if c != "local")  # a local cluster is paid for elsewhere
 
 
 def cpu_price(cloud: str, machine_type: str) -> float | None:
