@@ -15,6 +15,8 @@ serving = ServingDeployment(
 )
 
 pulumi.export("endpoint", serving.endpoint)
+if serving.connect is not None:
+    pulumi.export("connect", serving.connect)
 pulumi.export("cloud", config.cloud)
 pulumi.export("environment", config.environment)
 pulumi.export("region", config.region or "")
@@ -27,6 +29,10 @@ pulumi.export("gpu_nodes_max", config.gpu.max_nodes)
 machine = config.gpu_machine()
 pulumi.export("gpu_node_usd_per_hour", machine.price_per_hour(config.gpu.spot) if machine else 0.0)
 pulumi.export("namespace", serving.namespace)
+if platform.cluster_name is not None:
+    pulumi.export("cluster_name", platform.cluster_name)
+if platform.kubeconfig is not None:
+    pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
 pulumi.export("registry_url", platform.registry_url or "")
 pulumi.export("model_bucket_uri", platform.model_bucket_uri or "")
 if serving.api_key is not None:

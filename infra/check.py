@@ -27,6 +27,7 @@ from pulumi_policy import (
     EnforcementLevel,
     Policy,
     PolicyCustomTimeouts,
+    PolicyProviderResource,
     PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
@@ -87,6 +88,10 @@ def _stack_resources(plan: Mapping[str, Any]) -> list[PolicyResource]:
              for r in plan["resources"]}
     for r in plan["resources"]:
         resource = built[r["urn"]]
+        provider = built.get(r.get("provider") or "")
+        if provider is not None:
+            resource.provider = PolicyProviderResource(provider.resource_type, provider.props, provider.urn,
+                                                       provider.name)
         resource.parent = built.get(r.get("parent") or "")
         resource.dependencies = [built[u] for u in r.get("dependencies") or [] if u in built]
         resource.property_dependencies = {

@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan.add_argument("--json", type=Path, help="write the plan JSON here (one stack only)")
     plan.add_argument("--quiet", action="store_true", help="print nothing but errors")
     plan.add_argument("--stacks-dir", type=Path, default=STACKS_DIR, help="where the stack files are")
+    plan.add_argument("--life", type=int, default=0,
+                      help="plan the stack as created again after N destroys (new ids, auto-names, random values)")
     plan.set_defaults(handler=_plan)
 
     register_check(commands)
@@ -68,18 +70,21 @@ def _plan(args: argparse.Namespace) -> int:
             errors.print("--json needs --stack: a plan file holds one stack")
             return EXIT_BAD_INPUT
         return _plan_all(OUT_DIR / "plans", args.stacks_dir)
-    return _plan_one(args.stack, args.json, args.stacks_dir, quiet=args.quiet)
+    return _plan_one(args.stack, args.json, args.stacks_dir, quiet=args.quiet, life=args.life)
 
 
-def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool) -> int:
+def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool, life: int = 0) -> int:
     # Imported here: the mock runtime is configured once per process, for this stack only.
     from infra.config import ConfigError
-    from infra.offline.plan import read_stack_config, run_plan, write_plan
+    from infra.offline.plan import DeployError, read_stack_config, run_plan, write_plan
     from infra.offline.schemas import validate_plan
 
     try:
         read_stack_config(stack, stacks_dir)
-        plan = run_plan(stack, stacks_dir)
+        plan = run_plan(stack, stacks_dir, life)
+    except DeployError as error:
+        errors.print(f"[bold red]error:[/] `pulumi up` would fail: {escape(str(error))}", highlight=False)
+        return 1
     except (PlanError, ConfigError) as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return EXIT_BAD_INPUT

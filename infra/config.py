@@ -14,16 +14,20 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Any, TypeVar
 
 import pulumi
 
-from infra import catalog
+from infra import catalog, versions
 
 NAMESPACE = "servestack"
 ENVIRONMENTS = ("dev", "staging", "prod")
-# Kubernetes minor versions the managed clusters offer and kubernetes-validate has schemas for.
-KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(30, 37))
+# Kubernetes minor versions kubernetes-validate has schemas for; each cloud's window (infra/versions.py)
+# narrows them to what it supports on the day of `pulumi up`.
+KUBERNETES_VERSIONS = tuple(f"1.{minor}" for minor in range(30, 38))
+# How the deployer reaches each cloud's Kubernetes API (AccessConfig), the default first.
+API_ACCESS = {"aws": ("public",), "gcp": ("dns", "public"), "azure": ("public",), "local": ("public",)}
 REGION_KEYS = {"aws": "aws:region", "gcp": "gcp:region", "azure": "azure-native:location"}
 MODEL_URI_SCHEMES = ("s3://", "gs://", "az://", "abfs://")
 # The image the serving image bakes its model into (serving/Dockerfile).
@@ -54,11 +58,19 @@ class GpuConfig:
 
 @dataclass(frozen=True)
 class AccessConfig:
-    """Who may reach what. An empty `api_cidrs` means a private Kubernetes API endpoint."""
+    """Who may reach what.
+
+    `api_access` is how the deployer (whoever runs `pulumi up`: a laptop, a CI runner) and the operators
+    reach the Kubernetes API, which every Kubernetes object of the stack goes through: `public`, an API
+    endpoint on the internet that admits only `api_cidrs` (nodes use the private one); `dns`, GKE's DNS
+    endpoint, authorized by IAM, with the IP endpoints private. The network the stack creates does not
+    exist before its first `pulumi up`, so a private-only endpoint would leave the deployer no way in.
+    """
 
     endpoint_cidrs: tuple[str, ...]
     api_cidrs: tuple[str, ...]
     internal_load_balancer: bool
+    api_access: str = "public"
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,10 @@ class AwsConfig:
     system_min_nodes: int
     system_max_nodes: int
     admin_principal_arns: tuple[str, ...]
+    # How the AWS provider authenticates (aws:profile, one role of aws:assumeRoles), which the
+    # kubeconfig's `aws eks get-token` repeats, so that Kubernetes sees the identity that made the cluster.
+    profile: str | None = None
+    role_arn: str | None = None
 
 
 GKE_RELEASE_CHANNELS = ("RAPID", "REGULAR", "STABLE", "EXTENDED")
@@ -130,13 +146,15 @@ AZURE_DNS_SERVICE_IP = "10.0.0.10"
 @dataclass(frozen=True)
 class AzureConfig:
     vnet_cidr: str
-    # The API server has no public endpoint; the default in prod, and wherever apiCidrs is empty.
-    private_cluster: bool
     system_vm_size: str  # the CPU system pool's VM size
     # Public ranges allowed through the model storage account's firewall (operators uploading models).
     storage_cidrs: tuple[str, ...]
-    # What runs `pulumi up` (a person, or CI's service principal): it is made the cluster's RBAC admin.
-    deployer_type: str
+    # How whoever runs `pulumi up` signs in, which the kubeconfig's kubelogin repeats: `azurecli` (the
+    # Azure CLI's login), `spn` (ARM_CLIENT_ID/ARM_CLIENT_SECRET, as pulumi-azure-native reads them), `msi`
+    # (a managed identity) or `workloadidentity` (AZURE_CLIENT_ID and AZURE_FEDERATED_TOKEN_FILE).
+    deployer_login: str = "azurecli"
+    # The deployer's principal type, for its role assignments; None: told from how it signed in.
+    deployer_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -302,8 +320,11 @@ def is_world(cidr: str) -> bool:
 # --- the tree --------------------------------------------------------------------------------------
 
 
-def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
-    """Build the StackConfig from flat Pulumi config (`"ns:key" -> value`), or raise ConfigError."""
+def parse_config(stack: str, values: Mapping[str, Any], today: date | None = None) -> StackConfig:
+    """Build the StackConfig from flat Pulumi config (`"ns:key" -> value`), or raise ConfigError.
+
+    `today` decides which Kubernetes versions the clouds still support (infra/versions.py)."""
+    today = today or date.today()
     problems: list[str] = []
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
     root = _Reader(ours, f"{NAMESPACE}:", problems)
@@ -313,7 +334,7 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
         root.problem("cloud", f"missing; allowed: {', '.join(catalog.CLOUDS)}")
     environment = root.text("environment", "dev", allowed=ENVIRONMENTS, what="a known environment")
     kubernetes_version = root.text("kubernetesVersion", "1.35", allowed=KUBERNETES_VERSIONS,
-                                   what="a supported Kubernetes version")
+                                   what="a Kubernetes version servestack has schemas for")
     budget = root.number("budgetPerHour", None)
 
     region = None
@@ -324,14 +345,16 @@ def parse_config(stack: str, values: Mapping[str, Any]) -> StackConfig:
                             f"(pulumi config set {REGION_KEYS[cloud]} <region>)")
 
     gpu = _gpu(root.object("gpu"), cloud)
-    access = _access(root.object("access"), environment)
+    access = _access(root.object("access"), environment, cloud)
     model = _model(root.object("model"), cloud)
     serving = _serving(root.object("serving"), cloud)
     local = _local(root.object("local"), cloud)
-    aws = _aws(root.object("aws"))
+    aws = _aws(root.object("aws"), values, cloud)
     gcp = _gcp(root.object("gcp"), values, cloud)
-    azure = _azure(root.object("azure"), environment, access, cloud)
+    azure = _azure(root.object("azure"), access, cloud)
     root.reject_unknown()
+    if cloud in versions.RELEASES:
+        _check_version_window(root, cloud, kubernetes_version, gcp.release_channel == "EXTENDED", today)
 
     if gpu.type is not None and cloud not in (None, "local"):
         # A rolling update at full scale starts one extra pod before it stops an old one (maxSurge 1,
@@ -407,12 +430,14 @@ def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
                      max_nodes, spot, disk_gb)
 
 
-def _access(r: _Reader, environment: str) -> AccessConfig:
+def _access(r: _Reader, environment: str, cloud: str | None) -> AccessConfig:
     problems_before = len(r.problems)
     endpoint = r.cidrs("endpointCidrs")
     malformed = len(r.problems) > problems_before
     api = r.cidrs("apiCidrs")
     internal = r.flag("internalLoadBalancer", False)
+    modes = API_ACCESS.get(cloud or "", ("public",))
+    api_access = r.text("apiAccess", modes[0], allowed=modes, what=f"a way to reach the API on {cloud}")
     r.reject_unknown()
     for i, cidr in enumerate(endpoint):
         if is_world(cidr) and environment == "prod":
@@ -422,13 +447,43 @@ def _access(r: _Reader, environment: str) -> AccessConfig:
     for i, cidr in enumerate(api):
         if is_world(cidr):
             r.problem(f"apiCidrs[{i}]", f"{cidr!r} opens the Kubernetes API to the whole internet, which "
-                                        "is never allowed; list the operators' CIDR blocks, or none for a "
-                                        "private endpoint")
+                                        "is never allowed; list the deployer's and the operators' CIDR blocks")
     # An empty list would leave the load balancer open to the world: say so rather than default to it.
     if not endpoint and not malformed and not internal:
         r.problem("endpointCidrs", "missing; list the CIDR blocks allowed to reach the endpoint, or set "
                                    f"{r.key('internalLoadBalancer')} to true")
-    return AccessConfig(endpoint, api, internal)
+    if cloud not in (None, "local"):
+        _check_api_access(r, cloud, api_access, api)
+    return AccessConfig(endpoint, api, internal, api_access)
+
+
+def _check_api_access(r: _Reader, cloud: str, api_access: str, api: tuple[str, ...]) -> None:
+    """Refuse a stack whose Kubernetes objects the deployer could not reach."""
+    if api_access == "public" and not api:
+        dns = f", or set {r.key('apiAccess')} to dns (GKE's DNS endpoint, authorized by IAM)" if cloud == "gcp" else ""
+        r.problem("apiCidrs", "missing, so the Kubernetes API's public endpoint would admit nobody, and the "
+                              "machine running `pulumi up` (a laptop, a CI runner) sits outside the network this "
+                              "stack creates, where the private endpoint is: every Kubernetes object of the stack "
+                              "would time out. List the CIDR blocks of the deployer and the operators (the public "
+                              f"endpoint admits only them; nodes use the private endpoint){dns}")
+    elif api_access == "dns" and api:
+        r.problem("apiCidrs", f"set, but {r.key('apiAccess')} is dns: the IP endpoint is private and the DNS "
+                              "endpoint is authorized by IAM, so there is no public endpoint to restrict; remove "
+                              f"apiCidrs, or set {r.key('apiAccess')} to public")
+
+
+def _check_version_window(r: _Reader, cloud: str, minor: str, extended: bool, today: date) -> None:
+    """The version must be one the cloud supports today (standard support, or GKE's Extended channel)."""
+    release = versions.release(cloud, minor)
+    offered = versions.describe_window(cloud, today, extended)
+    if release is None or not release.supported(today, extended):
+        if release is not None and today >= release.available:
+            why = f"left {cloud}'s support on {release.end_of_standard_support}"
+        elif release is not None:
+            why = f"is not generally available on {cloud} until {release.available}"
+        else:
+            why = f"is not supported on {cloud}"
+        r.problem("kubernetesVersion", f"{minor!r} {why}; supported on {cloud} on {today}: {offered}")
 
 
 def _model(r: _Reader, cloud: str | None) -> ModelConfig:
@@ -515,7 +570,46 @@ _AWS_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _AWS_PRINCIPAL_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")
 
 
-def _aws(r: _Reader) -> AwsConfig:
+# Provider settings whose credentials `aws eks get-token` (the kubeconfig) could not use.
+_AWS_CREDENTIAL_KEYS = ("aws:accessKey", "aws:secretKey", "aws:token", "aws:assumeRoleWithWebIdentity")
+
+
+def _aws_identity(values: Mapping[str, Any], problems: list[str]) -> tuple[str | None, str | None]:
+    """The AWS provider's profile and assumed role, as the kubeconfig's `aws eks get-token` can repeat them."""
+    for key in _AWS_CREDENTIAL_KEYS:
+        if values.get(key):
+            problems.append(f"{key}: set in the stack config, where `aws eks get-token` (the cluster's kubeconfig) "
+                            "cannot read it, so Kubernetes would see another identity than the one that made the "
+                            "cluster; use aws:profile, or the AWS_* environment variables, which both read")
+    profile = values.get("aws:profile")
+    raw = values.get("aws:assumeRoles")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = [raw]
+    roles = raw if isinstance(raw, list) else [] if raw is None else [raw]
+    role_arn = None
+    if len(roles) > 1:
+        problems.append(f"aws:assumeRoles: {len(roles)} roles in a chain, but `aws eks get-token` (the cluster's "
+                        "kubeconfig) assumes one; put the chain in an AWS profile (source_profile) and set "
+                        "aws:profile")
+    elif roles:
+        role = roles[0]
+        arn = role.get("roleArn") if isinstance(role, Mapping) else None
+        if not isinstance(arn, str) or not _AWS_PRINCIPAL_ARN.match(arn):
+            problems.append(f"aws:assumeRoles[0]: {role!r} has no roleArn such as "
+                            "arn:aws:iam::123456789012:role/deployer")
+        elif any(role.get(k) for k in ("externalId", "policy", "policyArns", "transitiveTagKeys", "tags")):
+            problems.append("aws:assumeRoles[0]: sets more than roleArn and sessionName, which `aws eks "
+                            "get-token --role-arn` (the cluster's kubeconfig) cannot repeat; put the role in an "
+                            "AWS profile and set aws:profile")
+        else:
+            role_arn = arn
+    return (str(profile) if profile else None), role_arn
+
+
+def _aws(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> AwsConfig:
     zones = r.integer("availabilityZones", 2, minimum=2, maximum=3)
     vpc_cidr = _private_cidr(r, "vpcCidr", "10.0.0.0/16")
     nat = r.text("natGateways", None, allowed=AWS_NAT_GATEWAYS)
@@ -547,9 +641,16 @@ def _aws(r: _Reader) -> AwsConfig:
             else:
                 r.problem(f"adminPrincipalArns[{i}]", f"{arn!r} is not an IAM role or user ARN such as "
                                                       "arn:aws:iam::123456789012:role/platform-admin")
+    profile, role_arn = _aws_identity(values, r.problems) if cloud == "aws" else (None, None)
     return AwsConfig(availability_zones=zones, vpc_cidr=vpc_cidr, nat_gateways=nat, flow_logs=flow_logs,
                      gpu_ami_type=ami_type, system_instance_type=system_type, system_min_nodes=system_min,
-                     system_max_nodes=system_max, admin_principal_arns=tuple(arns))
+                     system_max_nodes=system_max, admin_principal_arns=tuple(arns), profile=profile,
+                     role_arn=role_arn)
+
+
+# Provider credentials in the stack config, which the kubeconfig's gke-gcloud-auth-plugin (Application
+# Default Credentials) cannot read.
+_GCP_CREDENTIAL_KEYS = ("gcp:credentials", "gcp:accessToken", "gcp:impersonateServiceAccount")
 
 
 def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
@@ -557,6 +658,13 @@ def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
     if cloud == "gcp" and not project:
         r.problems.append("gcp:project: missing; the gcp stacks need a project "
                            "(pulumi config set gcp:project <project-id>)")
+    for key in _GCP_CREDENTIAL_KEYS if cloud == "gcp" else ():
+        if values.get(key):
+            r.problems.append(f"{key}: set in the stack config, where the cluster's kubeconfig (gke-gcloud-auth-plugin "
+                              "with Application Default Credentials) cannot read it, so Kubernetes would see another "
+                              "identity than the one that made the cluster; point Application Default Credentials "
+                              "at that identity instead (GOOGLE_APPLICATION_CREDENTIALS, or `gcloud auth "
+                              "application-default login [--impersonate-service-account SA]`), which both read")
     defaults = GcpConfig(project=None, regional=False, network_cidr="10.10.0.0/20")
     config = GcpConfig(
         project=project,
@@ -626,30 +734,31 @@ def _gcp_zones(r: _Reader, region: Any) -> tuple[str, ...]:
 
 
 _AZURE_VM_SIZE = re.compile(r"^Standard_[A-Za-z0-9_]+$")
+AZURE_DEPLOYER_LOGINS = ("azurecli", "spn", "msi", "workloadidentity")
 _RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
-def _azure(r: _Reader, environment: str, access: AccessConfig, cloud: str | None) -> AzureConfig:
+def _azure(r: _Reader, access: AccessConfig, cloud: str | None) -> AzureConfig:
     vnet_cidr = _private_cidr(r, "vnetCidr", "10.20.0.0/16")
-    private_cluster = r.flag("privateCluster", environment == "prod" or not access.api_cidrs)
+    if r.has("privateCluster"):
+        r._raw("privateCluster")
+        r.problem("privateCluster", "no longer a key: how the deployer reaches the API server is "
+                                    f"{NAMESPACE}:access.apiAccess (see docs/azure.md)")
     system_vm_size = r.text("systemVmSize", "Standard_D4ds_v5")
     storage_cidrs = r.cidrs("storageCidrs")
-    deployer_type = r.text("deployerType", "User", allowed=("User", "ServicePrincipal"), what="a principal type")
+    deployer_login = r.text("deployerLogin", "azurecli", allowed=AZURE_DEPLOYER_LOGINS, what="a kubelogin login mode")
+    deployer_type = r.text("deployerType", None, allowed=("User", "ServicePrincipal"), what="a principal type")
     r.reject_unknown()
+    if deployer_type == "User" and deployer_login != "azurecli":
+        r.problem("deployerType", f"'User', but {r.key('deployerLogin')} is {deployer_login!r}, which signs in an "
+                                  "application or managed identity (a ServicePrincipal); set deployerType to "
+                                  "ServicePrincipal, or remove it")
     vnet = ipaddress.ip_network(vnet_cidr)
     for name, cidr in (("pod", AZURE_POD_CIDR), ("service", AZURE_SERVICE_CIDR)):
         if vnet.overlaps(ipaddress.ip_network(cidr)):
             r.problem("vnetCidr", f"{vnet_cidr!r} overlaps the cluster's {name} range {cidr}; choose a range "
                                   "outside it, such as 10.20.0.0/16")
     on_azure = cloud == "azure"
-    if on_azure and not private_cluster and not access.api_cidrs:
-        r.problem("privateCluster", "false, but servestack:access.apiCidrs is empty, which would open the "
-                                    "Kubernetes API to the whole internet; list the operators' CIDR blocks "
-                                    "or set privateCluster to true")
-    elif on_azure and private_cluster and access.api_cidrs:
-        r.problem("privateCluster", "true, but servestack:access.apiCidrs is set; a private cluster's API "
-                                    "has no public endpoint to restrict: remove apiCidrs or set "
-                                    "privateCluster to false")
     for i, cidr in enumerate(access.api_cidrs):
         # The AKS API server has an IPv4 address only; authorizedIPRanges takes IPv4 ranges.
         if on_azure and ipaddress.ip_network(cidr).version == 6:
@@ -667,8 +776,8 @@ def _azure(r: _Reader, environment: str, access: AccessConfig, cloud: str | None
                                             "IPv4 ranges from /1 to /30, or single addresses (/32)")
             continue
         storage_ranges.append(str(network.network_address) if network.prefixlen == 32 else cidr)
-    return AzureConfig(vnet_cidr=vnet_cidr, private_cluster=private_cluster, system_vm_size=system_vm_size,
-                       storage_cidrs=tuple(storage_ranges), deployer_type=deployer_type)
+    return AzureConfig(vnet_cidr=vnet_cidr, system_vm_size=system_vm_size, storage_cidrs=tuple(storage_ranges),
+                       deployer_login=deployer_login, deployer_type=deployer_type)
 
 
 def load_stack_config() -> StackConfig:

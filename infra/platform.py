@@ -9,7 +9,7 @@ underlying resource.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
@@ -40,6 +40,17 @@ GPU_TOLERATION = Toleration(key=GPU_TAINT_KEY, value=GPU_TAINT_VALUE, effect=GPU
 
 
 @dataclass(frozen=True)
+class Upload:
+    """Something the operator puts into a store the stack creates (the serving image, the model): a shell
+    command that succeeds once it is there, and the shell lines that put it there."""
+
+    what: str
+    check: pulumi.Input[str]
+    steps: Sequence[pulumi.Input[str]]
+    setup: str = ""  # shell lines run once before the first check (credentials)
+
+
+@dataclass(frozen=True)
 class Platform:
     cloud: str
     k8s_provider: k8s.Provider
@@ -52,10 +63,21 @@ class Platform:
     model_bucket_uri: pulumi.Input[str] | None = None
     service_account_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     pod_labels: Mapping[str, str] = field(default_factory=dict)
-    load_balancer_annotations: Mapping[str, str] = field(default_factory=dict)
+    load_balancer_annotations: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     internal_load_balancer_annotations: Mapping[str, str] = field(default_factory=dict)
     # The cluster network's own ranges: the clients of an internal load balancer.
     internal_cidrs: Sequence[str] = ()
     # Resources the Kubernetes objects must wait for (node pools, add-ons, access entries).
     ready: Sequence[pulumi.Resource] = ()
     cluster: pulumi.Resource | None = None
+    cluster_name: pulumi.Input[str] | None = None
+    # A kubeconfig for operators (a secret): the one the Kubernetes provider uses.
+    kubeconfig: pulumi.Input[str] | None = None
+    # How the serving Service is exposed: a cloud load balancer, or (a cluster without a load-balancer
+    # controller) ClusterIP, reached with `<kubectl> port-forward`.
+    service_type: str = "LoadBalancer"
+    kubectl: str = "kubectl"
+    # How to tell that the serving image (given its tag) and the model (given its name) are uploaded into
+    # the stack's own registry and bucket, and how to upload them; None where the stack has no such store.
+    image_upload: Callable[[str], Upload] | None = None
+    model_upload: Callable[[str], Upload] | None = None

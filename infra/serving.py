@@ -12,7 +12,9 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
+from pulumi_command import local
 
+from infra import commands
 from infra.config import DEFAULT_IMAGE_REPOSITORY, AccessConfig, GpuConfig, ModelConfig, ServingConfig
 from infra.platform import Platform
 
@@ -40,6 +42,8 @@ RESTRICTED_CONTAINER = k8s.core.v1.SecurityContextArgs(
 )
 # The first rollout may wait for a GPU node to scale up from zero, a large image pull and a model load.
 ROLLOUT_MINUTES = 30
+# How long the first `up` waits for the operator to push the image or upload the model.
+UPLOAD_MINUTES = 30
 # The image's non-root user (serving/Dockerfile).
 RUN_AS_USER = 10001
 
@@ -57,6 +61,8 @@ class ServingDeployment(pulumi.ComponentResource):
     """Namespace, identity, API key, Deployment, Service, autoscaling, disruption budget and network policy."""
 
     endpoint: pulumi.Output[str]
+    # How to reach the endpoint where the Service has no load balancer (a port-forward command), else None.
+    connect: pulumi.Output[str] | None
     api_key: pulumi.Output[str] | None
     namespace: pulumi.Output[str]
 
@@ -101,6 +107,9 @@ class ServingDeployment(pulumi.ComponentResource):
                 opts=in_ns,
             )
 
+        # On the first `up` the stack's registry and bucket are new: wait (bounded) for the operator to
+        # upload the image and the model, saying how, instead of letting the rollout time out on them.
+        uploads = _uploads(name, args, pulumi.ResourceOptions(parent=self))
         # Pulumi waits for the rollout (ROLLOUT_MINUTES); the Service waits for ready endpoints too.
         rollout = f"{ROLLOUT_MINUTES}m"
         first_rollout = pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
@@ -122,7 +131,8 @@ class ServingDeployment(pulumi.ComponentResource):
                 template=_pod_template(name, args, labels, service_account, api_key_secret),
             ),
             # The autoscaler owns the replica count after creation.
-            opts=pulumi.ResourceOptions.merge(first_rollout, pulumi.ResourceOptions(ignore_changes=["spec.replicas"])),
+            opts=pulumi.ResourceOptions.merge(first_rollout, pulumi.ResourceOptions(
+                ignore_changes=["spec.replicas"], depends_on=uploads)),
         )
 
         service = _service(name, args, labels, ns, first_rollout)
@@ -144,11 +154,39 @@ class ServingDeployment(pulumi.ComponentResource):
                 child, pulumi.ResourceOptions(depends_on=list(platform.ready))))
 
         self.namespace = ns
-        self.endpoint = service.status.apply(lambda status: _endpoint_url(status, serving.port))
+        self.connect = None
+        if platform.service_type == "LoadBalancer":
+            self.endpoint = service.status.apply(lambda status: _endpoint_url(status, serving.port))
+        else:
+            # No load balancer: the operator forwards a local port to the Service.
+            self.endpoint = pulumi.Output.from_input(f"http://127.0.0.1:{PORT}")
+            self.connect = pulumi.Output.concat(platform.kubectl, " -n ", ns, " port-forward service/",
+                                                service.metadata.name, f" {PORT}:{serving.port}")
         outputs: dict[str, pulumi.Input[str]] = {"endpoint": self.endpoint, "namespace": ns}
+        if self.connect is not None:
+            outputs["connect"] = self.connect
         if self.api_key is not None:
             outputs["api_key"] = self.api_key
         self.register_outputs(outputs)
+
+
+def _uploads(name: str, args: ServingArgs, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+    """Bounded waits for the image and the model the operator uploads into the stack's own stores."""
+    serving, model, platform = args.serving, args.model, args.platform
+    wanted = []
+    if serving.image is None and platform.image_upload is not None:
+        wanted.append(("image", platform.image_upload(serving.image_tag)))
+    if model.source == "bucket" and platform.model_upload is not None:
+        wanted.append(("model", platform.model_upload(model.name)))
+    waits: list[pulumi.Resource] = []
+    for suffix, upload in wanted:
+        def script(values: list[str], what: str = upload.what, setup: str = upload.setup) -> str:
+            check, *steps = values
+            return commands.uploaded(check, what, steps, timeout_seconds=UPLOAD_MINUTES * 60, setup=setup)
+
+        waits.append(local.Command(f"{name}-wait-for-{suffix}",
+                                   create=pulumi.Output.all(upload.check, *upload.steps).apply(script), opts=opts))
+    return waits
 
 
 def _image(serving: ServingConfig, platform: Platform) -> pulumi.Input[str]:
@@ -283,18 +321,19 @@ def _service(name: str, args: ServingArgs, labels: dict[str, str], ns: pulumi.In
     annotations = dict(platform.load_balancer_annotations)
     if access.internal_load_balancer:
         annotations.update(platform.internal_load_balancer_annotations)
+    balanced = platform.service_type == "LoadBalancer"
     return k8s.core.v1.Service(
         f"{name}-service",
         metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels,
-                                            annotations=annotations or None),
+                                            annotations=(annotations or None) if balanced else None),
         spec=k8s.core.v1.ServiceSpecArgs(
-            type="LoadBalancer",
+            type=platform.service_type,
             selector=labels,
             ports=[k8s.core.v1.ServicePortArgs(name="http", port=serving.port, target_port="http",
                                                protocol="TCP")],
-            load_balancer_source_ranges=list(access.endpoint_cidrs) or None,
+            load_balancer_source_ranges=(list(access.endpoint_cidrs) or None) if balanced else None,
             # Keep the client's address, so that source ranges and the network policy see it.
-            external_traffic_policy="Local",
+            external_traffic_policy="Local" if balanced else None,
         ),
         opts=opts,
     )

@@ -38,8 +38,16 @@ from pulumi_azure_native import (
     resources,
     storage,
 )
+from pulumi_command import local
 
-from infra.config import AZURE_DNS_SERVICE_IP, AZURE_POD_CIDR, AZURE_SERVICE_CIDR, StackConfig
+from infra import commands
+from infra.config import (
+    AZURE_DNS_SERVICE_IP,
+    AZURE_POD_CIDR,
+    AZURE_SERVICE_CIDR,
+    DEFAULT_IMAGE_REPOSITORY,
+    StackConfig,
+)
 from infra.platform import (
     GPU_POOL_LABEL,
     GPU_POOL_VALUE,
@@ -49,6 +57,7 @@ from infra.platform import (
     GPU_TOLERATION,
     Platform,
     Toleration,
+    Upload,
 )
 from infra.serving import SERVICE_ACCOUNT as SERVICE_ACCOUNT_NAME
 
@@ -70,6 +79,14 @@ AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
 
 # The Entra ID application behind every AKS API server: the audience kubelogin asks tokens for.
 AKS_SERVER_APP_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
+# Microsoft's public client applications through which people sign in (Azure CLI, Azure PowerShell,
+# Visual Studio Code): a token issued to one of them is a user's; any other application is a principal
+# of its own (a service principal or managed identity). pulumi-azure-native reports the token's appid as
+# its client id.
+USER_SIGN_IN_APPS = ("04b07795-8ddb-461a-bbee-02f9e1bf7b46", "1950a258-227b-4e31-a9cf-717495945fc2",
+                     "aebc6443-996d-45c2-90f0-388ff96faa56")
+# How long the first `up` waits for the deployer's new cluster-admin grant to reach the API server.
+ACCESS_WAIT_MINUTES = 10
 WORKLOAD_IDENTITY_AUDIENCE = "api://AzureADTokenExchange"
 WORKLOAD_IDENTITY_CLIENT_ID = "azure.workload.identity/client-id"
 WORKLOAD_IDENTITY_USE = "azure.workload.identity/use"
@@ -172,6 +189,8 @@ class GpuCluster(pulumi.ComponentResource):
         self._prefix = f"{name}-{pulumi.get_stack()}"
         self._child = pulumi.ResourceOptions(parent=self)
         self._client = authorization.get_client_config_output(opts=pulumi.InvokeOutputOptions(parent=self))
+        self._deployer_type: pulumi.Input[str] = config.azure.deployer_type or self._client.client_id.apply(
+            principal_type)
         # Registry and storage account names are global: a random suffix keeps them apart.
         self._suffix = random.RandomString(f"{name}-suffix", length=8, special=False, upper=False,
                                            opts=self._child).result
@@ -181,14 +200,30 @@ class GpuCluster(pulumi.ComponentResource):
         gpu_pool = self._gpu_pool(net, cluster)
         registry, acr_pull = self._registry(net, cluster)
         account, container = self._model_storage(net)
+        # The deployer uploads models (and the first `up` checks for them) as itself: Entra ID only.
+        model_uploads = authorization.RoleAssignment(
+            f"{name}-deployer-model-uploads", principal_id=self._client.object_id, principal_type=self._deployer_type,
+            role_definition_id=role_definition(self._client.subscription_id, STORAGE_BLOB_DATA_CONTRIBUTOR),
+            scope=container.id, opts=self._child)
+        uploads_account = pulumi.Output.all(account.name, model_uploads.id).apply(_first)
         serving_identity, serving_access = self._serving_identity(net, cluster, container)
 
+        login = config.azure.deployer_login
         self.kubeconfig = pulumi.Output.secret(
             containerservice.list_managed_cluster_user_credentials_output(
                 resource_group_name=net.resource_group.name, resource_name=cluster.name, format="exec",
                 opts=pulumi.InvokeOutputOptions(parent=self),
-            ).kubeconfigs.apply(_kubelogin_kubeconfig))
+            ).kubeconfigs.apply(lambda kubeconfigs: kubelogin_kubeconfig(kubeconfigs, login)))
         provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig, opts=self._child)
+        # The grant takes minutes to reach the API server, and a Kubernetes object created before that gets
+        # a 403 that pulumi-kubernetes does not retry: wait, bounded, until the deployer may create one.
+        access_ready = local.Command(
+            f"{name}-deployer-access-wait",
+            create=commands.kubernetes_access("KUBECONFIG_DATA", ACCESS_WAIT_MINUTES * 60,
+                                              "the deployer's cluster-admin grant"),
+            environment={"KUBECONFIG_DATA": self.kubeconfig},
+            triggers=[admin_access.id],
+            opts=self._opts(depends_on=[admin_access, cluster]))
         self.registry_url = registry.login_server
         # The form serving/fetch.py reads, and one that a /models/NAME path can follow.
         self.model_bucket_uri = pulumi.Output.concat(
@@ -211,8 +246,12 @@ class GpuCluster(pulumi.ComponentResource):
             internal_cidrs=(config.azure.vnet_cidr,),
             # The init container fetches the model as the serving identity: its federation and its grant
             # must exist before the first pod starts.
-            ready=(gpu_pool, admin_access, acr_pull, *serving_access),
+            ready=(gpu_pool, access_ready, acr_pull, *serving_access),
             cluster=cluster,
+            cluster_name=cluster.name,
+            kubeconfig=self.kubeconfig,
+            image_upload=lambda tag: acr_upload(registry.name, self.registry_url, tag),
+            model_upload=lambda model: blob_upload(uploads_account, MODELS_CONTAINER, model),
         )
         self.register_outputs({
             "cluster_name": cluster.name,
@@ -278,9 +317,14 @@ class GpuCluster(pulumi.ComponentResource):
             f"{name}-flow-logs-writer", principal_id=writer.principal_id, principal_type="ServicePrincipal",
             role_definition_id=role_definition(self._client.subscription_id, STORAGE_BLOB_DATA_CONTRIBUTOR),
             scope=logs.id, opts=self._child)
-        # Azure creates one Network Watcher per region, in NetworkWatcherRG: the flow log lives there.
+        # Azure creates one Network Watcher per region, in NetworkWatcherRG, with the region's first VNet
+        # (unless a subscription policy opts out): look it up, so that a missing one fails the preview by
+        # name instead of the flow log's creation.
+        watcher = network.get_network_watcher_output(
+            network_watcher_name=f"NetworkWatcher_{region}", resource_group_name="NetworkWatcherRG",
+            opts=pulumi.InvokeOutputOptions(parent=self, depends_on=[vnet]))
         network.FlowLog(
-            f"{name}-vnet-flow-log", network_watcher_name=f"NetworkWatcher_{region}",
+            f"{name}-vnet-flow-log", network_watcher_name=watcher.name,
             resource_group_name="NetworkWatcherRG", location=region, flow_log_name=f"{self._prefix}-vnet",
             target_resource_id=vnet.id, storage_id=logs.id, enabled=True,
             format=network.FlowLogFormatParametersArgs(type="JSON", version=2),
@@ -301,14 +345,11 @@ class GpuCluster(pulumi.ComponentResource):
             scope=net.subnet.id, opts=self._child)
 
         access = config.access
-        if config.azure.private_cluster:
-            api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                enable_private_cluster=True, enable_private_cluster_public_fqdn=False, private_dns_zone="system")
-        else:
-            # Nodes reach a public API server through the NAT gateway: its address must be admitted too.
-            api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
-                authorized_ip_ranges=net.egress_ip.ip_address.apply(
-                    lambda address: [*access.api_cidrs, f"{_required(address, 'the egress IP address')}/32"]))
+        # The deployer and operators reach the API server from access.apiCidrs; nodes reach it through the
+        # NAT gateway, whose address must be admitted too (AKS adds only a load balancer's outbound IPs).
+        api_access = containerservice.ManagedClusterAPIServerAccessProfileArgs(
+            authorized_ip_ranges=net.egress_ip.ip_address.apply(
+                lambda address: [*access.api_cidrs, f"{_required(address, 'the egress IP address')}/32"]))
         # Prod keeps three system nodes, so that CoreDNS and the other add-ons survive losing one.
         system_min, system_max = (3, 5) if config.is_prod else (1, 3)
         system_pool = containerservice.ManagedClusterAgentPoolProfileArgs(
@@ -351,7 +392,7 @@ class GpuCluster(pulumi.ComponentResource):
         # Local accounts are off: whoever runs `pulumi up` needs Azure RBAC to deploy into the cluster.
         admin_access = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin", principal_id=self._client.object_id,
-            principal_type=config.azure.deployer_type,
+            principal_type=self._deployer_type,
             role_definition_id=role_definition(self._client.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
             scope=cluster.id, opts=self._child)
         return cluster, admin_access
@@ -365,7 +406,9 @@ class GpuCluster(pulumi.ComponentResource):
             vm_size=gpu.machine_type, orchestrator_version=config.kubernetes_version,
             enable_auto_scaling=True, count=gpu.min_nodes, min_count=gpu.min_nodes, max_count=gpu.max_nodes,
             node_taints=[GPU_TAINT, *([SPOT_TAINT] if gpu.spot else [])],
-            node_labels={GPU_POOL_LABEL: GPU_POOL_VALUE, "servestack.io/gpu-type": gpu.type or "none"},
+            # With spot, the label AKS puts on the pool itself, declared so that a refresh finds no drift.
+            node_labels={GPU_POOL_LABEL: GPU_POOL_VALUE, "servestack.io/gpu-type": gpu.type or "none",
+                         **({SPOT_TAINT_KEY: "spot"} if gpu.spot else {})},
             enable_node_public_ip=False, vnet_subnet_id=net.subnet.id, os_disk_size_gb=gpu.disk_gb,
             # AKS installs the NVIDIA driver; the device plugin comes with the serving deployment.
             gpu_profile=containerservice.GPUProfileArgs(driver="Install"),
@@ -458,6 +501,10 @@ def _hardened_account(resource_group_name: pulumi.Input[str], location: str | No
     )
 
 
+def _first(values: list[Any]) -> Any:
+    return values[0]
+
+
 def _required(value: str | None, what: str) -> str:
     if not value:
         raise ValueError(f"Azure reported no value for {what}")
@@ -479,11 +526,24 @@ def _issuer_url(profile: Any) -> str:
     return str(url)
 
 
-def _kubelogin_kubeconfig(kubeconfigs: Any) -> str:
-    """The cluster's user kubeconfig, authenticating through kubelogin with the Azure CLI's login.
+def principal_type(client_id: str) -> str:
+    """The deployer's principal type, from the application its token was issued to."""
+    return "User" if client_id.lower() in USER_SIGN_IN_APPS else "ServicePrincipal"
 
-    Local accounts are off, so every token comes from Entra ID; `azurecli` works the same on a laptop
-    after `az login` and in CI after `azure/login`."""
+
+def kubelogin_args(login: str) -> list[str]:
+    """kubelogin's arguments for the deployer's sign-in (servestack:azure.deployerLogin): the Azure CLI's
+    login, or the ARM_* variables pulumi-azure-native reads, so that both act as one identity."""
+    args = ["get-token", "--login", login, "--server-id", AKS_SERVER_APP_ID]
+    if login in ("spn", "msi"):
+        args.append("--use-azurerm-env-vars")
+    return args
+
+
+def kubelogin_kubeconfig(kubeconfigs: Any, login: str) -> str:
+    """The cluster's user kubeconfig, authenticating through kubelogin as the deployer signs in.
+
+    Local accounts are off, so every token comes from Entra ID."""
     if not kubeconfigs:
         raise ValueError("the AKS cluster returned no user kubeconfig")
     document = yaml.safe_load(base64.b64decode(kubeconfigs[0].value))
@@ -491,8 +551,30 @@ def _kubelogin_kubeconfig(kubeconfigs: Any) -> str:
         user["user"] = {"exec": {
             "apiVersion": "client.authentication.k8s.io/v1beta1",
             "command": "kubelogin",
-            "args": ["get-token", "--login", "azurecli", "--server-id", AKS_SERVER_APP_ID],
+            "args": kubelogin_args(login),
             "interactiveMode": "Never",
             "provideClusterInfo": False,
         }}
     return str(yaml.safe_dump(document, sort_keys=False))
+
+
+def acr_upload(registry: pulumi.Input[str], login_server: pulumi.Input[str], tag: str) -> Upload:
+    image = pulumi.Output.concat(login_server, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
+    return Upload(
+        what=f"the serving image {DEFAULT_IMAGE_REPOSITORY}:{tag}",
+        check=pulumi.Output.concat("az acr repository show --name ", registry,
+                                   f" --image {DEFAULT_IMAGE_REPOSITORY}:{tag}"),
+        steps=[pulumi.Output.concat("az acr login --name ", registry),
+               pulumi.Output.concat("docker build -t ", image, " serving"),
+               pulumi.Output.concat("docker push ", image)])
+
+
+def blob_upload(account: pulumi.Input[str], container: str, model: str) -> Upload:
+    where = f"--container-name {container} --auth-mode login"
+    return Upload(
+        what=f"the model {model} in the stack's storage account",
+        check=pulumi.Output.concat("az storage blob exists --account-name ", account, f" {where} --name ",
+                                   f"models/{model}/config.json --query exists --output tsv | grep -qx true"),
+        steps=[pulumi.Output.concat("az storage blob upload-batch --account-name ", account,
+                                    f" --destination {container} --destination-path models/{model} "
+                                    "--source ./MODEL_DIR --auth-mode login")])

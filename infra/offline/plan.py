@@ -8,6 +8,7 @@ process, and `plan_in_subprocess` gives callers that need several stacks a fresh
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import runpy
@@ -18,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pulumi
 import yaml
@@ -25,7 +27,7 @@ from pulumi.runtime import mocks, rpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.offline.fakes import FakeContext, load
+from infra.offline.fakes import CloudError, FakeContext, load
 
 PROJECT = "servestack"
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,6 +38,11 @@ SECRET = "[secret]"
 
 class PlanError(Exception):
     """The plan could not be made: unknown stack, invalid config, or the program failed."""
+
+
+class DeployError(PlanError):
+    """What `pulumi up` would fail with: the (fake) cloud refused a request, or the deployer could not
+    reach the cluster's Kubernetes API."""
 
 
 def stack_names(stacks_dir: Path = STACKS_DIR) -> list[str]:
@@ -60,6 +67,8 @@ class _PlanMocks(mocks.Mocks):
     def __init__(self, context: FakeContext) -> None:
         self._context = context
         self._resources, self._calls = load()
+        # (type, name) -> the declared inputs the cloud answers differently (what `refresh` would bring back)
+        self.drift: dict[tuple[str, str], dict[str, Any]] = {}
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         if not args.custom:
@@ -67,7 +76,15 @@ class _PlanMocks(mocks.Mocks):
         fake = self._resources.get(args.typ)
         if fake is None:
             return f"{args.name}-{self._context.hex(args.typ, args.name, length=8)}", dict(args.inputs)
-        resource_id, outputs = fake(args, self._context)
+        try:
+            resource_id, outputs = fake(args, self._context)
+        except CloudError as error:
+            raise DeployError(f"creating {args.typ} {args.name}: {error}") from None
+        changed = {key: {"declared": _plain(args.inputs[key]), "cloud": _plain(value)}
+                   for key, value in outputs.items()
+                   if key in args.inputs and _drifts(key, _plain(args.inputs[key]), _plain(value))}
+        if changed:
+            self.drift[(args.typ, args.name)] = changed
         return resource_id, {**args.inputs, **outputs}
 
     def call(self, args: mocks.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
@@ -79,15 +96,44 @@ class _PlanMocks(mocks.Mocks):
         return fake(args, self._context), []
 
 
-class _RecordingMonitor(mocks.MockMonitor):
-    """The SDK's mock monitor, also remembering each registration as the engine would see it."""
+# Maps whose every entry is the program's to declare: an entry the cloud adds drifts. In other objects,
+# the keys the program leaves out are the cloud's to fill (ARNs, addresses, computed settings).
+_DECLARED_MAPS = frozenset({"labels", "nodeLabels", "taints", "nodeTaints", "tags", "resourceLabels"})
 
-    def __init__(self, plan_mocks: mocks.Mocks) -> None:
+
+def _drifts(key: str, declared: Any, cloud: Any) -> bool:
+    """Whether the cloud keeps a declared value differently, so that a refresh shows a change."""
+    if isinstance(declared, dict) and isinstance(cloud, dict) and key not in _DECLARED_MAPS:
+        return any(k in cloud and _drifts(k, v, cloud[k]) for k, v in declared.items())
+    if isinstance(declared, list) and isinstance(cloud, dict):
+        return set(map(str, declared)) != set(cloud)  # ARM answers a list of ids with a map keyed by them
+    return bool(declared != cloud)
+
+
+class _RecordingMonitor(mocks.MockMonitor):
+    """The SDK's mock monitor, also remembering each registration as the engine would see it.
+
+    It stands in for the deployer too: a Kubernetes provider whose API server the deployer's machine
+    cannot reach (its address is private to the cluster's network) fails every object it would create,
+    as `pulumi up` does.
+    """
+
+    def __init__(self, plan_mocks: _PlanMocks, context: FakeContext) -> None:
         super().__init__(plan_mocks)
+        self._plan_mocks = plan_mocks
+        self._context = context
         self.records: list[dict[str, Any]] = []
+        self._unreachable: dict[str, str] = {}  # provider URN -> why the deployer cannot reach its API
 
     def RegisterResource(self, request: Any) -> Any:
+        provider = request.provider.rsplit("::", 1)[0] if request.provider else None
+        if provider in self._unreachable:
+            raise DeployError(f"creating {request.type} {request.name}: {self._unreachable[provider]}")
         response = super().RegisterResource(request)
+        if request.type == "pulumi:providers:kubernetes":
+            why = unreachable_api(rpc.deserialize_properties(request.object), self._context)
+            if why:
+                self._unreachable[response.urn] = why
         if request.type != "pulumi:pulumi:Stack":
             self.records.append({
                 "urn": response.urn,
@@ -103,7 +149,34 @@ class _RecordingMonitor(mocks.MockMonitor):
                 "ignoreChanges": list(request.ignoreChanges),
                 "customTimeouts": _timeouts(request.customTimeouts),
             })
+            drift = self._plan_mocks.drift.get((request.type, request.name))
+            if drift:
+                # What the cloud keeps differently from the declaration: the next `up` after a refresh
+                # would change it back (unless ignoreChanges names it).
+                self.records[-1]["drift"] = drift
         return response
+
+
+def unreachable_api(inputs: Mapping[str, Any], context: FakeContext) -> str | None:
+    """Why the deployer cannot reach a Kubernetes provider's API server, or None when it can.
+
+    The deployer runs outside the networks the stack creates; an API server whose name resolves (as the
+    fakes registered it) to a private address is out of its reach."""
+    kubeconfig = inputs.get("kubeconfig")
+    if rpc.is_rpc_secret(kubeconfig):
+        kubeconfig = rpc.unwrap_rpc_secret(kubeconfig)
+    if not isinstance(kubeconfig, str):
+        return None  # a context of the operator's own kubeconfig (the local stack)
+    document = yaml.safe_load(kubeconfig) or {}
+    for cluster in document.get("clusters") or []:
+        server = str((cluster.get("cluster") or {}).get("server") or "")
+        host = urlsplit(server).hostname or ""
+        address = context.resolve(host)
+        if address is not None and ipaddress.ip_address(address).is_private:
+            return (f"the Kubernetes API at {server} is out of the deployer's reach: {host} resolves to {address}, "
+                    "inside the cluster's own network, and `pulumi up` runs outside it (dial tcp "
+                    f"{address}:443: i/o timeout); see servestack:access.apiAccess")
+    return None
 
 
 def _timeouts(timeouts: Any) -> dict[str, str]:
@@ -159,12 +232,16 @@ def _working_directory(path: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def run_plan(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, Any]:
-    """Run the program for one stack in this process and return its plan. Call once per process."""
+def run_plan(stack: str, stacks_dir: Path = STACKS_DIR, life: int = 0) -> dict[str, Any]:
+    """Run the program for one stack in this process and return its plan. Call once per process.
+
+    `life` 1 plans the stack as created again after a `pulumi destroy` (new ids, auto-names and random
+    values), 2 the time after that, and so on."""
     config = read_stack_config(stack, stacks_dir)
     values, secret_keys = _engine_config(config)
     pulumi.runtime.set_all_config(values, secret_keys)
-    monitor = _RecordingMonitor(_PlanMocks(FakeContext(stack, config)))
+    context = FakeContext(stack, config, life)
+    monitor = _RecordingMonitor(_PlanMocks(context), context)
     mocks.set_mocks(monitor.mocks, project=PROJECT, stack=stack, preview=False, monitor=monitor)
 
     # As the Python language host runs it: the folder as a program, the folder as working directory.
@@ -172,7 +249,16 @@ def run_plan(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, Any]:
         with _working_directory(INFRA_DIR):
             runpy.run_path(str(INFRA_DIR), run_name="__main__")
 
-    _sync_await(run_pulumi_func(program))
+    try:
+        _sync_await(run_pulumi_func(program))
+    except Exception as error:
+        # The engine wraps what a registration raised; surface the deploy failure itself.
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, DeployError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise
     root = pulumi.runtime.settings.get_root_resource()
     outputs = _sync_await(_resolve_outputs(getattr(root, "outputs", {}) or {}))
     return {"project": PROJECT, "stack": stack, "config": config, "resources": monitor.records,
@@ -188,14 +274,14 @@ async def _resolve_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
     return resolved
 
 
-def plan_in_subprocess(stack: str, json_path: Path | None = None,
-                       stacks_dir: Path = STACKS_DIR) -> dict[str, Any]:
+def plan_in_subprocess(stack: str, json_path: Path | None = None, stacks_dir: Path = STACKS_DIR,
+                       life: int = 0) -> dict[str, Any]:
     """Plan one stack in a fresh process (the mock runtime holds one stack per process)."""
     with tempfile.TemporaryDirectory() as tmp:
         target = json_path or Path(tmp) / f"{stack}.json"
         result = subprocess.run(
             [sys.executable, "-m", "infra.cli", "plan", "--stack", stack, "--stacks-dir", str(stacks_dir),
-             "--json", str(target), "--quiet"],
+             "--json", str(target), "--quiet", "--life", str(life)],
             capture_output=True, text=True, cwd=ROOT, check=False)
         if result.returncode != 0:
             raise PlanError((result.stderr or result.stdout).strip() or f"plan of {stack} failed")

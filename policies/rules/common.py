@@ -82,6 +82,7 @@ class Resource:
     parent: str | None = None
     dependencies: tuple[str, ...] = ()
     property_dependencies: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    provider: str | None = None  # the URN of the provider resource that manages it
 
     @property
     def namespace(self) -> str | None:
@@ -203,7 +204,8 @@ class Rule:
                          parent=r.parent.urn if r.parent is not None else None,
                          dependencies=tuple(d.urn for d in r.dependencies),
                          property_dependencies={k: tuple(d.urn for d in v)
-                                                for k, v in r.property_dependencies.items()})
+                                                for k, v in r.property_dependencies.items()},
+                         provider=r.provider.urn if r.provider is not None else None)
                 for r in args.resources
             ]
             judge = Judge(report, config)

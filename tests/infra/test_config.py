@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import pytest
 
 from infra.config import ConfigError, parse_config
 
+# The day the version windows are judged on in these tests (infra/versions.py).
+TODAY = date(2026, 11, 29)
+API = {"apiCidrs": ["198.51.100.0/24"]}
 VALID_AWS: dict[str, Any] = {
     "servestack:cloud": "aws",
     "aws:region": "us-east-1",
     "servestack:environment": "prod",
     "servestack:gpu": {"type": "nvidia-l4", "minNodes": 1, "maxNodes": 8},
+    "servestack:access": {"endpointCidrs": ["203.0.113.0/24"], **API},
+}
+VALID_GCP: dict[str, Any] = {
+    "servestack:cloud": "gcp", "gcp:project": "servestack-prod", "gcp:region": "us-central1",
+    "servestack:environment": "prod", "servestack:gpu": {"type": "nvidia-l4", "minNodes": 1, "maxNodes": 8},
     "servestack:access": {"endpointCidrs": ["203.0.113.0/24"]},
 }
 VALID_LOCAL: dict[str, Any] = {
@@ -24,14 +33,15 @@ VALID_LOCAL: dict[str, Any] = {
 
 
 def test_valid_aws_config_fills_the_tree_from_the_catalog() -> None:
-    config = parse_config("aws-prod", VALID_AWS)
+    config = parse_config("aws-prod", VALID_AWS, TODAY)
     assert config.cloud == "aws" and config.region == "us-east-1" and config.is_prod
     # The cheapest L4 machine on AWS is chosen when none is named.
     assert config.gpu.machine_type == "g6.xlarge"
     assert config.gpu.count == 1
     assert (config.gpu.min_nodes, config.gpu.max_nodes, config.gpu.spot) == (1, 8, False)
     assert config.access.endpoint_cidrs == ("203.0.113.0/24",)
-    assert config.access.api_cidrs == ()  # a private API endpoint
+    # The deployer and operators reach the API's public endpoint from their CIDR blocks only.
+    assert config.access.api_access == "public" and config.access.api_cidrs == ("198.51.100.0/24",)
     assert config.kubernetes_version == "1.35"
     assert config.serving.image is None  # taken from the stack's registry
 
@@ -40,7 +50,7 @@ def test_config_values_arrive_as_strings_from_the_engine() -> None:
     # The engine hands every value over as a string, objects JSON-encoded.
     values = {**VALID_AWS, "servestack:gpu": '{"type": "nvidia-l4", "minNodes": "0", "maxNodes": 2.0, '
                                                '"spot": "true"}', "servestack:budgetPerHour": "3.5"}
-    config = parse_config("aws-dev", values)
+    config = parse_config("aws-dev", values, TODAY)
     assert (config.gpu.min_nodes, config.gpu.max_nodes, config.gpu.spot) == (0, 2, True)
     assert config.budget_per_hour == 3.5
 
@@ -61,34 +71,65 @@ BAD_CONFIGS = [
         ["servestack:cloud: missing; allowed: local, aws, gcp, azure"],
         id="missing-cloud"),
     pytest.param(
-        VALID_AWS, {"servestack:access": {"endpointCidrs": ["10.0.0.0/33", "bad"]}},
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["10.0.0.0/33", "bad"], **API}},
         ["servestack:access.endpointCidrs[0]: '10.0.0.0/33' is not a CIDR block; expected an address and "
          "prefix length such as 203.0.113.0/24 or 2001:db8::/32",
          "servestack:access.endpointCidrs[1]: 'bad' is not a CIDR block; expected an address and "
          "prefix length such as 203.0.113.0/24 or 2001:db8::/32"],
         id="malformed-cidr"),
     pytest.param(
-        VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24", "0.0.0.0/0"]}},
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24", "0.0.0.0/0"], **API}},
         ["servestack:access.endpointCidrs[1]: '0.0.0.0/0' opens the endpoint to the whole internet, which "
          "is not allowed where servestack:environment is prod; list the clients' CIDR blocks"],
         id="world-endpoint-in-prod"),
     pytest.param(
-        VALID_AWS, {"servestack:access": {"endpointCidrs": ["::0/0"]}},
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["::0/0"], **API}},
         ["servestack:access.endpointCidrs[0]: '::/0' opens the endpoint to the whole internet, which "
          "is not allowed where servestack:environment is prod; list the clients' CIDR blocks"],
         id="world-ipv6-endpoint-in-prod"),
     pytest.param(
         VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"], "apiCidrs": ["1.2.3.4/0"]}},
         ["servestack:access.apiCidrs[0]: '0.0.0.0/0' opens the Kubernetes API to the whole internet, which "
-         "is never allowed; list the operators' CIDR blocks, or none for a private endpoint"],
+         "is never allowed; list the deployer's and the operators' CIDR blocks"],
         id="world-api-any-environment"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"]}},
+        ["servestack:access.apiCidrs: missing, so the Kubernetes API's public endpoint would admit nobody, and "
+         "the machine running `pulumi up` (a laptop, a CI runner) sits outside the network this stack creates, "
+         "where the private endpoint is: every Kubernetes object of the stack would time out. List the CIDR "
+         "blocks of the deployer and the operators (the public endpoint admits only them; nodes use the private "
+         "endpoint)"],
+        id="api-unreachable-aws"),
+    pytest.param(
+        VALID_GCP, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"], "apiAccess": "public"}},
+        ["servestack:access.apiCidrs: missing, so the Kubernetes API's public endpoint would admit nobody, and "
+         "the machine running `pulumi up` (a laptop, a CI runner) sits outside the network this stack creates, "
+         "where the private endpoint is: every Kubernetes object of the stack would time out. List the CIDR "
+         "blocks of the deployer and the operators (the public endpoint admits only them; nodes use the private "
+         "endpoint), or set servestack:access.apiAccess to dns (GKE's DNS endpoint, authorized by IAM)"],
+        id="api-unreachable-gcp-public"),
+    pytest.param(
+        VALID_GCP, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"], **API}},
+        ["servestack:access.apiCidrs: set, but servestack:access.apiAccess is dns: the IP endpoint is private "
+         "and the DNS endpoint is authorized by IAM, so there is no public endpoint to restrict; remove "
+         "apiCidrs, or set servestack:access.apiAccess to public"],
+        id="api-cidrs-with-dns"),
+    pytest.param(
+        VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"], "apiAccess": "dns", **API}},
+        ["servestack:access.apiAccess: 'dns' is not a way to reach the API on aws; allowed: public"],
+        id="dns-on-aws"),
     pytest.param(
         VALID_AWS, {"servestack:access": {}},
         ["servestack:access.endpointCidrs: missing; list the CIDR blocks allowed to reach the endpoint, or "
-         "set servestack:access.internalLoadBalancer to true"],
+         "set servestack:access.internalLoadBalancer to true",
+         "servestack:access.apiCidrs: missing, so the Kubernetes API's public endpoint would admit nobody, and "
+         "the machine running `pulumi up` (a laptop, a CI runner) sits outside the network this stack creates, "
+         "where the private endpoint is: every Kubernetes object of the stack would time out. List the CIDR "
+         "blocks of the deployer and the operators (the public endpoint admits only them; nodes use the private "
+         "endpoint)"],
         id="no-endpoint-cidrs"),
     pytest.param(
-        VALID_AWS, {"servestack:access": {"endpointCidrs": []}},
+        VALID_AWS, {"servestack:access": {"endpointCidrs": [], **API}},
         ["servestack:access.endpointCidrs: missing; list the CIDR blocks allowed to reach the endpoint, or "
          "set servestack:access.internalLoadBalancer to true"],
         id="empty-endpoint-cidrs"),
@@ -151,9 +192,44 @@ BAD_CONFIGS = [
         id="environment-and-budget"),
     pytest.param(
         VALID_AWS, {"servestack:kubernetesVersion": "1.20"},
-        ["servestack:kubernetesVersion: '1.20' is not a supported Kubernetes version; allowed: 1.30, 1.31, "
-         "1.32, 1.33, 1.34, 1.35, 1.36"],
+        ["servestack:kubernetesVersion: '1.20' is not a Kubernetes version servestack has schemas for; allowed: "
+         "1.30, 1.31, 1.32, 1.33, 1.34, 1.35, 1.36, 1.37"],
         id="old-kubernetes"),
+    pytest.param(
+        VALID_AWS, {"servestack:kubernetesVersion": "1.33"},
+        ["servestack:kubernetesVersion: '1.33' left aws's support on 2026-07-29; supported on aws on 2026-11-29: "
+         "1.34 (until 2026-12-02), 1.35 (until 2027-03-27), 1.36 (until 2027-08-02)"],
+        id="version-out-of-eks-window"),
+    pytest.param(
+        VALID_GCP, {"servestack:kubernetesVersion": "1.34"},
+        ["servestack:kubernetesVersion: '1.34' left gcp's support on 2026-10-01; supported on gcp on 2026-11-29: "
+         "1.35 (until 2027-04-11), 1.36 (until 2027-08-09)"],
+        id="version-out-of-gke-window"),
+    pytest.param(
+        {**VALID_AWS, "servestack:cloud": "azure", "azure-native:location": "eastus",
+         "servestack:gpu": {"type": "nvidia-t4", "maxNodes": 2}},
+        {"servestack:kubernetesVersion": "1.37"},
+        ["servestack:kubernetesVersion: '1.37' is not supported on azure; supported on azure on 2026-11-29: "
+         "1.34 (until 2026-11-30), 1.35 (until 2027-03-31), 1.36 (until 2027-06-30)"],
+        id="version-not-offered-on-aks"),
+    pytest.param(
+        VALID_AWS, {"aws:assumeRoles": [{"roleArn": "arn:aws:iam::123456789012:role/a"},
+                                        {"roleArn": "arn:aws:iam::123456789012:role/b"}],
+                    "aws:accessKey": "AKIAEXAMPLE"},
+        ["aws:accessKey: set in the stack config, where `aws eks get-token` (the cluster's kubeconfig) cannot "
+         "read it, so Kubernetes would see another identity than the one that made the cluster; use aws:profile, "
+         "or the AWS_* environment variables, which both read",
+         "aws:assumeRoles: 2 roles in a chain, but `aws eks get-token` (the cluster's kubeconfig) assumes one; "
+         "put the chain in an AWS profile (source_profile) and set aws:profile"],
+        id="aws-identity-the-kubeconfig-cannot-repeat"),
+    pytest.param(
+        VALID_GCP, {"gcp:impersonateServiceAccount": "deployer@servestack-prod.iam.gserviceaccount.com"},
+        ["gcp:impersonateServiceAccount: set in the stack config, where the cluster's kubeconfig "
+         "(gke-gcloud-auth-plugin with Application Default Credentials) cannot read it, so Kubernetes would see "
+         "another identity than the one that made the cluster; point Application Default Credentials at that "
+         "identity instead (GOOGLE_APPLICATION_CREDENTIALS, or `gcloud auth application-default login "
+         "[--impersonate-service-account SA]`), which both read"],
+        id="gcp-identity-the-kubeconfig-cannot-repeat"),
     pytest.param(
         VALID_AWS, {"servestack:serving": {"image": "servestack-serving:latest", "cpu": "two"}},
         ["servestack:serving.cpu: 'two' is not a Kubernetes quantity such as 2, 500m or 8Gi",
@@ -200,7 +276,7 @@ def test_bad_config_is_rejected_with_one_message_per_problem(
         base: dict[str, Any], change: dict[str, Any], expected: list[str]) -> None:
     values = {k: v for k, v in {**base, **change}.items() if v is not None}
     with pytest.raises(ConfigError) as raised:
-        parse_config("test", values)
+        parse_config("test", values, TODAY)
     assert raised.value.problems == expected
     # The error's text carries every problem, for the CLI and for `pulumi up`.
     for problem in expected:
@@ -208,10 +284,9 @@ def test_bad_config_is_rejected_with_one_message_per_problem(
 
 
 def test_gcp_needs_a_project_and_a_region() -> None:
-    values = {**VALID_AWS, "servestack:cloud": "gcp"}
-    del values["aws:region"]
+    values = {k: v for k, v in VALID_GCP.items() if k not in ("gcp:project", "gcp:region")}
     with pytest.raises(ConfigError) as raised:
-        parse_config("gcp-prod", values)
+        parse_config("gcp-prod", values, TODAY)
     assert raised.value.problems == [
         "gcp:region: missing; the gcp stacks need a region (pulumi config set gcp:region <region>)",
         "gcp:project: missing; the gcp stacks need a project (pulumi config set gcp:project <project-id>)",

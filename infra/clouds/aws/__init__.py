@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from infra.clouds.aws.cluster import (
     ADDON_VERSIONS,
@@ -34,8 +35,9 @@ from infra.clouds.aws.iam import bucket_reader_policy, irsa_role, partition_of
 from infra.clouds.aws.kube import cluster_autoscaler, kubeconfig_output, load_balancer_controller
 from infra.clouds.aws.network import Network, NetworkArgs
 from infra.clouds.aws.storage import ModelBucket, Registry
-from infra.config import NAMESPACE, ConfigError, StackConfig
-from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TOLERATION, Platform
+from infra.commands import aws_cli
+from infra.config import DEFAULT_IMAGE_REPOSITORY, NAMESPACE, ConfigError, StackConfig
+from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TOLERATION, Platform, Upload
 from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 
 # The AMI types whose nodes advertise nvidia.com/gpu without the device plugin DaemonSet.
@@ -59,14 +61,19 @@ class GpuCluster(pulumi.ComponentResource):
         _check(config)
         region = str(config.region)
         partition = partition_of(region)
-        cluster_name = f"servestack-{config.stack}"
         child = pulumi.ResourceOptions(parent=self)
+        # EKS writes its control-plane log group again while a cluster is being deleted, so a cluster
+        # name reused by the next `pulumi up` meets that group and fails: each life of the stack gets a
+        # suffix of its own. `stem` names the tags and descriptions that may stay the same.
+        stem = f"servestack-{config.stack}"
+        suffix = random.RandomString(f"{name}-cluster-suffix", length=6, special=False, upper=False, opts=child)
+        cluster_name = pulumi.Output.concat(stem, "-", suffix.result)
         nat_per_az = (config.aws.nat_gateways or ("perAz" if config.is_prod else "single")) == "perAz"
         flow_logs = config.is_prod if config.aws.flow_logs is None else config.aws.flow_logs
         lb_clients = list(config.access.endpoint_cidrs) or [config.aws.vpc_cidr]
 
         network = Network(f"{name}-network", NetworkArgs(
-            cluster_name=cluster_name, vpc_cidr=config.aws.vpc_cidr,
+            name=stem, cluster_name=cluster_name, region=region, vpc_cidr=config.aws.vpc_cidr,
             availability_zones=config.aws.availability_zones, nat_per_az=nat_per_az, flow_logs=flow_logs,
             lb_port=config.serving.port, lb_client_cidrs=lb_clients), opts=child)
 
@@ -82,14 +89,15 @@ class GpuCluster(pulumi.ComponentResource):
             labels=gpu_pool_labels(str(gpu.type)), taints=gpu_taints(),
             gpus=machine.gpus if machine else gpu.count)
         eks = EksCluster(f"{name}-eks", ClusterArgs(
-            cluster_name=cluster_name, kubernetes_version=config.kubernetes_version, partition=partition,
+            name=stem, cluster_name=cluster_name, network_ready=network.ready,
+            kubernetes_version=config.kubernetes_version, partition=partition,
             is_prod=config.is_prod, private_subnet_ids=network.private_subnet_ids,
             cluster_security_group_id=network.cluster_security_group.id,
             node_security_group_id=network.node_security_group.id, api_cidrs=config.access.api_cidrs,
             admin_principal_arns=config.aws.admin_principal_arns, system_pool=system_pool,
-            gpu_pool=gpu_pool), opts=child)
+            gpu_pool=gpu_pool, aws_cli=aws_cli(config.aws.profile, config.aws.role_arn, region)), opts=child)
 
-        registry = Registry(f"{name}-registry", prefix=cluster_name, force_delete=not config.is_prod, opts=child)
+        registry = Registry(f"{name}-registry", prefix=stem, force_delete=not config.is_prod, opts=child)
         models = ModelBucket(f"{name}-models", force_destroy=not config.is_prod, opts=child)
         serving_role = irsa_role(f"{name}-serving-role", eks.oidc_provider, config.serving.namespace,
                                  SERVING_SERVICE_ACCOUNT, child)
@@ -97,7 +105,8 @@ class GpuCluster(pulumi.ComponentResource):
         read_models = aws.iam.RolePolicy(f"{name}-serving-read-models", role=serving_role.id,
                                          policy=models.bucket.arn.apply(bucket_reader_policy), opts=child)
 
-        provider = k8s.Provider(f"{name}-k8s", kubeconfig=kubeconfig_output(eks.cluster, region),
+        provider_kubeconfig = kubeconfig_output(eks.cluster, region, config.aws.profile, config.aws.role_arn)
+        provider = k8s.Provider(f"{name}-k8s", kubeconfig=provider_kubeconfig,
                                 opts=pulumi.ResourceOptions(parent=self, depends_on=eks.access))
         node_ready: list[pulumi.Resource] = [eks.system_nodes, eks.coredns]
         autoscaler = cluster_autoscaler(f"{name}", eks.cluster, eks.oidc_provider, config.kubernetes_version,
@@ -106,14 +115,35 @@ class GpuCluster(pulumi.ComponentResource):
             f"{name}", eks.cluster, eks.oidc_provider, network.vpc.id, region, partition,
             replicas=2 if config.is_prod else 1, opts=child, provider=provider, depends_on=node_ready)
 
-        lb = {
+        lb: dict[str, pulumi.Input[str]] = {
             f"{LB_ANNOTATION}-type": "external",
             f"{LB_ANNOTATION}-nlb-target-type": "instance",
             f"{LB_ANNOTATION}-scheme": "internet-facing",
-            f"{LB_ANNOTATION}-security-groups": network.lb_security_group_name,
+            # By id, not by Name tag: the Service then depends on the group, and outlives it on destroy.
+            f"{LB_ANNOTATION}-security-groups": network.lb_security_group.id,
             # Our security groups carry the rules; the controller must not add its own.
             f"{LB_ANNOTATION}-manage-backend-security-group-rules": "false",
         }
+        preamble, cli = aws_cli(config.aws.profile, config.aws.role_arn, region)
+
+        def image_upload(tag: str) -> Upload:
+            image = pulumi.Output.concat(registry.url, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
+            return Upload(
+                what=f"the serving image {DEFAULT_IMAGE_REPOSITORY}:{tag}",
+                setup=preamble,
+                check=pulumi.Output.concat(cli, " ecr describe-images --repository-name ", registry.repository.name,
+                                           f" --image-ids imageTag={tag}"),
+                steps=[pulumi.Output.concat(cli, " ecr get-login-password | docker login --username AWS ",
+                                            "--password-stdin ", registry.url.apply(_registry_host)),
+                       pulumi.Output.concat("docker build -t ", image, " serving"),
+                       pulumi.Output.concat("docker push ", image)])
+
+        def model_upload(model: str) -> Upload:
+            prefix = pulumi.Output.concat(models.uri, f"/models/{model}/")
+            return Upload(what=f"the model {model} in the stack's bucket", setup=preamble,
+                          check=pulumi.Output.concat(cli, " s3 ls ", prefix, "config.json"),
+                          steps=[pulumi.Output.concat(cli, " s3 sync ./MODEL_DIR ", prefix)])
+
         self.platform = Platform(
             cloud="aws",
             k8s_provider=provider,
@@ -129,6 +159,10 @@ class GpuCluster(pulumi.ComponentResource):
             ready=(eks.system_nodes, eks.gpu_nodes, eks.coredns, eks.metrics_server, autoscaler, lb_controller,
                    read_models),
             cluster=eks.cluster,
+            cluster_name=eks.cluster.name,
+            kubeconfig=provider_kubeconfig,
+            image_upload=image_upload,
+            model_upload=model_upload,
         )
         self.register_outputs({"clusterName": eks.cluster.name, "registryUrl": registry.url,
                                "modelBucketUri": models.uri, "servingRoleArn": serving_role.arn})
@@ -148,6 +182,10 @@ def _check(config: StackConfig) -> None:
         problems.append(f"{NAMESPACE}:gpu.type: the aws stacks need a GPU type and machine type")
     if problems:
         raise ConfigError(config.stack, problems)
+
+
+def _registry_host(url: str) -> str:
+    return url.split("/", 1)[0]
 
 
 def build(config: StackConfig) -> Platform:

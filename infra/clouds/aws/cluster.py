@@ -7,6 +7,7 @@ metrics-server (which report Degraded until they have nodes to run on).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from typing import Any
 
 import pulumi
 import pulumi_aws as aws
+from pulumi_command import local
 
+from infra import commands
 from infra.clouds.aws import iam
 from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TAINT_EFFECT, GPU_TAINT_KEY, GPU_TAINT_VALUE
 
@@ -22,19 +25,17 @@ CONTROL_PLANE_LOGS = ("api", "audit", "authenticator", "controllerManager", "sch
 SYSTEM_POOL_LABEL_VALUE = "system"
 # The label the cluster autoscaler's AWS provider reads to tell GPU nodes apart.
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
-# EKS add-on versions, pinned per Kubernetes minor (`aws eks describe-addon-versions` lists newer ones).
-# An add-on a minor does not pin gets EKS's default version for that minor, looked up at deploy time.
-# metrics-server: EKS has none by default, and the serving HPA's CPU target needs the metrics API.
+# EKS add-on builds, pinned per Kubernetes minor, from the EKS user guide's version tables (vpc-cni,
+# kube-proxy, CoreDNS) and the community add-on listing (metrics-server, which the serving HPA's CPU
+# target needs: EKS has no metrics API by default). A pin is decided here, not by whatever EKS flags as
+# default on the day of `pulumi up`, so that no `up` rolls the CNI out unreviewed. Newer builds:
+#   aws eks describe-addon-versions --kubernetes-version 1.35 --addon-name vpc-cni
+# A minor without pins is refused by the config check (infra/clouds/aws/__init__.py).
 ADDON_VERSIONS: dict[str, dict[str, str]] = {
-    "1.31": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.31.3-eksbuild.2", "coredns": "v1.11.4-eksbuild.2",
-             "metrics-server": "v0.8.0-eksbuild.1"},
-    "1.32": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.32.0-eksbuild.2", "coredns": "v1.11.4-eksbuild.2",
-             "metrics-server": "v0.8.0-eksbuild.1"},
-    "1.33": {"vpc-cni": "v1.19.6-eksbuild.1", "kube-proxy": "v1.33.0-eksbuild.2", "coredns": "v1.12.1-eksbuild.2",
-             "metrics-server": "v0.8.0-eksbuild.1"},
-    # From the EKS user guide's kube-proxy and CoreDNS version tables; no vpc-cni or metrics-server build
-    # is confirmed for 1.35 here, so those two take EKS's default for 1.35.
-    "1.35": {"kube-proxy": "v1.35.3-eksbuild.2", "coredns": "v1.14.2-eksbuild.4"},
+    "1.34": {"vpc-cni": "v1.21.1-eksbuild.7", "kube-proxy": "v1.34.6-eksbuild.2", "coredns": "v1.13.2-eksbuild.7",
+             "metrics-server": "v0.8.1-eksbuild.5"},
+    "1.35": {"vpc-cni": "v1.21.1-eksbuild.7", "kube-proxy": "v1.35.3-eksbuild.2", "coredns": "v1.14.2-eksbuild.4",
+             "metrics-server": "v0.8.1-eksbuild.5"},
 }
 # Bottlerocket keeps the OS on its own small volume and containers on the second one.
 DATA_DEVICE = {"BOTTLEROCKET_x86_64_NVIDIA": "/dev/xvdb", "BOTTLEROCKET_x86_64": "/dev/xvdb",
@@ -58,7 +59,10 @@ class NodePoolSpec:
 
 @dataclass(frozen=True)
 class ClusterArgs:
-    cluster_name: str
+    name: str  # the stem of descriptions and Name tags
+    cluster_name: pulumi.Input[str]
+    # The network plumbing the controllers need until the last object on the cluster is deleted.
+    network_ready: Sequence[pulumi.Resource]
     kubernetes_version: str
     partition: str
     is_prod: bool
@@ -69,6 +73,8 @@ class ClusterArgs:
     admin_principal_arns: Sequence[str]
     system_pool: NodePoolSpec
     gpu_pool: NodePoolSpec
+    # The AWS CLI as the provider's identity (infra.commands.aws_cli), for the node groups' bounds.
+    aws_cli: tuple[str, str]
 
 
 class EksCluster(pulumi.ComponentResource):
@@ -86,10 +92,9 @@ class EksCluster(pulumi.ComponentResource):
         super().__init__("servestack:aws:EksCluster", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         versions = ADDON_VERSIONS[args.kubernetes_version]
-        self._kubernetes_version = args.kubernetes_version
 
         secrets_key = aws.kms.Key(
-            f"{name}-secrets-key", description=f"Envelope encryption of {args.cluster_name}'s Kubernetes secrets",
+            f"{name}-secrets-key", description=f"Envelope encryption of {args.name}'s Kubernetes secrets",
             enable_key_rotation=True, deletion_window_in_days=30 if args.is_prod else 7, opts=child)
         role = aws.iam.Role(f"{name}-cluster-role", assume_role_policy=iam.service_trust("eks.amazonaws.com",
                                                                                           tag_session=True),
@@ -101,8 +106,9 @@ class EksCluster(pulumi.ComponentResource):
         key_use = aws.iam.RolePolicy(f"{name}-cluster-secrets-key", role=role.id,
                                      policy=secrets_key.arn.apply(iam.kms_key_user_policy), opts=child)
         # EKS would create this group with no expiry; creating it first sets the retention.
-        logs = aws.cloudwatch.LogGroup(f"{name}-control-plane-logs", name=f"/aws/eks/{args.cluster_name}/cluster",
-                                       retention_in_days=90 if args.is_prod else 14, opts=child)
+        logs = aws.cloudwatch.LogGroup(
+            f"{name}-control-plane-logs", name=pulumi.Output.concat("/aws/eks/", args.cluster_name, "/cluster"),
+            retention_in_days=90 if args.is_prod else 14, opts=child)
 
         public = bool(args.api_cidrs)
         self.cluster = aws.eks.Cluster(
@@ -118,7 +124,7 @@ class EksCluster(pulumi.ComponentResource):
                 public_access_cidrs=list(args.api_cidrs) if public else None,
             ),
             access_config=aws.eks.ClusterAccessConfigArgs(
-                authentication_mode="API", bootstrap_cluster_creator_admin_permissions=True),
+                authentication_mode="API", bootstrap_cluster_creator_admin_permissions=False),
             encryption_config=aws.eks.ClusterEncryptionConfigArgs(
                 resources=["secrets"],
                 provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=secrets_key.arn)),
@@ -127,20 +133,30 @@ class EksCluster(pulumi.ComponentResource):
             bootstrap_self_managed_addons=False,
             # Standard support only: extended support costs six times as much per cluster hour.
             upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type="STANDARD"),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment, key_use, logs]),
+            # Everything on the cluster depends on the cluster, so with the network plumbing here, routes,
+            # NAT and rules are deleted only after the last object (and its load balancer) is gone; on
+            # create, nodes join only once their rules and routes exist (as terraform-aws-eks and
+            # pulumi-eks wire it).
+            opts=pulumi.ResourceOptions(parent=self,
+                                        depends_on=[attachment, key_use, logs, *args.network_ready]),
         )
         issuer = self.cluster.identities.apply(_oidc_issuer)
         self.oidc_provider = aws.iam.OpenIdConnectProvider(
             f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], opts=child)
 
+        # Cluster admins are access entries Pulumi tracks: the identity running `pulumi up` (the one the
+        # kubeconfig's get-token repeats) and the listed principals, each once. EKS's own bootstrap entry
+        # for the creator would be an admin no plan shows, and listing the creator beside it fails (409).
         self.access = []
-        for i, principal in enumerate(args.admin_principal_arns):
-            entry = aws.eks.AccessEntry(f"{name}-admin-{i}", cluster_name=self.cluster.name,
-                                        principal_arn=principal, type="STANDARD", opts=child)
+        policy_arn = f"arn:{args.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
+        for principal in cluster_admins(deployer_arn(), args.admin_principal_arns):
+            # Named after the principal, so that adding or removing one never renames the others.
+            entry_name = f"{name}-admin-{hashlib.sha256(principal.encode()).hexdigest()[:8]}"
+            entry = aws.eks.AccessEntry(entry_name, cluster_name=self.cluster.name, principal_arn=principal,
+                                        type="STANDARD", opts=child)
             self.access.append(aws.eks.AccessPolicyAssociation(
-                f"{name}-admin-{i}-policy", cluster_name=self.cluster.name, principal_arn=principal,
-                policy_arn=f"arn:{args.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy",
-                access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
+                f"{entry_name}-policy", cluster_name=self.cluster.name, principal_arn=principal,
+                policy_arn=policy_arn, access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry])))
 
         # The CNI's AWS permissions go to its own service account, not to every pod on the node.
@@ -175,16 +191,8 @@ class EksCluster(pulumi.ComponentResource):
                service_account_role_arn: pulumi.Input[str] | None = None,
                configuration_values: str | None = None,
                depends_on: Sequence[pulumi.Resource] = ()) -> aws.eks.Addon:
-        version: pulumi.Input[str]
-        if addon in versions:
-            version = versions[addon]
-        else:
-            # EKS's default version for the cluster's minor (most_recent=False), the one EKS itself installs.
-            version = aws.eks.get_addon_version_output(
-                addon_name=addon, kubernetes_version=self._kubernetes_version, most_recent=False,
-                opts=pulumi.InvokeOptions(parent=self)).apply(lambda result: result.version)
         return aws.eks.Addon(
-            f"{name}-{addon}", cluster_name=self.cluster.name, addon_name=addon, addon_version=version,
+            f"{name}-{addon}", cluster_name=self.cluster.name, addon_name=addon, addon_version=versions[addon],
             service_account_role_arn=service_account_role_arn, configuration_values=configuration_values,
             resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="PRESERVE",
             opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on)))
@@ -194,7 +202,7 @@ class EksCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         template = aws.ec2.LaunchTemplate(
             f"{name}-template",
-            description=f"{args.cluster_name} {name} nodes",
+            description=f"{args.name} {name} nodes",
             # IMDSv2 only, and one hop: pods cannot borrow the node's role; they use IRSA.
             metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
@@ -205,14 +213,16 @@ class EksCluster(pulumi.ComponentResource):
             )],
             vpc_security_group_ids=[args.node_security_group_id],
             tag_specifications=[aws.ec2.LaunchTemplateTagSpecificationArgs(
-                resource_type="instance", tags={"Name": f"{args.cluster_name}-{name.rsplit('-', 1)[-1]}"})],
+                resource_type="instance", tags={"Name": f"{args.name}-{name.rsplit('-', 1)[-1]}"})],
             update_default_version=True,
             opts=child,
         )
-        return aws.eks.NodeGroup(
+        group = aws.eks.NodeGroup(
             f"{name}-nodes",
             cluster_name=self.cluster.name,
             node_role_arn=role.arn,
+            # The control plane's minor: upgrading kubernetesVersion rolls the nodes too.
+            version=self.cluster.version,
             subnet_ids=list(args.private_subnet_ids),
             instance_types=[pool.instance_type],
             ami_type=pool.ami_type,
@@ -224,10 +234,19 @@ class EksCluster(pulumi.ComponentResource):
                                                                 version=template.latest_version.apply(str)),
             labels=dict(pool.labels),
             taints=list(pool.taints) or None,
-            # The cluster autoscaler owns the node count once the group exists.
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on),
-                                        ignore_changes=["scalingConfig.desiredSize"]),
+            # Created with these bounds; after that the command below changes them, because the cluster
+            # autoscaler owns the desired size and EKS refuses bounds that exclude it.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(depends_on), ignore_changes=["scalingConfig"]),
         )
+
+        def scaling(names: list[str]) -> str:
+            cluster, node_group = names
+            return commands.eks_scaling(args.aws_cli, cluster, node_group, pool.min_nodes, pool.max_nodes)
+
+        local.Command(f"{name}-scaling",
+                      create=pulumi.Output.all(self.cluster.name, group.node_group_name).apply(scaling),
+                      opts=pulumi.ResourceOptions(parent=self, depends_on=[group]))
+        return group
 
     def _scale_from_zero_tags(self, name: str, pool: NodePoolSpec) -> None:
         """Tags on the GPU group's Auto Scaling group describing a node that does not exist yet.
@@ -247,6 +266,32 @@ class EksCluster(pulumi.ComponentResource):
                 f"{name}-asg-tag-{i}", autoscaling_group_name=asg_name,
                 tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
                 opts=pulumi.ResourceOptions(parent=self))
+
+
+def deployer_arn() -> str:
+    """The IAM role or user running `pulumi up`, as the AWS provider authenticates (an assumed role's
+    session resolves to its role, path included, as access entries need it)."""
+    caller = aws.get_caller_identity()
+    return aws.iam.get_session_context(arn=caller.arn).issuer_arn
+
+
+def _principal_key(arn: str) -> tuple[str, str, str]:
+    """Account, kind and name of a role or user ARN: `role/aws-reserved/sso.amazonaws.com/X` and `role/X`
+    name the same role."""
+    _, _, _, _, account, resource = arn.split(":", 5)
+    kind, _, path = resource.partition("/")
+    return account, kind, path.rsplit("/", 1)[-1]
+
+
+def cluster_admins(deployer: str, admins: Sequence[str]) -> list[str]:
+    """The deployer first, then each listed admin that is not the deployer or listed before."""
+    seen = {_principal_key(deployer)}
+    result = [deployer]
+    for arn in admins:
+        if _principal_key(arn) not in seen:
+            seen.add(_principal_key(arn))
+            result.append(arn)
+    return result
 
 
 def gpu_pool_labels(gpu_type: str) -> dict[str, str]:

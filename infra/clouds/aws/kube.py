@@ -22,18 +22,24 @@ from infra.platform import GPU_POOL_LABEL
 
 # Chart 9.59.0 ships autoscaler 1.35.0; the image tag below picks the release for older clusters.
 CLUSTER_AUTOSCALER_CHART = ("https://kubernetes.github.io/autoscaler", "cluster-autoscaler", "9.59.0")
-# The autoscaler's minor version must match the cluster's.
-CLUSTER_AUTOSCALER_IMAGES = {"1.31": "v1.31.0", "1.32": "v1.32.3", "1.33": "v1.33.0", "1.35": "v1.35.0"}
+# The autoscaler's minor version must match the cluster's (one entry per minor of ADDON_VERSIONS).
+CLUSTER_AUTOSCALER_IMAGES = {"1.34": "v1.34.3", "1.35": "v1.35.0"}
 LOAD_BALANCER_CONTROLLER_CHART = ("https://aws.github.io/eks-charts", "aws-load-balancer-controller", "1.13.4")
 CLUSTER_AUTOSCALER_SA = "cluster-autoscaler"
 LOAD_BALANCER_CONTROLLER_SA = "aws-load-balancer-controller"
 
 
-def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
-    """A kubeconfig (JSON, which is YAML) that gets its token from the AWS CLI."""
-    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws",
-                     "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region,
-                              "--output", "json"],
+def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str, profile: str | None = None,
+               role_arn: str | None = None) -> str:
+    """A kubeconfig (JSON, which is YAML) that gets its token from the AWS CLI, as the identity the AWS
+    provider uses: its profile and assumed role are passed on (`--profile` rather than AWS_PROFILE, so
+    that the provider's setting wins over whatever the shell exports)."""
+    args = ["eks", "get-token", "--cluster-name", cluster_name, "--region", region, "--output", "json"]
+    if role_arn:
+        args += ["--role-arn", role_arn]
+    if profile:
+        args += ["--profile", profile]
+    user = {"exec": {"apiVersion": "client.authentication.k8s.io/v1beta1", "command": "aws", "args": args,
                      "interactiveMode": "Never"}}
     return json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": cluster_name,
@@ -43,10 +49,11 @@ def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> s
     })
 
 
-def kubeconfig_output(cluster: aws.eks.Cluster, region: str) -> pulumi.Output[str]:
+def kubeconfig_output(cluster: aws.eks.Cluster, region: str, profile: str | None,
+                      role_arn: str | None) -> pulumi.Output[str]:
     def build(values: list[Any]) -> str:
         name, endpoint, authority = values
-        return kubeconfig(name, endpoint, field(authority, "data"), region)
+        return kubeconfig(name, endpoint, field(authority, "data"), region, profile, role_arn)
 
     return pulumi.Output.secret(
         pulumi.Output.all(cluster.name, cluster.endpoint, cluster.certificate_authority).apply(build))

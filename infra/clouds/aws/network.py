@@ -2,8 +2,14 @@
 
 Public subnets hold only load balancers and NAT gateways (nothing gets a public IP on launch); nodes
 live in private subnets that reach the internet through NAT: one shared gateway, or one per zone so
-that a zone's outage does not cut the others off. Every security group rule is a standalone resource
-(none inline), so that no group is managed in two places and the plan shows each rule.
+that a zone's outage does not cut the others off, and S3 (the model bucket, ECR's image layers) through
+a gateway endpoint that costs nothing and keeps that traffic off NAT. Every security group rule is a
+standalone resource (none inline), so that no group is managed in two places and the plan shows each rule.
+
+`Network.ready` lists every piece of plumbing the cluster's controllers use: routes, NAT and internet
+gateways, the S3 endpoint and every security group rule. The cluster depends on all of it, and through
+the cluster so does everything built on it; `pulumi destroy` deletes in reverse dependency order, so
+the load balancer controller still has its routes and rules while it deletes the serving load balancer.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_aws as aws
+
+from infra.clouds.aws.iam import partition_of
 
 # The node port range Kubernetes services use (also the NLB's health check port for Local traffic).
 NODE_PORTS = (30000, 32767)
@@ -30,7 +38,11 @@ EKS_UNSUPPORTED_ZONE_IDS = ("use1-az3", "usw1-az2", "cac1-az3", "cnn1-az4")
 
 @dataclass(frozen=True)
 class NetworkArgs:
-    cluster_name: str
+    # `name` is the stem of Name tags and descriptions; `cluster_name` the EKS cluster's real name, which
+    # the subnets' cluster tag must carry (the load balancer controller skips subnets tagged for another).
+    name: str
+    cluster_name: pulumi.Input[str]
+    region: str
     vpc_cidr: str
     availability_zones: int
     nat_per_az: bool
@@ -58,66 +70,77 @@ class Network(pulumi.ComponentResource):
     cluster_security_group: aws.ec2.SecurityGroup
     node_security_group: aws.ec2.SecurityGroup
     lb_security_group: aws.ec2.SecurityGroup
-    lb_security_group_name: str
+    # What must outlive everything built on the cluster (see the module docstring).
+    ready: list[pulumi.Resource]
 
     def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("servestack:aws:Network", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
-        owned = {f"kubernetes.io/cluster/{args.cluster_name}": "shared"}
+        self.ready = []
+        stem = args.name
+
+        def subnet_tags(name_tag: str, role: str) -> pulumi.Output[dict[str, str]]:
+            return pulumi.Output.from_input(args.cluster_name).apply(
+                lambda cluster: {"Name": name_tag, role: "1", f"kubernetes.io/cluster/{cluster}": "shared"})
 
         self.vpc = aws.ec2.Vpc(
             f"{name}-vpc", cidr_block=args.vpc_cidr, enable_dns_hostnames=True, enable_dns_support=True,
-            tags={"Name": args.cluster_name}, opts=child)
+            tags={"Name": stem}, opts=child)
         # The default group admits all traffic between its members: strip it so nothing relies on it.
         aws.ec2.DefaultSecurityGroup(f"{name}-default-sg", vpc_id=self.vpc.id,
-                                     tags={"Name": f"{args.cluster_name}-default-unused"}, opts=child)
+                                     tags={"Name": f"{stem}-default-unused"}, opts=child)
         zones = aws.get_availability_zones_output(
             state="available", filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status",
                                                                            values=["opt-in-not-required"])],
             exclude_zone_ids=list(EKS_UNSUPPORTED_ZONE_IDS), opts=pulumi.InvokeOutputOptions(parent=self))
-        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags={"Name": args.cluster_name},
-                                      opts=child)
+        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags={"Name": stem}, opts=child)
+        self.ready.append(igw)
 
         private_cidrs, public_cidrs = subnet_cidrs(args.vpc_cidr, args.availability_zones)
         public_routes = aws.ec2.RouteTable(f"{name}-public-rt", vpc_id=self.vpc.id,
-                                           tags={"Name": f"{args.cluster_name}-public"}, opts=child)
-        aws.ec2.Route(f"{name}-public-default-route", route_table_id=public_routes.id,
-                      destination_cidr_block="0.0.0.0/0", gateway_id=igw.id, opts=child)
+                                           tags={"Name": f"{stem}-public"}, opts=child)
+        self.ready.append(aws.ec2.Route(f"{name}-public-default-route", route_table_id=public_routes.id,
+                                        destination_cidr_block="0.0.0.0/0", gateway_id=igw.id, opts=child))
 
         self.public_subnet_ids, self.private_subnet_ids = [], []
         nat_ids: list[pulumi.Output[str]] = []
+        private_route_tables: list[pulumi.Output[str]] = []
         for i in range(args.availability_zones):
             zone = zones.names[i]
             public = aws.ec2.Subnet(
                 f"{name}-public-{i}", vpc_id=self.vpc.id, cidr_block=public_cidrs[i], availability_zone=zone,
                 map_public_ip_on_launch=False,
                 # Internet-facing load balancers go here.
-                tags={"Name": f"{args.cluster_name}-public-{i}", "kubernetes.io/role/elb": "1", **owned},
-                opts=child)
-            aws.ec2.RouteTableAssociation(f"{name}-public-{i}-rt", subnet_id=public.id,
-                                          route_table_id=public_routes.id, opts=child)
+                tags=subnet_tags(f"{stem}-public-{i}", "kubernetes.io/role/elb"), opts=child)
+            self.ready.append(aws.ec2.RouteTableAssociation(f"{name}-public-{i}-rt", subnet_id=public.id,
+                                                            route_table_id=public_routes.id, opts=child))
             private = aws.ec2.Subnet(
                 f"{name}-private-{i}", vpc_id=self.vpc.id, cidr_block=private_cidrs[i], availability_zone=zone,
                 map_public_ip_on_launch=False,
-                tags={"Name": f"{args.cluster_name}-private-{i}", "kubernetes.io/role/internal-elb": "1",
-                      **owned},
-                opts=child)
+                tags=subnet_tags(f"{stem}-private-{i}", "kubernetes.io/role/internal-elb"), opts=child)
             self.public_subnet_ids.append(public.id)
             self.private_subnet_ids.append(private.id)
             if i == 0 or args.nat_per_az:
-                eip = aws.ec2.Eip(f"{name}-nat-{i}-ip", domain="vpc",
-                                  tags={"Name": f"{args.cluster_name}-nat-{i}"}, opts=child)
+                eip = aws.ec2.Eip(f"{name}-nat-{i}-ip", domain="vpc", tags={"Name": f"{stem}-nat-{i}"}, opts=child)
                 nat = aws.ec2.NatGateway(
                     f"{name}-nat-{i}", allocation_id=eip.allocation_id, subnet_id=public.id,
-                    tags={"Name": f"{args.cluster_name}-nat-{i}"},
+                    tags={"Name": f"{stem}-nat-{i}"},
                     opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]))
                 nat_ids.append(nat.id)
+                self.ready.append(nat)
             private_routes = aws.ec2.RouteTable(f"{name}-private-{i}-rt", vpc_id=self.vpc.id,
-                                                tags={"Name": f"{args.cluster_name}-private-{i}"}, opts=child)
-            aws.ec2.Route(f"{name}-private-{i}-default-route", route_table_id=private_routes.id,
-                          destination_cidr_block="0.0.0.0/0", nat_gateway_id=nat_ids[-1], opts=child)
-            aws.ec2.RouteTableAssociation(f"{name}-private-{i}-rta", subnet_id=private.id,
-                                          route_table_id=private_routes.id, opts=child)
+                                                tags={"Name": f"{stem}-private-{i}"}, opts=child)
+            private_route_tables.append(private_routes.id)
+            self.ready.append(aws.ec2.Route(
+                f"{name}-private-{i}-default-route", route_table_id=private_routes.id,
+                destination_cidr_block="0.0.0.0/0", nat_gateway_id=nat_ids[-1], opts=child))
+            self.ready.append(aws.ec2.RouteTableAssociation(f"{name}-private-{i}-rta", subnet_id=private.id,
+                                                            route_table_id=private_routes.id, opts=child))
+        # S3 without NAT: model downloads and ECR's image layers (served from S3) cost no NAT processing.
+        self.ready.append(aws.ec2.VpcEndpoint(
+            f"{name}-s3-endpoint", vpc_id=self.vpc.id, service_name=f"com.amazonaws.{args.region}.s3",
+            vpc_endpoint_type="Gateway", route_table_ids=private_route_tables,
+            tags={"Name": f"{stem}-s3"}, opts=child))
 
         if args.flow_logs:
             self._flow_logs(name, args)
@@ -127,13 +150,15 @@ class Network(pulumi.ComponentResource):
 
     def _flow_logs(self, name: str, args: NetworkArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
-        log_group = aws.cloudwatch.LogGroup(f"{name}-flow-logs", name=f"/aws/vpc/{args.cluster_name}/flow-logs",
-                                            retention_in_days=FLOW_LOG_RETENTION_DAYS, opts=child)
+        # Named after the cluster's real name, so that a stack destroyed and created again never meets
+        # the group of its previous life.
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-flow-logs", name=pulumi.Output.concat("/aws/vpc/", args.cluster_name, "/flow-logs"),
+            retention_in_days=FLOW_LOG_RETENTION_DAYS, opts=child)
+        account = aws.get_caller_identity_output(opts=pulumi.InvokeOutputOptions(parent=self)).account_id
         role = aws.iam.Role(
             f"{name}-flow-logs-role",
-            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [{
-                "Effect": "Allow", "Action": "sts:AssumeRole",
-                "Principal": {"Service": "vpc-flow-logs.amazonaws.com"}}]}),
+            assume_role_policy=account.apply(lambda account_id: flow_log_trust(account_id, args.region)),
             opts=child)
         aws.iam.RolePolicy(
             f"{name}-flow-logs-policy", role=role.id,
@@ -146,17 +171,16 @@ class Network(pulumi.ComponentResource):
     def _security_groups(self, name: str, args: NetworkArgs) -> None:
         child = pulumi.ResourceOptions(parent=self)
         vpc_id = self.vpc.id
+        stem = args.name
         self.cluster_security_group = aws.ec2.SecurityGroup(
-            f"{name}-cluster-sg", vpc_id=vpc_id, description=f"EKS control plane of {args.cluster_name}",
-            tags={"Name": f"{args.cluster_name}-cluster"}, opts=child)
+            f"{name}-cluster-sg", vpc_id=vpc_id, description=f"EKS control plane of {stem}",
+            tags={"Name": f"{stem}-cluster"}, opts=child)
         self.node_security_group = aws.ec2.SecurityGroup(
-            f"{name}-node-sg", vpc_id=vpc_id, description=f"EKS nodes of {args.cluster_name}",
-            tags={"Name": f"{args.cluster_name}-nodes"}, opts=child)
-        # The AWS Load Balancer Controller finds this group by its Name tag (the service annotation).
-        self.lb_security_group_name = f"{args.cluster_name}-serving-lb"
+            f"{name}-node-sg", vpc_id=vpc_id, description=f"EKS nodes of {stem}",
+            tags={"Name": f"{stem}-nodes"}, opts=child)
         self.lb_security_group = aws.ec2.SecurityGroup(
-            f"{name}-lb-sg", vpc_id=vpc_id, description=f"Serving load balancer of {args.cluster_name}",
-            tags={"Name": self.lb_security_group_name}, opts=child)
+            f"{name}-lb-sg", vpc_id=vpc_id, description=f"Serving load balancer of {stem}",
+            tags={"Name": f"{stem}-serving-lb"}, opts=child)
         cluster, nodes, lb = (self.cluster_security_group.id, self.node_security_group.id,
                               self.lb_security_group.id)
 
@@ -165,19 +189,19 @@ class Network(pulumi.ComponentResource):
                     cidr: str | None = None) -> None:
             # EC2 takes IPv4 and IPv6 ranges in separate fields, and refuses either in the other's.
             ipv6 = cidr is not None and ipaddress.ip_network(cidr).version == 6
-            aws.vpc.SecurityGroupIngressRule(
+            self.ready.append(aws.vpc.SecurityGroupIngressRule(
                 f"{name}-{rule}", security_group_id=group, description=description, ip_protocol=protocol,
                 from_port=ports[0] if ports else None, to_port=ports[1] if ports else None,
                 referenced_security_group_id=source_group, cidr_ipv4=None if ipv6 else cidr,
-                cidr_ipv6=cidr if ipv6 else None, opts=child)
+                cidr_ipv6=cidr if ipv6 else None, opts=child))
 
         def egress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
                    ports: tuple[int, int] | None = None, target_group: pulumi.Input[str] | None = None,
                    cidr: str | None = None) -> None:
-            aws.vpc.SecurityGroupEgressRule(
+            self.ready.append(aws.vpc.SecurityGroupEgressRule(
                 f"{name}-{rule}", security_group_id=group, description=description, ip_protocol=protocol,
                 from_port=ports[0] if ports else None, to_port=ports[1] if ports else None,
-                referenced_security_group_id=target_group, cidr_ipv4=cidr, opts=child)
+                referenced_security_group_id=target_group, cidr_ipv4=cidr, opts=child))
 
         # Control plane <-> nodes.
         ingress("cluster-from-nodes-https", cluster, "Nodes and pods to the Kubernetes API",
@@ -202,6 +226,15 @@ class Network(pulumi.ComponentResource):
                ports=NODE_PORTS, target_group=nodes)
         ingress("nodes-from-lb", nodes, "Load balancer to the service node ports and health check",
                 ports=NODE_PORTS, source_group=lb)
+
+
+def flow_log_trust(account_id: str, region: str) -> str:
+    """VPC Flow Logs may assume the role for this account's flow logs only (no confused deputy)."""
+    flow_logs = f"arn:{partition_of(region)}:ec2:{region}:{account_id}:vpc-flow-log/*"
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "vpc-flow-logs.amazonaws.com"},
+        "Condition": {"StringEquals": {"aws:SourceAccount": account_id}, "ArnLike": {"aws:SourceArn": flow_logs}},
+    }]})
 
 
 def _flow_log_policy(log_group_arn: str) -> str:

@@ -29,9 +29,10 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 
-from infra.clouds.gcp.kubeconfig import kubeconfig, private_ip
+from infra import commands
+from infra.clouds.gcp.kubeconfig import dns_endpoint, kubeconfig
 from infra.clouds.gcp.zones import gpu_zones
-from infra.config import ConfigError, StackConfig
+from infra.config import DEFAULT_IMAGE_REPOSITORY, ConfigError, StackConfig
 from infra.platform import (
     GPU_POOL_LABEL,
     GPU_POOL_VALUE,
@@ -40,6 +41,7 @@ from infra.platform import (
     GPU_TAINT_VALUE,
     GPU_TOLERATION,
     Platform,
+    Upload,
 )
 from infra.serving import PORT as POD_PORT
 from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
@@ -106,22 +108,28 @@ class GpuCluster(pulumi.ComponentResource):
 
         self._apis = self._enable_apis()
         after_apis = pulumi.ResourceOptions(parent=self, depends_on=self._apis)
-        network, subnet = self._network(after_apis)
-        self._firewall_rules(network, after_apis)
+        network, subnet, egress = self._network(after_apis)
+        # The cluster, and through it everything on it, depends on the network plumbing: `pulumi destroy`
+        # deletes the serving load balancer (GKE's controller removes its forwarding rule and firewall
+        # rules) while NAT and the firewall rules still stand, and nodes never start without them.
+        plumbing = [*egress, *self._firewall_rules(network, after_apis)]
         node_sa = self._node_service_account(after_apis)
         registry = self._registry(node_sa, after_apis)
         bucket = self._model_bucket(after_apis)
         key = self._secrets_key(after_apis) if config.is_prod else None
-        cluster = self._cluster(network, subnet, node_sa, key)
+        cluster = self._cluster(network, subnet, node_sa, key, plumbing)
         system_pool = self._system_pool(cluster, node_sa)
         gpu_pool = self._gpu_pool(cluster, node_sa, system_pool)
         serving_sa, serving_grants = self._serving_identity(cluster, bucket)
 
-        private_endpoint = _private_endpoint(config)
-        server = (cluster.private_cluster_config.apply(private_ip) if private_endpoint else cluster.endpoint)
+        if config.access.api_access == "dns":
+            # GKE's DNS endpoint: a name under gke.goog with a publicly trusted certificate, IAM-authorized.
+            server = cluster.control_plane_endpoints_config.apply(dns_endpoint)
+            ca_data: pulumi.Input[str] = ""
+        else:
+            server, ca_data = cluster.endpoint, cluster.master_auth.cluster_ca_certificate
         self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(
-            args.project, cluster.location, cluster.name, server, cluster.master_auth.cluster_ca_certificate,
-        ).apply(kubeconfig))
+            args.project, cluster.location, cluster.name, server, ca_data).apply(kubeconfig))
         provider = k8s.Provider(f"{name}-k8s", kubeconfig=self.kubeconfig,
                                 opts=pulumi.ResourceOptions(parent=self))
 
@@ -129,6 +137,24 @@ class GpuCluster(pulumi.ComponentResource):
         self.registry_url = repository_url(args.region, args.project, registry.repository_id)
         self.model_bucket_uri = pulumi.Output.concat("gs://", bucket.name)
         self.serving_service_account = serving_sa.email
+        project = f"--project {commands.quote(args.project)}"
+
+        def image_upload(tag: str) -> Upload:
+            image = pulumi.Output.concat(self.registry_url, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
+            return Upload(
+                what=f"the serving image {DEFAULT_IMAGE_REPOSITORY}:{tag}",
+                check=pulumi.Output.concat(f"gcloud {project} artifacts docker images describe ", image, " --quiet"),
+                steps=[f"gcloud auth configure-docker {args.region}-docker.pkg.dev --quiet",
+                       pulumi.Output.concat("docker build -t ", image, " serving"),
+                       pulumi.Output.concat("docker push ", image)])
+
+        def model_upload(model: str) -> Upload:
+            prefix = pulumi.Output.concat(self.model_bucket_uri, f"/models/{model}/")
+            return Upload(what=f"the model {model} in the stack's bucket",
+                          check=pulumi.Output.concat(f"gcloud {project} storage ls ", prefix, "config.json"),
+                          steps=[pulumi.Output.concat(f"gcloud {project} storage rsync --recursive ./MODEL_DIR ",
+                                                      prefix)])
+
         self.platform = Platform(
             cloud="gcp",
             k8s_provider=provider,
@@ -144,6 +170,10 @@ class GpuCluster(pulumi.ComponentResource):
             internal_cidrs=(config.gcp.network_cidr,),
             ready=(system_pool, gpu_pool, *serving_grants),
             cluster=cluster,
+            cluster_name=cluster.name,
+            kubeconfig=self.kubeconfig,
+            image_upload=image_upload,
+            model_upload=model_upload,
         )
         self.register_outputs({
             "cluster_name": self.cluster_name,
@@ -168,7 +198,8 @@ class GpuCluster(pulumi.ComponentResource):
 
     # --- network ---------------------------------------------------------------------------------
 
-    def _network(self, opts: pulumi.ResourceOptions) -> tuple[gcp.compute.Network, gcp.compute.Subnetwork]:
+    def _network(self, opts: pulumi.ResourceOptions
+                 ) -> tuple[gcp.compute.Network, gcp.compute.Subnetwork, list[pulumi.Resource]]:
         name, args, config = self._name, self._args, self._args.config
         network = gcp.compute.Network(
             f"{name}-network",
@@ -206,7 +237,7 @@ class GpuCluster(pulumi.ComponentResource):
             description=f"servestack {config.stack}: Cloud NAT for the private nodes' egress",
             opts=opts,
         )
-        gcp.compute.RouterNat(
+        nat = gcp.compute.RouterNat(
             f"{name}-nat",
             project=args.project,
             region=args.region,
@@ -218,15 +249,16 @@ class GpuCluster(pulumi.ComponentResource):
             log_config=gcp.compute.RouterNatLogConfigArgs(enable=True, filter="ERRORS_ONLY"),
             opts=opts,
         )
-        return network, subnet
+        return network, subnet, [router, nat]
 
-    def _firewall_rules(self, network: gcp.compute.Network, opts: pulumi.ResourceOptions) -> None:
+    def _firewall_rules(self, network: gcp.compute.Network, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
         name, args, config = self._name, self._args, self._args.config
         log = gcp.compute.FirewallLogConfigArgs(metadata="INCLUDE_ALL_METADATA")
+        rules: list[pulumi.Resource] = []
 
         def allow(suffix: str, description: str, sources: Sequence[str], protocol: str,
                   ports: Sequence[str] | None) -> None:
-            gcp.compute.Firewall(
+            rules.append(gcp.compute.Firewall(
                 f"{name}-{suffix}",
                 project=args.project,
                 network=network.id,
@@ -238,7 +270,7 @@ class GpuCluster(pulumi.ComponentResource):
                 allows=[gcp.compute.FirewallAllowArgs(protocol=protocol, ports=list(ports) if ports else None)],
                 log_config=log if config.is_prod else None,
                 opts=opts,
-            )
+            ))
 
         lb_port = str(config.serving.port)
         clients = config.access.endpoint_cidrs
@@ -263,7 +295,7 @@ class GpuCluster(pulumi.ComponentResource):
             allow(f"allow-internal-{protocol}",
                   f"servestack {config.stack}: nodes and pods to nodes and pods inside the VPC ({protocol})",
                   [config.gcp.network_cidr, config.gcp.pods_cidr], protocol, None)
-        gcp.compute.Firewall(
+        rules.append(gcp.compute.Firewall(
             f"{name}-deny-all-ingress",
             project=args.project,
             network=network.id,
@@ -274,7 +306,8 @@ class GpuCluster(pulumi.ComponentResource):
             denies=[gcp.compute.FirewallDenyArgs(protocol="all")],
             log_config=log,
             opts=opts,
-        )
+        ))
+        return rules
 
     # --- identity --------------------------------------------------------------------------------
 
@@ -392,30 +425,34 @@ class GpuCluster(pulumi.ComponentResource):
             labels=self._labels,
             opts=kept,
         )
-        project = gcp.organizations.get_project_output(project_id=args.project,
-                                                       opts=pulumi.InvokeOutputOptions(parent=self))
+        # The project lookup needs the Cloud Resource Manager API, which a new project may not have before
+        # this stack enables it; the GKE service agent exists once the Kubernetes Engine API is enabled,
+        # and ServiceIdentity makes sure it does before the grant names it.
+        project = gcp.organizations.get_project_output(
+            project_id=args.project, opts=pulumi.InvokeOutputOptions(parent=self, depends_on=self._apis))
+        agent = gcp.projects.ServiceIdentity(f"{name}-gke-service-agent", project=args.project,
+                                             service="container.googleapis.com", opts=opts)
         grant = gcp.kms.CryptoKeyIAMMember(
             f"{name}-secrets-key-gke",
             crypto_key_id=key.id,
             role="roles/cloudkms.cryptoKeyEncrypterDecrypter",
             # The GKE service agent encrypts and decrypts with it.
             member=project.number.apply(_gke_service_agent),
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[agent]),
         )
         return key, grant
 
     # --- cluster ---------------------------------------------------------------------------------
 
     def _cluster(self, network: gcp.compute.Network, subnet: gcp.compute.Subnetwork,
-                 node_sa: gcp.serviceaccount.Account,
-                 key: tuple[gcp.kms.CryptoKey, gcp.kms.CryptoKeyIAMMember] | None) -> gcp.container.Cluster:
+                 node_sa: gcp.serviceaccount.Account, key: tuple[gcp.kms.CryptoKey, gcp.kms.CryptoKeyIAMMember] | None,
+                 plumbing: Sequence[pulumi.Resource]) -> gcp.container.Cluster:
         name, args, config = self._name, self._args, self._args.config
-        private_endpoint = _private_endpoint(config)
-        authorized = list(config.access.api_cidrs)
-        if private_endpoint:
-            authorized.append(config.gcp.network_cidr)
+        dns = config.access.api_access == "dns"
+        # The IP endpoint admits the VPC (nodes) and, when public, the listed CIDR blocks.
+        authorized = [config.gcp.network_cidr, *config.access.api_cidrs]
         # With a key, GKE must be allowed to use it before the cluster is created.
-        depends: list[pulumi.Resource] = [*self._apis, key[1]] if key is not None else [*self._apis]
+        depends: list[pulumi.Resource] = [*self._apis, *plumbing, *([key[1]] if key is not None else [])]
         return gcp.container.Cluster(
             f"{name}-cluster",
             project=args.project,
@@ -442,9 +479,14 @@ class GpuCluster(pulumi.ComponentResource):
             ),
             private_cluster_config=gcp.container.ClusterPrivateClusterConfigArgs(
                 enable_private_nodes=True,
-                enable_private_endpoint=private_endpoint,
+                enable_private_endpoint=dns,
                 master_ipv4_cidr_block=config.gcp.master_cidr,
             ),
+            # The deployer and operators reach the API through the DNS endpoint from anywhere; IAM decides
+            # who gets in (container.clusters.connect, in Kubernetes Engine Admin and Developer).
+            control_plane_endpoints_config=gcp.container.ClusterControlPlaneEndpointsConfigArgs(
+                dns_endpoint_config=gcp.container.ClusterControlPlaneEndpointsConfigDnsEndpointConfigArgs(
+                    allow_external_traffic=True)) if dns else None,
             master_authorized_networks_config=gcp.container.ClusterMasterAuthorizedNetworksConfigArgs(
                 cidr_blocks=[gcp.container.ClusterMasterAuthorizedNetworksConfigCidrBlockArgs(
                     cidr_block=cidr, display_name=_authorized_name(cidr, config.gcp.network_cidr))
@@ -578,11 +620,6 @@ def workload_identity_member(project: str, namespace: str) -> str:
 
 def repository_url(region: str, project: str, repository_id: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.concat(f"{region}-docker.pkg.dev/{project}/", repository_id)
-
-
-def _private_endpoint(config: StackConfig) -> bool:
-    """Prod always, and any stack that lists no operator CIDRs, keeps the API on the private endpoint."""
-    return config.is_prod or not config.access.api_cidrs
 
 
 def _slug(text: str, limit: int) -> str:

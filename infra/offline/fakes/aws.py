@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import base64
+from datetime import date
 from typing import Any
 
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
-from infra.offline.fakes import CallFake, FakeContext, ResourceFake
+from infra import versions
+from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 # A placeholder account, the one AWS's own documentation uses.
 ACCOUNT = "123456789012"
+DEPLOYER_ROLE = "platform-deployer"
 
 
 def _region(ctx: FakeContext) -> str:
@@ -77,16 +80,28 @@ def _log_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str,
 
 def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
     name, region = _autoname(args, ctx), _region(ctx)
+    version = str(args.inputs.get("version") or "")
+    offered = [r.minor for r in versions.window("aws", date.today())]
+    if version and version not in offered:
+        raise CloudError(f"InvalidParameterException: unsupported Kubernetes version {version}; EKS offers "
+                         f"{', '.join(offered)}")
+    ctx.memory.setdefault("eks_versions", {})[name] = version or offered[-1]
     oidc_id = ctx.hex("oidc", name, length=32).upper()
     ca = base64.b64encode(f"-----BEGIN CERTIFICATE-----\n{ctx.hex('ca', name, length=64)}\n"
                           "-----END CERTIFICATE-----\n".encode()).decode()
     vpc_config = dict(args.inputs.get("vpcConfig") or {})
     vpc_config.update({"clusterSecurityGroupId": f"sg-{ctx.hex('eks-cluster-sg', name)}",
                        "vpcId": f"vpc-{ctx.hex('vpc', name)}"})
+    # The endpoint's name is public DNS either way; with the public endpoint off it resolves to the
+    # control plane's addresses inside the VPC (EKS user guide, "Cluster API server endpoint").
+    host = f"{oidc_id}.gr7.{region}.eks.amazonaws.com"
+    public = vpc_config.get("endpointPublicAccess", True) and vpc_config.get("publicAccessCidrs") != []
+    ctx.register(host, f"3.{int(ctx.hex('ip', name, length=2), 16) % 200 + 20}.10.10" if public
+                 else f"10.0.{int(ctx.hex('ip', name, length=2), 16) % 60}.10")
     return name, {
         "name": name,
         "arn": f"arn:aws:eks:{region}:{ACCOUNT}:cluster/{name}",
-        "endpoint": f"https://{oidc_id}.gr7.{region}.eks.amazonaws.com",
+        "endpoint": f"https://{host}",
         "certificateAuthority": {"data": ca},
         "identities": [{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{oidc_id}"}]}],
         "platformVersion": "eks.10",
@@ -108,7 +123,12 @@ def _node_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str
 
 
 def _addon(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
-    cluster, addon = args.inputs.get("clusterName"), args.inputs.get("addonName")
+    cluster, addon = str(args.inputs.get("clusterName")), str(args.inputs.get("addonName"))
+    version, wanted = ctx.memory.get("eks_versions", {}).get(cluster, ""), args.inputs.get("addonVersion")
+    builds = EKS_ADDON_BUILDS.get(version, {}).get(addon, ())
+    if wanted not in builds:
+        raise CloudError(f"InvalidParameterException: Addon version specified is not supported ({addon} {wanted} "
+                         f"on Kubernetes {version}; published: {', '.join(builds) or 'none'})")
     return f"{cluster}:{addon}", {"arn": f"arn:aws:eks:{_region(ctx)}:{ACCOUNT}:addon/{cluster}/{addon}/"
                                          f"{ctx.hex(args.name, length=32)}"}
 
@@ -138,6 +158,16 @@ def _security_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict
                    "name": _autoname(args, ctx)}
 
 
+# The add-on builds EKS publishes per Kubernetes minor, as the EKS user guide's tables list them (what
+# `aws eks describe-addon-versions` answers); an Addon asking for any other build is refused, as EKS does.
+EKS_ADDON_BUILDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "1.34": {"vpc-cni": ("v1.21.1-eksbuild.7",), "kube-proxy": ("v1.34.6-eksbuild.2",),
+             "coredns": ("v1.13.2-eksbuild.7",), "metrics-server": ("v0.8.1-eksbuild.5",)},
+    "1.35": {"vpc-cni": ("v1.21.1-eksbuild.7",), "kube-proxy": ("v1.35.3-eksbuild.2",),
+             "coredns": ("v1.14.2-eksbuild.4",), "metrics-server": ("v0.8.1-eksbuild.5",)},
+}
+
+
 RESOURCES: dict[str, ResourceFake] = {
     "aws:ec2/vpc:Vpc": _prefixed("vpc", "ec2", "vpc"),
     "aws:ec2/subnet:Subnet": _prefixed("subnet", "ec2", "subnet"),
@@ -148,6 +178,7 @@ RESOURCES: dict[str, ResourceFake] = {
     "aws:ec2/routeTableAssociation:RouteTableAssociation": _prefixed("rtbassoc"),
     "aws:ec2/eip:Eip": _eip,
     "aws:ec2/flowLog:FlowLog": _prefixed("fl", "ec2", "vpc-flow-log"),
+    "aws:ec2/vpcEndpoint:VpcEndpoint": _prefixed("vpce", "ec2", "vpc-endpoint"),
     "aws:ec2/securityGroup:SecurityGroup": _security_group,
     "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup": _security_group,
     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": _prefixed("sgr", "ec2", "security-group-rule"),
@@ -189,21 +220,26 @@ def _availability_zones(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
             "state": "available"}
 
 
-# EKS's default build per add-on, as describe-addon-versions reports it for a recent Kubernetes minor
-# (illustrative builds: the offline plan only needs the form `vX.Y.Z-eksbuild.N`).
-DEFAULT_ADDON_BUILDS = {"vpc-cni": "v1.20.4-eksbuild.2", "metrics-server": "v0.8.0-eksbuild.6"}
+def _caller_identity(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    """The deployer: a role assumed through SSO, as most people and CI runners deploy."""
+    return {"accountId": ACCOUNT, "arn": f"arn:aws:sts::{ACCOUNT}:assumed-role/{DEPLOYER_ROLE}/deployer",
+            "userId": f"AROA{ctx.hex('deployer', length=17).upper()}:deployer", "id": ACCOUNT}
 
 
-def _addon_version(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
-    addon, kubernetes_version = args.args["addonName"], args.args["kubernetesVersion"]
-    if addon not in DEFAULT_ADDON_BUILDS:
-        raise KeyError(f"no fake EKS add-on version for {addon!r}; known: {', '.join(DEFAULT_ADDON_BUILDS)}")
-    return {"id": addon, "addonName": addon, "kubernetesVersion": kubernetes_version,
-            "mostRecent": bool(args.args.get("mostRecent")), "region": _region(ctx),
-            "version": DEFAULT_ADDON_BUILDS[addon]}
+def _session_context(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    """An assumed role's session resolves to its role (the ARN of anything else is its own issuer)."""
+    arn = str(args.args["arn"])
+    issuer = arn
+    if ":assumed-role/" in arn:
+        account = arn.split(":")[4]
+        role = arn.split(":assumed-role/", 1)[1].split("/")[0]
+        issuer = f"arn:aws:iam::{account}:role/{role}"
+    return {"arn": arn, "issuerArn": issuer, "issuerName": issuer.rsplit("/", 1)[-1], "id": arn,
+            "issuerId": f"AROA{ctx.hex('issuer', issuer, length=17).upper()}", "sessionName": arn.rsplit("/", 1)[-1]}
 
 
 CALLS: dict[str, CallFake] = {
+    "aws:index/getCallerIdentity:getCallerIdentity": _caller_identity,
+    "aws:iam/getSessionContext:getSessionContext": _session_context,
     "aws:index/getAvailabilityZones:getAvailabilityZones": _availability_zones,
-    "aws:eks/getAddonVersion:getAddonVersion": _addon_version,
 }

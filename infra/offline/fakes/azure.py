@@ -11,17 +11,20 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
+from datetime import date
 from typing import Any
 
 import yaml
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
-from infra.offline.fakes import CallFake, FakeContext, ResourceFake
+from infra import versions
+from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 SUBSCRIPTION_ID = "00000000-0000-4000-8000-000000000001"
 TENANT_ID = "00000000-0000-4000-8000-000000000002"
 DEPLOYER_OBJECT_ID = "00000000-0000-4000-8000-000000000003"
-DEPLOYER_CLIENT_ID = "00000000-0000-4000-8000-000000000004"
+# The deployer signed in with the Azure CLI (`az login`): its tokens carry the CLI's application id.
+DEPLOYER_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
 # Any base64 will do for a CA bundle nobody verifies offline.
 FAKE_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nservestack offline plan\n-----END CERTIFICATE-----\n")
 
@@ -81,9 +84,18 @@ def _identity(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: 
 
 def _cluster(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
     location = _location(args, ctx)
+    version = str(args.inputs.get("kubernetesVersion") or "")
+    offered = [r.minor for r in versions.window("azure", date.today())]
+    if version and version not in offered:
+        raise CloudError(f"(K8sVersionNotSupported) Version {version} is not supported in this region. Please use "
+                         f"[az aks get-versions] command to get the supported version list ({', '.join(offered)})")
     dns_prefix = args.inputs.get("dnsPrefix", name)
     private = bool((args.inputs.get("apiServerAccessProfile") or {}).get("enablePrivateCluster"))
     host = f"{dns_prefix}-{ctx.hex(name, length=8)}.{'privatelink.' if private else 'hcp.'}{location}.azmk8s.io"
+    # A private cluster's name resolves, where it resolves at all, to its private endpoint in the VNet.
+    ctx.register(host, f"10.{int(ctx.hex('ip', name, length=2), 16) % 200 + 20}.0.4" if private else
+                 f"20.{int(ctx.hex('ip', name, length=2), 16) % 200 + 20}.10.10")
+    ctx.memory.setdefault("aks_servers", {})[name] = host
     node_group = args.inputs.get("nodeResourceGroup", f"MC_{name}")
     kubelet = f"{name}-agentpool"
     return {
@@ -100,6 +112,16 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: s
                           f"Microsoft.ManagedIdentity/userAssignedIdentities/{kubelet}"}},
         "powerState": {"code": "Running"},
     }
+
+
+def _agent_pool(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
+    """A spot pool's label and taint, which AKS adds to the pool's own properties (spot-node-pool docs)."""
+    if args.inputs.get("scaleSetPriority") != "Spot":
+        return {}
+    spot = "kubernetes.azure.com/scalesetpriority"
+    taints = list(args.inputs.get("nodeTaints") or [])
+    return {"nodeLabels": {**(args.inputs.get("nodeLabels") or {}), spot: "spot"},
+            "nodeTaints": taints if f"{spot}=spot:NoSchedule" in taints else [*taints, f"{spot}=spot:NoSchedule"]}
 
 
 def _registry(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
@@ -132,21 +154,16 @@ def _flow_log(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, 
     return resource_id, outputs
 
 
-def _random_string(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
-    length = int(args.inputs.get("length", 8))
-    return args.name, {"result": ctx.hex("random-string", args.name, length=64)[:length]}
-
-
 def _client_config(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
     return {"clientId": DEPLOYER_CLIENT_ID, "objectId": DEPLOYER_OBJECT_ID, "subscriptionId": SUBSCRIPTION_ID,
             "tenantId": TENANT_ID}
 
 
 def _user_credentials(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
-    """AKS's user kubeconfig in `exec` format: kubelogin with device-code login."""
+    """AKS's user kubeconfig in `exec` format: kubelogin with device-code login, pointing at the cluster's
+    FQDN (its private one for a private cluster)."""
     cluster = str(args.args.get("resourceName"))
-    location = ctx.config.get("azure-native:location", "eastus")
-    server = f"https://{cluster}-{ctx.hex(cluster, length=8)}.hcp.{location}.azmk8s.io:443"
+    server = f"https://{ctx.memory['aks_servers'][cluster]}:443"
     user = f"clusterUser_{args.args.get('resourceGroupName')}_{cluster}"
     kubeconfig = {
         "apiVersion": "v1", "kind": "Config", "current-context": cluster, "preferences": {},
@@ -183,7 +200,7 @@ RESOURCES: dict[str, ResourceFake] = {
     "azure-native:containerservice:ManagedCluster": _arm("Microsoft.ContainerService/managedClusters",
                                                          "resourceName", _cluster),
     "azure-native:containerservice:AgentPool": _arm(
-        "Microsoft.ContainerService/managedClusters/{resourceName}/agentPools", "agentPoolName"),
+        "Microsoft.ContainerService/managedClusters/{resourceName}/agentPools", "agentPoolName", _agent_pool),
     "azure-native:containerregistry:Registry": _arm("Microsoft.ContainerRegistry/registries", "registryName",
                                                     _registry),
     "azure-native:storage:StorageAccount": _arm("Microsoft.Storage/storageAccounts", "accountName",
@@ -191,10 +208,17 @@ RESOURCES: dict[str, ResourceFake] = {
     "azure-native:storage:BlobContainer": _arm(
         "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers", "containerName"),
     "azure-native:authorization:RoleAssignment": _role_assignment,
-    "random:index/randomString:RandomString": _random_string,
 }
 
+def _network_watcher(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    name, group = str(args.args["networkWatcherName"]), str(args.args["resourceGroupName"])
+    return {"id": f"/subscriptions/{SUBSCRIPTION_ID}/resourceGroups/{group}/providers/Microsoft.Network/"
+                  f"networkWatchers/{name}", "name": name, "location": name.removeprefix("NetworkWatcher_"),
+            "provisioningState": "Succeeded"}
+
+
 CALLS: dict[str, CallFake] = {
+    "azure-native:network:getNetworkWatcher": _network_watcher,
     "azure-native:authorization:getClientConfig": _client_config,
     "azure-native:containerservice:listManagedClusterUserCredentials": _user_credentials,
 }

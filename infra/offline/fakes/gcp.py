@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from datetime import date
 from typing import Any
 
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
-from infra.offline.fakes import CallFake, FakeContext, ResourceFake
+from infra import versions
+from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 FAKE_PROJECT_NUMBER = "123456789012"
 
@@ -72,6 +74,12 @@ def _service(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
 def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
     project, name = _project(args, ctx), _name(args, ctx)
     location = str(args.inputs.get("location"))
+    version = str(args.inputs.get("minMasterVersion") or "")
+    channel = str((args.inputs.get("releaseChannel") or {}).get("channel") or "REGULAR")
+    offered = [r.minor for r in versions.window("gcp", date.today(), extended=channel == "EXTENDED")]
+    if version and version not in offered:
+        raise CloudError(f"Error 400: Master version \"{version}\" is unsupported in channel {channel}; the channel "
+                         f"offers {', '.join(offered)}")
     private = dict(args.inputs.get("privateClusterConfig") or {})
     master = str(private.get("masterIpv4CidrBlock") or "172.16.0.32/28")
     private_ip = master.rsplit(".", 1)[0] + "." + str(int(master.rsplit(".", 1)[1].split("/")[0]) + 2)
@@ -82,10 +90,19 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
     ca = base64.b64encode(f"-----BEGIN CERTIFICATE-----\nfake CA of {name}\n-----END CERTIFICATE-----\n"
                           .encode()).decode()
     path = f"projects/{project}/locations/{location}/clusters/{name}"
+    # Every cluster has a DNS endpoint; it admits traffic from outside Google's network only when asked.
+    endpoints = dict(args.inputs.get("controlPlaneEndpointsConfig") or {})
+    dns_config = dict(endpoints.get("dnsEndpointConfig") or {})
+    region = location if location.count("-") == 1 else location.rsplit("-", 1)[0]
+    dns_config["endpoint"] = f"gke-{ctx.hex('dns', name, length=32)}-{FAKE_PROJECT_NUMBER}.{region}.gke.goog"
+    # The DNS endpoint is Google's front end (a public address); the IP endpoints are what they are.
+    ctx.register(dns_config["endpoint"], "34.110.200.10" if dns_config.get("allowExternalTraffic") else private_ip)
+    endpoints["dnsEndpointConfig"] = dns_config
     return path, {
         "name": name,
         "endpoint": private_ip if private.get("enablePrivateEndpoint") else public_ip,
         "privateClusterConfig": private,
+        "controlPlaneEndpointsConfig": endpoints,
         "masterAuth": {**dict(args.inputs.get("masterAuth") or {}), "clusterCaCertificate": ca},
         "selfLink": f"https://container.googleapis.com/v1/{path}",
         "masterVersion": f"{args.inputs.get('minMasterVersion', '1.35')}.5-gke.1000000",
@@ -123,6 +140,13 @@ def _crypto_key(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str
     return f"{args.inputs.get('keyRing')}/cryptoKeys/{name}", {"name": name}
 
 
+def _service_identity(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    service = str(args.inputs.get("service"))
+    agents = {"container.googleapis.com": "container-engine-robot"}
+    email = f"service-{FAKE_PROJECT_NUMBER}@{agents.get(service, service.split('.')[0])}.iam.gserviceaccount.com"
+    return f"projects/{_project(args, ctx)}/services/{service}", {"email": email, "member": f"serviceAccount:{email}"}
+
+
 def _get_project(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
     project = str(args.args.get("projectId") or ctx.config.get("gcp:project"))
     return {"projectId": project, "number": FAKE_PROJECT_NUMBER, "name": project,
@@ -131,6 +155,7 @@ def _get_project(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
 
 RESOURCES: dict[str, ResourceFake] = {
     "gcp:projects/service:Service": _service,
+    "gcp:projects/serviceIdentity:ServiceIdentity": _service_identity,
     "gcp:compute/network:Network": _network,
     "gcp:compute/subnetwork:Subnetwork": _regional("subnetworks"),
     "gcp:compute/router:Router": _regional("routers"),

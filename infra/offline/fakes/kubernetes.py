@@ -24,7 +24,13 @@ def _random_password(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dic
     return args.name, {"result": ctx.hex("password", args.name, length=64)[:length]}
 
 
+def _random_string(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    length = int(args.inputs.get("length", 8))
+    return args.name, {"result": ctx.hex("random-string", args.name, length=64)[:length]}
+
+
 RESOURCES: dict[str, ResourceFake] = {
+    "random:index/randomString:RandomString": _random_string,
     "kubernetes:core/v1:Service": _service,
     "random:index/randomPassword:RandomPassword": _random_password,
 }

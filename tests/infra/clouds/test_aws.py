@@ -16,7 +16,7 @@ from infra.check import check_plan
 from infra.clouds.aws.kube import kubeconfig
 from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes.aws import DEFAULT_ADDON_BUILDS, zone_ids
+from infra.offline.fakes.aws import EKS_ADDON_BUILDS, zone_ids
 from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
 from infra.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, resources
@@ -64,6 +64,13 @@ def _by_urn(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {r["urn"]: r for r in plan["resources"]}
 
 
+def _cluster_name(plan: dict[str, Any]) -> str:
+    """The EKS cluster's name: the stack's name and a suffix of this life of the stack."""
+    name: str = inputs(plan, CLUSTER)["name"]
+    assert re.fullmatch(rf"servestack-{plan['stack']}-[a-z0-9]{{6}}", name), name
+    return name
+
+
 def _named(plan: dict[str, Any], type_token: str, fragment: str) -> list[dict[str, Any]]:
     return [r for r in resources(plan, type_token) if fragment in r["name"]]
 
@@ -84,7 +91,7 @@ def test_vpc_spans_the_configured_zones_with_private_and_public_subnets(plan: di
     blocks = [ipaddress.ip_network(s["inputs"]["cidrBlock"]) for s in private + public]
     assert all(b.subnet_of(network) for b in blocks)  # type: ignore[arg-type]
     assert not any(a.overlaps(b) for i, a in enumerate(blocks) for b in blocks[i + 1:])
-    cluster_tag = "kubernetes.io/cluster/servestack-" + plan["stack"]
+    cluster_tag = "kubernetes.io/cluster/" + _cluster_name(plan)
     for subnet in private:
         assert subnet["inputs"]["tags"]["kubernetes.io/role/internal-elb"] == "1"
         assert subnet["inputs"]["tags"][cluster_tag] == "shared"
@@ -199,16 +206,19 @@ def test_dev_api_endpoint_is_public_only_to_the_operators(dev: dict[str, Any]) -
     assert vpc["publicAccessCidrs"] == ["198.51.100.0/24"]
 
 
-def test_prod_api_endpoint_is_private(prod: dict[str, Any]) -> None:
+def test_prod_api_endpoint_is_public_only_to_the_deployer_and_operators(prod: dict[str, Any]) -> None:
+    """The VPC does not exist before the first `up`: the deployer comes in through the public endpoint,
+    limited to its CIDR blocks, while nodes use the private one."""
     vpc = inputs(prod, CLUSTER)["vpcConfig"]
-    assert vpc["endpointPrivateAccess"] is True and vpc["endpointPublicAccess"] is False
-    assert not vpc.get("publicAccessCidrs")
+    assert vpc["endpointPrivateAccess"] is True and vpc["endpointPublicAccess"] is True
+    assert vpc["publicAccessCidrs"] == ["198.51.100.0/24"]
 
 
 def test_cluster_encrypts_secrets_logs_and_uses_access_entries(plan: dict[str, Any]) -> None:
     cluster = inputs(plan, CLUSTER)
-    assert cluster["name"] == f"servestack-{plan['stack']}" and cluster["version"] == "1.35"
-    assert cluster["accessConfig"]["authenticationMode"] == "API"
+    assert cluster["name"] == _cluster_name(plan) and cluster["version"] == "1.35"
+    # Admins are access entries the plan shows; EKS adds no invisible one for the creator.
+    assert cluster["accessConfig"] == {"authenticationMode": "API", "bootstrapClusterCreatorAdminPermissions": False}
     assert cluster["encryptionConfig"]["resources"] == ["secrets"]
     key = inputs(plan, "aws:kms/key:Key")
     assert key["enableKeyRotation"] is True
@@ -230,11 +240,12 @@ def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]
     assert set(addons) == {"vpc-cni", "kube-proxy", "coredns", "metrics-server"}
     assert all(a["inputs"]["addonVersion"].startswith("v") and "eksbuild" in a["inputs"]["addonVersion"]
                for a in addons.values())
-    # 1.35 pins kube-proxy and CoreDNS; vpc-cni and metrics-server take EKS's default build for 1.35,
-    # which the plan gets from the (faked) getAddonVersion invoke.
+    # Every add-on is pinned to a build EKS publishes for 1.35 (no build decided on the day of `up`).
     assert addons["kube-proxy"]["inputs"]["addonVersion"] == "v1.35.3-eksbuild.2"
     assert addons["coredns"]["inputs"]["addonVersion"] == "v1.14.2-eksbuild.4"
-    assert addons["vpc-cni"]["inputs"]["addonVersion"] == DEFAULT_ADDON_BUILDS["vpc-cni"]
+    assert addons["vpc-cni"]["inputs"]["addonVersion"] == "v1.21.1-eksbuild.7"
+    for name, addon in addons.items():
+        assert addon["inputs"]["addonVersion"] in EKS_ADDON_BUILDS["1.35"][name]
     assert json.loads(addons["vpc-cni"]["inputs"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
     assert addons["vpc-cni"]["inputs"]["serviceAccountRoleArn"].startswith("arn:aws:iam::")
     # aws-node runs with the IRSA role: the CNI policy must be on it before the add-on starts.
@@ -290,12 +301,20 @@ def test_gpu_group_is_tainted_labelled_and_scaled_by_config(plan: dict[str, Any]
     scaling = node["scalingConfig"]
     assert (scaling["minSize"], scaling["maxSize"], scaling["desiredSize"]) == (
         gpu["minNodes"], gpu["maxNodes"], gpu["minNodes"])
-    assert group["ignoreChanges"] == ["scalingConfig.desiredSize"]
+    # After creation a command owns the bounds (test_eks_scaling_script), the autoscaler the desired size.
+    assert group["ignoreChanges"] == ["scalingConfig"]
+    assert node["version"] == "1.35"  # the control plane's minor: an upgrade rolls the nodes too
     gpu_template = one(plan, LAUNCH_TEMPLATE, "aws-eks-gpu-template")["inputs"]
     assert gpu_template["blockDeviceMappings"][0]["ebs"]["volumeSize"] == gpu["diskGb"]
     system = one(plan, NODE_GROUP, "aws-eks-system-nodes")
     assert system["inputs"]["capacityType"] == "ON_DEMAND" and "taints" not in system["inputs"]
-    assert system["ignoreChanges"] == ["scalingConfig.desiredSize"]
+    assert system["ignoreChanges"] == ["scalingConfig"]
+    aws = config["servestack:aws"]
+    for pool, bounds in (("gpu", (gpu["minNodes"], gpu["maxNodes"])),
+                         ("system", (aws["systemMinNodes"], aws["systemMaxNodes"]))):
+        command = one(plan, "command:local:Command", f"aws-eks-{pool}-scaling")
+        assert f"min={bounds[0]}; max={bounds[1]}" in command["inputs"]["create"]
+        assert one(plan, NODE_GROUP, f"aws-eks-{pool}-nodes")["urn"] in command["dependencies"]
 
 
 def test_dev_gpu_group_scales_from_zero_on_spot_and_prod_from_one_on_demand(dev: dict[str, Any],
@@ -325,7 +344,7 @@ def test_cluster_autoscaler_is_pinned_discovers_the_cluster_and_may_scale_only_i
     assert release["chart"] == "cluster-autoscaler" and release["version"] == "9.59.0"
     assert release["repositoryOpts"]["repo"] == "https://kubernetes.github.io/autoscaler"
     values = release["values"]
-    cluster = f"servestack-{plan['stack']}"
+    cluster = _cluster_name(plan)
     assert values["autoDiscovery"]["clusterName"] == cluster
     assert values["image"]["tag"] == "v1.35.0"
     role_arn = values["rbac"]["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"]
@@ -385,7 +404,7 @@ def test_the_serving_autoscaler_has_a_metrics_api(plan: dict[str, Any]) -> None:
     hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
     assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
     metrics_server = one(plan, "aws:eks/addon:Addon", "aws-eks-metrics-server")
-    assert metrics_server["inputs"]["addonVersion"] == DEFAULT_ADDON_BUILDS["metrics-server"]
+    assert metrics_server["inputs"]["addonVersion"] == "v0.8.1-eksbuild.5"
     assert metrics_server["urn"] in one(plan, "kubernetes:core/v1:Namespace")["dependencies"]
     # The add-on listens on 10251; the control plane (aggregated API) must reach it on the nodes.
     rule = inputs(plan, INGRESS, "aws-network-nodes-from-cluster-10251")
@@ -477,9 +496,11 @@ def test_serving_load_balancer_is_an_nlb_behind_our_security_group(plan: dict[st
     assert annotations[f"{LB}-type"] == "external"
     assert annotations[f"{LB}-nlb-target-type"] == "instance"
     assert annotations[f"{LB}-scheme"] == "internet-facing"
-    assert annotations[f"{LB}-security-groups"] == f"servestack-{plan['stack']}-serving-lb"
+    # The group by id: the Service depends on it, so `pulumi destroy` deletes the load balancer first.
+    lb_group = one(plan, SG, "aws-network-lb-sg")
+    assert annotations[f"{LB}-security-groups"].startswith("sg-")
+    assert lb_group["urn"] in one(plan, SERVICE)["propertyDependencies"]["metadata"]
     assert annotations[f"{LB}-manage-backend-security-group-rules"] == "false"
-    assert inputs(plan, SG, "aws-network-lb-sg")["tags"]["Name"] == annotations[f"{LB}-security-groups"]
     controller = inputs(plan, HELM, "aws-lb-controller")
     assert controller["chart"] == "aws-load-balancer-controller" and controller["version"] == "1.13.4"
     assert controller["values"]["vpcId"].startswith("vpc-") and controller["values"]["region"] == "us-east-1"
@@ -541,14 +562,19 @@ def test_al2023_nodes_get_the_device_plugin(tmp_path_factory: pytest.TempPathFac
     plugin = inputs(plan, "kubernetes:apps/v1:DaemonSet")
     spec = plugin["spec"]["template"]["spec"]
     assert spec["nodeSelector"] == {"servestack.io/pool": "gpu"}
-    entry = inputs(plan, "aws:eks/accessEntry:AccessEntry")
-    assert entry["principalArn"] == "arn:aws:iam::123456789012:role/platform-admin"
-    association = inputs(plan, "aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
-    assert association["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
+    # The deployer (the fake caller's role) and the listed admin, each once, as cluster admins.
+    entries = sorted(r["inputs"]["principalArn"] for r in resources(plan, "aws:eks/accessEntry:AccessEntry"))
+    assert entries == ["arn:aws:iam::123456789012:role/platform-admin",
+                       "arn:aws:iam::123456789012:role/platform-deployer"]
+    associations = resources(plan, "aws:eks/accessPolicyAssociation:AccessPolicyAssociation")
+    assert len(associations) == 2
+    assert all(a["inputs"]["policyArn"].endswith(":cluster-access-policy/AmazonEKSClusterAdminPolicy")
+               for a in associations)
 
 
 def test_internal_load_balancer_admits_only_the_vpc(tmp_path_factory: pytest.TempPathFactory) -> None:
-    plan = _variant(tmp_path_factory, "aws-internal", access={"internalLoadBalancer": True})
+    plan = _variant(tmp_path_factory, "aws-internal", access={"internalLoadBalancer": True,
+                                                               "apiCidrs": ["198.51.100.0/24"]})
     annotations = inputs(plan, SERVICE)["metadata"]["annotations"]
     assert annotations[f"{LB}-scheme"] == "internal"
     by_cidr = [r["inputs"] for r in resources(plan, INGRESS) if r["inputs"].get("cidrIpv4")]
@@ -587,12 +613,12 @@ def test_kubeconfig_gets_its_token_from_the_aws_cli() -> None:
 def test_unpinned_kubernetes_version_fails_the_plan_by_name(tmp_path_factory: pytest.TempPathFactory) -> None:
     stacks = tmp_path_factory.mktemp("aws-old")
     document = yaml.safe_load((STACKS_DIR / "Pulumi.aws-dev.yaml").read_text())
-    document["config"]["servestack:kubernetesVersion"] = "1.30"
+    document["config"]["servestack:kubernetesVersion"] = "1.36"
     (stacks / "Pulumi.aws-old.yaml").write_text(yaml.safe_dump(document))
     with pytest.raises(PlanError) as error:
         plan_in_subprocess("aws-old", stacks_dir=stacks)
-    assert "servestack:kubernetesVersion: '1.30' has no pinned EKS add-on versions" in str(error.value)
-    assert "allowed on aws: 1.31, 1.32, 1.33, 1.35" in str(error.value)
+    assert "servestack:kubernetesVersion: '1.36' has no pinned EKS add-on versions" in str(error.value)
+    assert "allowed on aws: 1.34, 1.35" in str(error.value)
 
 
 def _aws_config(**aws: Any) -> dict[str, Any]:

@@ -44,8 +44,8 @@ SUBSCRIPTION = f"/subscriptions/{fakes.SUBSCRIPTION_ID}"
 
 # Every Azure resource each plan declares, by type.
 DEV_INVENTORY = {RG: 1, VNET: 1, SUBNET: 1, NSG: 1, PUBLIC_IP: 1, NAT: 1, CLUSTER: 1, POOL: 1, REGISTRY: 1,
-                 ACCOUNT: 1, CONTAINER: 1, IDENTITY: 2, FEDERATION: 1, ROLE: 4}
-PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 3, ROLE: 5}
+                 ACCOUNT: 1, CONTAINER: 1, IDENTITY: 2, FEDERATION: 1, ROLE: 5}
+PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 3, ROLE: 6}
 
 
 @pytest.fixture(scope="module")
@@ -204,16 +204,13 @@ def test_cluster_is_entra_only_overlay_with_workload_identity(plan: dict[str, An
     assert cluster["autoUpgradeProfile"] == {"upgradeChannel": "patch", "nodeOSUpgradeChannel": "NodeImage"}
 
 
-def test_dev_api_admits_only_the_operators_and_its_nodes_and_prod_is_private(
-        dev: dict[str, Any], prod: dict[str, Any]) -> None:
-    egress = one(dev, PUBLIC_IP)
+def test_api_admits_only_the_deployer_the_operators_and_its_nodes(plan: dict[str, Any]) -> None:
+    egress = one(plan, PUBLIC_IP)
     _, outputs = fakes.RESOURCES[PUBLIC_IP](
         MockResourceArgs(PUBLIC_IP, egress["name"], egress["inputs"], "", "", True),
-        FakeContext("azure-dev", dev["config"]))
-    assert inputs(dev, CLUSTER)["apiServerAccessProfile"] == {
+        FakeContext(plan["stack"], plan["config"]))
+    assert inputs(plan, CLUSTER)["apiServerAccessProfile"] == {
         "authorizedIPRanges": ["203.0.113.0/24", f"{outputs['ipAddress']}/32"]}
-    assert inputs(prod, CLUSTER)["apiServerAccessProfile"] == {
-        "enablePrivateCluster": True, "enablePrivateClusterPublicFQDN": False, "privateDNSZone": "system"}
 
 
 def test_system_pool_is_tainted_for_critical_addons(plan: dict[str, Any]) -> None:
@@ -240,7 +237,10 @@ def test_dev_gpu_pool_is_spot_t4_scaling_from_zero(dev: dict[str, Any]) -> None:
     assert (pool["scaleSetPriority"], pool["scaleSetEvictionPolicy"], pool["spotMaxPrice"]) == ("Spot", "Delete", -1.0)
     assert pool["nodeTaints"] == ["nvidia.com/gpu=present:NoSchedule",
                                   "kubernetes.azure.com/scalesetpriority=spot:NoSchedule"]
-    assert pool["nodeLabels"] == {"servestack.io/pool": "gpu", "servestack.io/gpu-type": "nvidia-t4"}
+    # The spot label AKS puts on the pool is declared with ours: a refresh brings back nothing new.
+    assert pool["nodeLabels"] == {"servestack.io/pool": "gpu", "servestack.io/gpu-type": "nvidia-t4",
+                                  "kubernetes.azure.com/scalesetpriority": "spot"}
+    assert "drift" not in one(dev, POOL)
     assert pool["gpuProfile"] == {"driver": "Install"}
     assert pool["resourceName"] == "servestack-azure-dev-aks"
     assert pool["osDiskSizeGB"] == 128.0
@@ -318,10 +318,12 @@ def test_kubernetes_objects_wait_for_everything_the_pods_need(plan: dict[str, An
     (and so every Kubernetes object) waits for the federation and the grant, as for the GPU pool, the
     deployer's cluster access and the kubelet's pull grant."""
     waits_for = set(one(plan, "kubernetes:core/v1:Namespace")["dependencies"])
-    needed = {one(plan, FEDERATION)["urn"], one(plan, POOL)["urn"]} | {
-        one(plan, ROLE, name)["urn"] for name in (
-            "servestack-serving-model-reader", "servestack-deployer-cluster-admin", "servestack-kubelet-acr-pull")}
+    access_wait = one(plan, "command:local:Command", "servestack-deployer-access-wait")
+    needed = {one(plan, FEDERATION)["urn"], one(plan, POOL)["urn"], access_wait["urn"]} | {
+        one(plan, ROLE, name)["urn"] for name in ("servestack-serving-model-reader", "servestack-kubelet-acr-pull")}
     assert needed <= waits_for
+    # The deployer's grant reaches the API server minutes after it exists: the wait polls for it.
+    assert one(plan, ROLE, "servestack-deployer-cluster-admin")["urn"] in access_wait["dependencies"]
     # The device plugin lives in kube-system, outside the namespace: it waits by itself. Without the
     # deployer's role assignment the API server answers 403 (local accounts are off).
     assert needed <= set(one(plan, "kubernetes:apps/v1:DaemonSet")["dependencies"])
@@ -344,6 +346,9 @@ def test_role_assignments_are_scoped_to_single_resources(plan: dict[str, Any]) -
         "servestack-serving-model-reader": (
             azure.STORAGE_BLOB_DATA_READER,
             f"{providers}/Microsoft.Storage/storageAccounts/{account}/blobServices/default/containers/models"),
+        "servestack-deployer-model-uploads": (
+            azure.STORAGE_BLOB_DATA_CONTRIBUTOR,
+            f"{providers}/Microsoft.Storage/storageAccounts/{account}/blobServices/default/containers/models"),
     }
     if stack == "azure-prod":
         logs = inputs(plan, ACCOUNT, "servestack-flow-logs")["accountName"]
@@ -351,8 +356,19 @@ def test_role_assignments_are_scoped_to_single_resources(plan: dict[str, Any]) -
             azure.STORAGE_BLOB_DATA_CONTRIBUTOR, f"{providers}/Microsoft.Storage/storageAccounts/{logs}")
     found = {r["name"]: (r["inputs"]["roleDefinitionId"], r["inputs"]["scope"]) for r in resources(plan, ROLE)}
     assert found == {n: (_role(role), scope) for n, (role, scope) in expected.items()}
-    admin = inputs(plan, ROLE, "servestack-deployer-cluster-admin")
-    assert (admin["principalId"], admin["principalType"]) == (fakes.DEPLOYER_OBJECT_ID, "User")
+    # The fake deployer signed in with the Azure CLI: a user.
+    for name in ("servestack-deployer-cluster-admin", "servestack-deployer-model-uploads"):
+        grant = inputs(plan, ROLE, name)
+        assert (grant["principalId"], grant["principalType"]) == (fakes.DEPLOYER_OBJECT_ID, "User")
+
+
+@pytest.mark.parametrize(("client_id", "principal"), [
+    ("04b07795-8ddb-461a-bbee-02f9e1bf7b46", "User"),  # Azure CLI
+    ("1950A258-227B-4E31-A9CF-717495945FC2", "User"),  # Azure PowerShell, in capitals
+    ("3f1c9a52-5a0c-4e4f-9a49-9d4b2a2e6f10", "ServicePrincipal"),  # an application's own id (CI, MSI)
+])
+def test_the_deployers_principal_type_follows_its_sign_in(client_id: str, principal: str) -> None:
+    assert azure.principal_type(client_id) == principal
 
 
 # --- Kubernetes access and the serving deployment -------------------------------------------------
@@ -364,8 +380,12 @@ def test_kubeconfig_is_a_secret_that_logs_in_through_kubelogin(plan: dict[str, A
     assert k8s_objects and all(r["provider"].endswith("::servestack-k8s") for r in k8s_objects)
 
 
-def test_kubeconfig_keeps_the_cluster_and_replaces_the_login() -> None:
-    ctx = FakeContext("azure-dev", {"azure-native:location": "eastus"})
+@pytest.mark.parametrize(("login", "extra"), [
+    ("azurecli", []), ("workloadidentity", []),
+    # The service principal or managed identity pulumi-azure-native signs in with, from the same ARM_* variables.
+    ("spn", ["--use-azurerm-env-vars"]), ("msi", ["--use-azurerm-env-vars"])])
+def test_kubeconfig_keeps_the_cluster_and_logs_in_as_the_deployer(login: str, extra: list[str]) -> None:
+    ctx = FakeContext("azure-dev", {"azure-native:location": "eastus"}, memory={"aks_servers": {"aks": "aks.example"}})
     creds = fakes._user_credentials(
         MockCallArgs(token="", args={"resourceName": "aks", "resourceGroupName": "rg"}, provider=""), ctx)
 
@@ -373,16 +393,16 @@ def test_kubeconfig_keeps_the_cluster_and_replaces_the_login() -> None:
         value = creds["kubeconfigs"][0]["value"]
 
     original = yaml.safe_load(base64.b64decode(Credential.value))
-    config = yaml.safe_load(azure._kubelogin_kubeconfig([Credential()]))
+    config = yaml.safe_load(azure.kubelogin_kubeconfig([Credential()], login))
     assert config["clusters"] == original["clusters"]
     assert config["current-context"] == "aks"
     (user,) = config["users"]
     assert user["user"]["exec"]["command"] == "kubelogin"
     assert user["user"]["exec"]["args"] == [
-        "get-token", "--login", "azurecli", "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630"]
+        "get-token", "--login", login, "--server-id", "6dae42f8-4368-4678-94ff-3960e28e3630", *extra]
     assert user["user"]["exec"]["interactiveMode"] == "Never"
     with pytest.raises(ValueError, match="no user kubeconfig"):
-        azure._kubelogin_kubeconfig([])
+        azure.kubelogin_kubeconfig([], login)
 
 
 def _pod(plan: dict[str, Any]) -> dict[str, Any]:
@@ -469,28 +489,25 @@ def _azure(**azure_values: Any) -> dict[str, Any]:
     return values
 
 
-def test_private_cluster_defaults_to_prod_and_to_an_empty_api_list() -> None:
-    assert parse_config("azure-prod", read_stack_config("azure-prod")).azure.private_cluster is True
-    assert parse_config("azure-dev", read_stack_config("azure-dev")).azure.private_cluster is False
-    values = read_stack_config("azure-dev")
-    values["servestack:access"] = {"endpointCidrs": ["198.51.100.0/24"]}
-    assert parse_config("azure-dev", values).azure.private_cluster is True
-
-
 def test_storage_ranges_take_single_addresses_as_azure_wants_them() -> None:
     config = parse_config("azure-dev", _azure(storageCidrs=["203.0.113.7/32", "198.51.100.0/24"]))
     assert config.azure.storage_cidrs == ("203.0.113.7", "198.51.100.0/24")
 
 
 BAD_AZURE = [
-    pytest.param({"privateCluster": False}, {"servestack:access": {"endpointCidrs": ["198.51.100.0/24"]}},
-                 ["servestack:azure.privateCluster: false, but servestack:access.apiCidrs is empty, which would "
-                  "open the Kubernetes API to the whole internet; list the operators' CIDR blocks or set "
-                  "privateCluster to true"], id="public-without-api-ranges"),
+    pytest.param({}, {"servestack:access": {"endpointCidrs": ["198.51.100.0/24"]}},
+                 ["servestack:access.apiCidrs: missing, so the Kubernetes API's public endpoint would admit nobody, "
+                  "and the machine running `pulumi up` (a laptop, a CI runner) sits outside the network this stack "
+                  "creates, where the private endpoint is: every Kubernetes object of the stack would time out. "
+                  "List the CIDR blocks of the deployer and the operators (the public endpoint admits only them; "
+                  "nodes use the private endpoint)"], id="api-unreachable"),
     pytest.param({"privateCluster": True}, {},
-                 ["servestack:azure.privateCluster: true, but servestack:access.apiCidrs is set; a private "
-                  "cluster's API has no public endpoint to restrict: remove apiCidrs or set privateCluster to "
-                  "false"], id="private-with-api-ranges"),
+                 ["servestack:azure.privateCluster: no longer a key: how the deployer reaches the API server is "
+                  "servestack:access.apiAccess (see docs/azure.md)"], id="private-cluster-moved"),
+    pytest.param({"deployerLogin": "spn", "deployerType": "User"}, {},
+                 ["servestack:azure.deployerType: 'User', but servestack:azure.deployerLogin is 'spn', which signs "
+                  "in an application or managed identity (a ServicePrincipal); set deployerType to "
+                  "ServicePrincipal, or remove it"], id="user-signing-in-as-an-application"),
     pytest.param({"vnetCidr": "10.244.0.0/16"}, {},
                  ["servestack:azure.vnetCidr: '10.244.0.0/16' overlaps the cluster's pod range 10.244.0.0/16; "
                   "choose a range outside it, such as 10.20.0.0/16"], id="vnet-overlaps-pods"),
@@ -513,7 +530,7 @@ BAD_AZURE = [
     pytest.param({"systemVmSize": "d4", "deployerType": "Robot", "zones": 3}, {},
                  ["servestack:azure.deployerType: 'Robot' is not a principal type; allowed: User, "
                   "ServicePrincipal",
-                  "servestack:azure.zones: unknown key; known: deployerType, privateCluster, storageCidrs, "
+                  "servestack:azure.zones: unknown key; known: deployerLogin, deployerType, storageCidrs, "
                   "systemVmSize, vnetCidr",
                   "servestack:azure.systemVmSize: 'd4' is not an Azure VM size such as Standard_D4ds_v5"],
                  id="vm-size-deployer-unknown"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -50,7 +51,7 @@ GCP_COUNTS = {
                 SA_IAM: 1, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, REPOSITORY: 1, BUCKET: 1},
     "gcp-prod": {API: 11, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
                  SA_IAM: 1, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, KEY_IAM: 1, REPOSITORY: 1, BUCKET: 1,
-                 KEY_RING: 1, KEY: 1},
+                 KEY_RING: 1, KEY: 1, "gcp:projects/serviceIdentity:ServiceIdentity": 1},
 }
 
 
@@ -300,7 +301,7 @@ def test_world_and_ipv6_clients_get_only_the_load_balancer_port(tmp_path: Path) 
 
 def test_internal_load_balancer_admits_only_the_vpc(tmp_path: Path) -> None:
     document = yaml.safe_load((STACKS_DIR / "Pulumi.gcp-dev.yaml").read_text())
-    document["config"]["servestack:access"] = {"internalLoadBalancer": True, "apiCidrs": ["198.51.100.0/24"]}
+    document["config"]["servestack:access"] = {"internalLoadBalancer": True}
     (tmp_path / "Pulumi.gcp-dev.yaml").write_text(yaml.safe_dump(document))
     plan = _plan_unmasked("gcp-dev", tmp_path)
     rule = _rules(plan)["servestack-allow-lb-clients"]
@@ -341,13 +342,37 @@ def test_cluster_is_private_vpc_native_with_workload_identity(plan: dict[str, An
     assert cluster["nodeConfig"]["workloadMetadataConfig"] == {"mode": "GKE_METADATA"}
 
 
-def test_dev_cluster_is_zonal_with_a_public_endpoint_for_the_operators_only(dev: dict[str, Any]) -> None:
+def test_api_is_private_ip_endpoints_and_the_dns_endpoint_for_the_deployer(plan: dict[str, Any]) -> None:
+    """Google's recommended control-plane access (and CIS GKE 5.6.4): IP endpoints private, the DNS endpoint
+    open to outside traffic and authorized by IAM, so that a laptop or a hosted CI runner reaches it."""
+    cluster = inputs(plan, CLUSTER)
+    assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is True
+    assert cluster["controlPlaneEndpointsConfig"] == {"dnsEndpointConfig": {"allowExternalTraffic": True}}
+    assert cluster["masterAuthorizedNetworksConfig"] == {
+        "cidrBlocks": [{"cidrBlock": "10.10.0.0/20", "displayName": "servestack VPC"}],
+        "gcpPublicCidrsAccessEnabled": False}
+
+
+def test_public_ip_endpoint_admits_the_listed_operators_and_the_vpc(tmp_path: Path) -> None:
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.gcp-dev.yaml").read_text())
+    document["config"]["servestack:access"] = {"endpointCidrs": ["203.0.113.0/24"], "apiAccess": "public",
+                                               "apiCidrs": ["198.51.100.0/24"]}
+    (tmp_path / "Pulumi.gcp-dev.yaml").write_text(yaml.safe_dump(document))
+    plan = _plan_unmasked("gcp-dev", tmp_path)
+    cluster = inputs(plan, CLUSTER)
+    assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is False
+    assert "controlPlaneEndpointsConfig" not in cluster
+    assert cluster["masterAuthorizedNetworksConfig"]["cidrBlocks"] == [
+        {"cidrBlock": "10.10.0.0/20", "displayName": "servestack VPC"},
+        {"cidrBlock": "198.51.100.0/24", "displayName": "operators 198.51.100.0/24"}]
+    kubeconfig = yaml.safe_load(one(plan, "pulumi:providers:kubernetes")["inputs"]["kubeconfig"])
+    server = kubeconfig["clusters"][0]["cluster"]
+    assert server["server"].startswith("https://34.") and server["certificate-authority-data"]
+
+
+def test_dev_cluster_is_zonal_and_unprotected(dev: dict[str, Any]) -> None:
     cluster = inputs(dev, CLUSTER)
     assert cluster["location"] == "us-central1-a"
-    assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is False
-    assert cluster["masterAuthorizedNetworksConfig"] == {
-        "cidrBlocks": [{"cidrBlock": "198.51.100.0/24", "displayName": "operators 198.51.100.0/24"}],
-        "gcpPublicCidrsAccessEnabled": False}
     assert cluster["deletionProtection"] is False
     assert "databaseEncryption" not in cluster
     assert "maintenancePolicy" not in cluster
@@ -528,14 +553,17 @@ def test_kubeconfig_targets_the_right_endpoint_through_the_gcloud_plugin(stack: 
     context = config["contexts"][0]["name"]
     assert context.startswith(f"gke_{plan['config']['gcp:project']}_{cluster['inputs']['location']}_")
     assert config["current-context"] == context
-    server = config["clusters"][0]["cluster"]["server"]
-    if stack == "gcp-prod":  # the private endpoint: the fake gives the control plane range's .34
-        assert server == "https://172.16.0.34"
-    else:
-        assert server.startswith("https://34.") and not server.startswith("https://172.16.")
-    assert config["clusters"][0]["cluster"]["certificate-authority-data"]
+    # The DNS endpoint, with Google's publicly trusted certificate (no CA data), as
+    # `gcloud container clusters get-credentials --dns-endpoint` writes it.
+    dns = cluster["inputs"]["controlPlaneEndpointsConfig"]["dnsEndpointConfig"]
+    assert dns == {"allowExternalTraffic": True}
+    assert list(config["clusters"][0]["cluster"]) == ["server"]
+    assert re.fullmatch(r"https://gke-[0-9a-f]{32}-[0-9]+\.us-central1\.gke\.goog",
+                        config["clusters"][0]["cluster"]["server"])
     exec_ = config["users"][0]["user"]["exec"]
     assert exec_["command"] == "gke-gcloud-auth-plugin"
+    # Application Default Credentials: the identity pulumi-gcp itself uses, not whatever gcloud is logged in as.
+    assert exec_["args"] == ["--use_application_default_credentials"]
     assert exec_["apiVersion"] == "client.authentication.k8s.io/v1beta1"
     assert exec_["provideClusterInfo"] is True
     assert "token" not in config["users"][0]["user"]
