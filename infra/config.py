@@ -103,6 +103,9 @@ class ServingConfig:
 class LocalConfig:
     kube_context: str | None
     kubeconfig: str | None
+    # Whether the cluster has a load-balancer controller (cloud-provider-kind, MetalLB, a cloud's own); without
+    # one a LoadBalancer Service never gets an address, so the Service is ClusterIP, reached by port-forward.
+    load_balancer: bool = False
 
 
 @dataclass(frozen=True)
@@ -541,7 +544,8 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
 
 
 def _local(r: _Reader, cloud: str | None) -> LocalConfig:
-    config = LocalConfig(kube_context=r.text("kubeContext", None), kubeconfig=r.text("kubeconfig", None))
+    config = LocalConfig(kube_context=r.text("kubeContext", None), kubeconfig=r.text("kubeconfig", None),
+                         load_balancer=r.flag("loadBalancer", False))
     r.reject_unknown()
     # Never fall back to whatever cluster the operator's current context happens to point at.
     if cloud == "local" and config.kube_context is None:

@@ -33,6 +33,8 @@ def gpu_plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     config["config"]["servestack:gpu"] = {"type": "nvidia-l4", "count": 1, "maxNodes": 2}
     config["config"]["servestack:model"] = {"name": "smollm2", "source": "s3://models-bucket/smollm2"}
     config["config"]["servestack:serving"].update(prometheusOperator=True, maxReplicas=4)
+    # A cluster with a load-balancer controller (cloud-provider-kind, MetalLB).
+    config["config"]["servestack:local"]["loadBalancer"] = True
     (stacks / "Pulumi.local-gpu.yaml").write_text(yaml.safe_dump(config))
     return plan_in_subprocess("local-gpu", stacks_dir=stacks)
 
@@ -147,14 +149,27 @@ def test_rolling_update_never_drops_below_available_replicas(plan: dict[str, Any
     assert spec["selector"]["matchLabels"] == LABELS
 
 
-def test_service_is_a_load_balancer_limited_to_the_allowed_cidrs(plan: dict[str, Any]) -> None:
+def test_without_a_load_balancer_controller_the_service_is_reached_by_port_forward(plan: dict[str, Any]) -> None:
+    """kind and minikube have no load-balancer controller: a LoadBalancer Service would wait 30 minutes for
+    an address that never comes. The `up` ends with a usable endpoint and the command that opens it."""
     spec = inputs(plan, "kubernetes:core/v1:Service")["spec"]
+    assert spec["type"] == "ClusterIP"
+    assert "loadBalancerSourceRanges" not in spec and "externalTrafficPolicy" not in spec
+    assert spec["ports"] == [{"name": "http", "port": 80.0, "targetPort": "http", "protocol": "TCP"}]
+    assert plan["outputs"]["endpoint"] == "http://127.0.0.1:8000"
+    assert plan["outputs"]["connect"] == ("kubectl --context kind-servestack -n servestack port-forward "
+                                          "service/servestack 8000:80")
+    assert plan["outputs"]["gpu_node_usd_per_hour"] == 0.0  # a local cluster is paid for elsewhere
+
+
+def test_with_a_load_balancer_controller_the_service_is_a_load_balancer_limited_to_the_allowed_cidrs(
+        gpu_plan: dict[str, Any]) -> None:
+    spec = inputs(gpu_plan, "kubernetes:core/v1:Service")["spec"]
     assert spec["type"] == "LoadBalancer"
     assert spec["loadBalancerSourceRanges"] == ["127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-    assert spec["ports"] == [{"name": "http", "port": 80.0, "targetPort": "http", "protocol": "TCP"}]
     assert spec["externalTrafficPolicy"] == "Local"
-    assert plan["outputs"]["endpoint"].startswith("http://203.0.113.")
-    assert plan["outputs"]["gpu_node_usd_per_hour"] == 0.0  # a local cluster is paid for elsewhere
+    assert gpu_plan["outputs"]["endpoint"].startswith("http://203.0.113.")
+    assert "connect" not in gpu_plan["outputs"]
 
 
 def test_first_rollout_may_take_half_an_hour_for_the_deployment_and_its_service(plan: dict[str, Any]) -> None:

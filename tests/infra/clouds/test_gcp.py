@@ -5,8 +5,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,10 +17,10 @@ from infra.clouds.gcp import SERVING_SERVICE_ACCOUNT, workload_identity_member
 from infra.clouds.gcp.kubeconfig import kubeconfig
 from infra.clouds.gcp.zones import GPU_ZONES, gpu_zones
 from infra.config import ConfigError, parse_config
-from infra.offline.plan import ROOT, STACKS_DIR, read_stack_config
+from infra.offline.plan import STACKS_DIR, read_stack_config
 from infra.offline.schemas import validate_plan
 from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE
-from tests.infra.plans import inputs, one, resources
+from tests.infra.plans import inputs, one, plan_unmasked, resources
 
 STACKS = ("gcp-dev", "gcp-prod")
 API = "gcp:projects/service:Service"
@@ -81,18 +79,6 @@ def _by_urn(plan: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def _email(plan: Mapping[str, Any], role: str) -> str:
     account = next(r for r in resources(plan, ACCOUNT) if r["inputs"]["accountId"].endswith(f"-{role}"))
     return f"{account['inputs']['accountId']}@{plan['config']['gcp:project']}.iam.gserviceaccount.com"
-
-
-def _plan_unmasked(stack: str, stacks_dir: Path = STACKS_DIR) -> dict[str, Any]:
-    """A plan with secrets shown (to read the kubeconfig), made in a fresh process like every plan."""
-    script = ("import json, sys; from pathlib import Path; import infra.offline.plan as p; "
-              "p._masked = lambda value: value; "
-              "print(json.dumps(p.run_plan(sys.argv[1], Path(sys.argv[2]))))")
-    result = subprocess.run([sys.executable, "-c", script, stack, str(stacks_dir)], capture_output=True,
-                            text=True, cwd=ROOT, check=False, timeout=300)
-    assert result.returncode == 0, result.stderr
-    plan: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return plan
 
 
 # --- the whole plan --------------------------------------------------------------------------------
@@ -286,7 +272,7 @@ def test_world_and_ipv6_clients_get_only_the_load_balancer_port(tmp_path: Path) 
     document = yaml.safe_load((STACKS_DIR / "Pulumi.gcp-dev.yaml").read_text())
     document["config"]["servestack:access"]["endpointCidrs"] = ["0.0.0.0/0", "2001:db8::/32"]
     (tmp_path / "Pulumi.gcp-dev.yaml").write_text(yaml.safe_dump(document))
-    plan = _plan_unmasked("gcp-dev", tmp_path)
+    plan = plan_unmasked("gcp-dev", tmp_path)
     rules = _rules(plan)
     # A firewall rule cannot mix IPv4 and IPv6 ranges: one rule per family, both on the LB port only.
     assert rules["servestack-allow-lb-clients"]["sourceRanges"] == ["0.0.0.0/0"]
@@ -303,7 +289,7 @@ def test_internal_load_balancer_admits_only_the_vpc(tmp_path: Path) -> None:
     document = yaml.safe_load((STACKS_DIR / "Pulumi.gcp-dev.yaml").read_text())
     document["config"]["servestack:access"] = {"internalLoadBalancer": True}
     (tmp_path / "Pulumi.gcp-dev.yaml").write_text(yaml.safe_dump(document))
-    plan = _plan_unmasked("gcp-dev", tmp_path)
+    plan = plan_unmasked("gcp-dev", tmp_path)
     rule = _rules(plan)["servestack-allow-lb-clients"]
     assert rule["sourceRanges"] == ["10.10.0.0/20"]
     assert rule["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
@@ -358,7 +344,7 @@ def test_public_ip_endpoint_admits_the_listed_operators_and_the_vpc(tmp_path: Pa
     document["config"]["servestack:access"] = {"endpointCidrs": ["203.0.113.0/24"], "apiAccess": "public",
                                                "apiCidrs": ["198.51.100.0/24"]}
     (tmp_path / "Pulumi.gcp-dev.yaml").write_text(yaml.safe_dump(document))
-    plan = _plan_unmasked("gcp-dev", tmp_path)
+    plan = plan_unmasked("gcp-dev", tmp_path)
     cluster = inputs(plan, CLUSTER)
     assert cluster["privateClusterConfig"]["enablePrivateEndpoint"] is False
     assert "controlPlaneEndpointsConfig" not in cluster
@@ -547,7 +533,7 @@ def test_kubernetes_objects_use_the_cluster_provider_with_a_secret_kubeconfig(pl
 
 @pytest.mark.parametrize("stack", STACKS)
 def test_kubeconfig_targets_the_right_endpoint_through_the_gcloud_plugin(stack: str) -> None:
-    plan = _plan_unmasked(stack)
+    plan = plan_unmasked(stack)
     config = yaml.safe_load(one(plan, "pulumi:providers:kubernetes")["inputs"]["kubeconfig"])
     cluster = one(plan, CLUSTER)
     context = config["contexts"][0]["name"]

@@ -1,0 +1,138 @@
+"""The lifecycle stack rules on hostile stacks: an API the deployer cannot reach, a destroy that deletes the
+network under a load balancer's controller, names a cloud keeps after deletion."""
+
+from __future__ import annotations
+
+from pulumi_policy import PolicyProviderResource, PolicyResource
+from pulumi_policy.proxy import UNKNOWN_BOOLEAN_VALUE
+
+from tests.policies.harness import check_stack, stack_resource, urn
+
+EKS = "aws:eks/cluster:Cluster"
+GKE = "gcp:container/cluster:Cluster"
+AKS = "azure-native:containerservice:ManagedCluster"
+ROUTE = "aws:ec2/route:Route"
+RULE = "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"
+SERVICE = "kubernetes:core/v1:Service"
+NAMESPACE = "kubernetes:core/v1:Namespace"
+HELM = "kubernetes:helm.sh/v3:Release"
+PROVIDER = "pulumi:providers:kubernetes"
+RANDOM = "random:index/randomString:RandomString"
+LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
+KEY_RING = "gcp:kms/keyRing:KeyRing"
+LB_SERVICE = {"spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.0/24"]}}
+
+
+def _on(resource: PolicyResource, provider: PolicyResource) -> PolicyResource:
+    resource.provider = PolicyProviderResource(provider.resource_type, provider.props, provider.urn, provider.name)
+    return resource
+
+
+# --- kubernetes-api-reachable ----------------------------------------------------------------------
+
+
+def test_a_private_eks_endpoint_without_a_peered_network_is_unreachable() -> None:
+    cluster = stack_resource(EKS, "eks", {"vpcConfig": {"endpointPublicAccess": False, "endpointPrivateAccess": True}})
+    verdict = check_stack("kubernetes-api-reachable", [cluster, stack_resource(NAMESPACE, "ns", {})])
+    assert verdict.kind == "violation" and verdict.urns == [urn(EKS, "eks")]
+    assert "vpcConfig.endpointPublicAccess is false" in verdict.messages[0]
+    peering = stack_resource("aws:ec2/vpcPeeringConnection:VpcPeeringConnection", "runner", {})
+    assert check_stack("kubernetes-api-reachable", [cluster, peering, stack_resource(NAMESPACE, "ns", {})]).kind == \
+        "pass"
+
+
+def test_an_eks_public_endpoint_that_admits_nobody_is_unreachable() -> None:
+    cluster = stack_resource(EKS, "eks", {"vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": []}})
+    verdict = check_stack("kubernetes-api-reachable", [cluster, stack_resource(NAMESPACE, "ns", {})])
+    assert verdict.kind == "violation" and "admits no address" in verdict.messages[0]
+    open_to_ops = stack_resource(EKS, "eks", {"vpcConfig": {"publicAccessCidrs": ["198.51.100.0/24"]}})
+    assert check_stack("kubernetes-api-reachable", [open_to_ops, stack_resource(NAMESPACE, "ns", {})]).kind == "pass"
+
+
+def test_a_cluster_without_kubernetes_objects_needs_no_way_in() -> None:
+    cluster = stack_resource(EKS, "eks", {"vpcConfig": {"endpointPublicAccess": False}})
+    assert check_stack("kubernetes-api-reachable", [cluster]).kind == "pass"
+
+
+def test_a_private_gke_endpoint_needs_the_dns_endpoint_open_to_outside_traffic() -> None:
+    private = {"privateClusterConfig": {"enablePrivateEndpoint": True}}
+    verdict = check_stack("kubernetes-api-reachable", [stack_resource(GKE, "gke", private),
+                                                       stack_resource(NAMESPACE, "ns", {})])
+    assert verdict.kind == "violation" and "allowExternalTraffic" in verdict.messages[0]
+    dns = {**private, "controlPlaneEndpointsConfig": {"dnsEndpointConfig": {"allowExternalTraffic": True}}}
+    assert check_stack("kubernetes-api-reachable", [stack_resource(GKE, "gke", dns),
+                                                    stack_resource(NAMESPACE, "ns", {})]).kind == "pass"
+
+
+def test_a_private_aks_cluster_needs_a_peered_runner_network_and_a_linked_zone() -> None:
+    private = {"apiServerAccessProfile": {"enablePrivateCluster": True, "privateDNSZone": "system"}}
+    verdict = check_stack("kubernetes-api-reachable", [stack_resource(AKS, "aks", private),
+                                                       stack_resource(NAMESPACE, "ns", {})])
+    assert verdict.kind == "violation" and "private DNS zone" in verdict.messages[0]
+    zone = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/privateDnsZones/privatelink.eastus.azmk8s.io"
+    linked = [stack_resource(AKS, "aks", {"apiServerAccessProfile": {"enablePrivateCluster": True,
+                                                                     "privateDNSZone": zone}}),
+              stack_resource("azure-native:network:VirtualNetworkPeering", "to-runner", {}),
+              stack_resource("azure-native:privatedns:VirtualNetworkLink", "runner-link", {}),
+              stack_resource(NAMESPACE, "ns", {})]
+    assert check_stack("kubernetes-api-reachable", linked).kind == "pass"
+
+
+def test_an_endpoint_unknown_during_preview_cannot_be_verified() -> None:
+    cluster = stack_resource(EKS, "eks", {"vpcConfig": {"endpointPublicAccess": UNKNOWN_BOOLEAN_VALUE}})
+    verdict = check_stack("kubernetes-api-reachable", [cluster, stack_resource(NAMESPACE, "ns", {})])
+    assert verdict.kind == "unknown" and "eks's API endpoint" in (verdict.cannot_verify or "")
+
+
+# --- load-balancer-destroy-order -------------------------------------------------------------------
+
+
+def test_a_load_balancer_beside_the_routes_is_deleted_with_them() -> None:
+    route = stack_resource(ROUTE, "private-default-route", {})
+    service = stack_resource(SERVICE, "serving", LB_SERVICE)
+    verdict = check_stack("load-balancer-destroy-order", [route, service])
+    assert verdict.kind == "violation" and verdict.urns == [urn(SERVICE, "serving")]
+    assert "private-default-route (aws:ec2/route:Route)" in verdict.messages[0]
+
+
+def test_a_load_balancer_that_depends_on_the_network_through_its_provider_and_the_cluster_is_fine() -> None:
+    route, rule = stack_resource(ROUTE, "route", {}), stack_resource(RULE, "nodes-from-lb", {})
+    cluster = stack_resource(EKS, "eks", {}, deps=[route, rule])
+    provider = stack_resource(PROVIDER, "k8s", {}, deps=[cluster])
+    controller = _on(stack_resource(HELM, "lb-controller", {"chart": "aws-load-balancer-controller"}), provider)
+    namespace = _on(stack_resource(NAMESPACE, "ns", {}, deps=[controller]), provider)
+    service = _on(stack_resource(SERVICE, "serving", LB_SERVICE, deps=[namespace]), provider)
+    resources = [route, rule, cluster, provider, controller, namespace, service]
+    assert check_stack("load-balancer-destroy-order", resources).kind == "pass"
+    # Without the wait on the controller, its release may go first: the load balancer is left behind.
+    service.dependencies = []
+    verdict = check_stack("load-balancer-destroy-order", resources)
+    assert verdict.kind == "violation" and "lb-controller" in verdict.messages[0]
+    assert "route (aws:ec2/route:Route)" not in verdict.messages[0]  # the provider still leads to the network
+
+
+def test_a_service_without_a_load_balancer_makes_nothing_to_orphan() -> None:
+    route = stack_resource(ROUTE, "route", {})
+    service = stack_resource(SERVICE, "serving", {"spec": {"type": "ClusterIP"}})
+    assert check_stack("load-balancer-destroy-order", [route, service]).kind == "pass"
+
+
+# --- retained-names-unique -------------------------------------------------------------------------
+
+
+def test_a_fixed_eks_cluster_name_meets_the_log_group_of_its_previous_life() -> None:
+    verdict = check_stack("retained-names-unique", [stack_resource(EKS, "eks", {"name": "servestack-aws-dev"})])
+    assert verdict.kind == "violation" and "/aws/eks/<name>/cluster" in verdict.messages[0]
+    suffix = stack_resource(RANDOM, "suffix", {})
+    cluster = stack_resource(EKS, "eks", {"name": "servestack-aws-dev-x1y2z3"}, property_deps={"name": [suffix]})
+    assert check_stack("retained-names-unique", [suffix, cluster]).kind == "pass"
+    assert check_stack("retained-names-unique", [stack_resource(EKS, "eks", {})]).kind == "pass"  # auto-named
+
+
+def test_fixed_eks_log_groups_and_key_rings_are_violations_and_other_log_groups_are_not() -> None:
+    resources = [stack_resource(LOG_GROUP, "eks-logs", {"name": "/aws/eks/servestack-aws-dev/cluster"}),
+                 stack_resource(LOG_GROUP, "app-logs", {"name": "/servestack/app"}),
+                 stack_resource(KEY_RING, "ring", {"name": "servestack"})]
+    verdict = check_stack("retained-names-unique", resources)
+    assert verdict.urns == [urn(LOG_GROUP, "eks-logs"), urn(KEY_RING, "ring")]
+    assert "GCP never deletes a key ring" in verdict.messages[1]
