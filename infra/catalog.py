@@ -127,6 +127,9 @@ GCP_NAT_MAX_VMS = 32
 # The load balancer in front of the serving Service: an AWS NLB, a GCP forwarding rule, an Azure Standard
 # load balancer rule (hourly part only; data processed is charged by the GB).
 LOAD_BALANCER_PER_HOUR = {"aws": 0.0225, "gcp": 0.025, "azure": 0.025}
+# A public IPv4 address: AWS charges every one (NAT gateways' Elastic IPs, an internet-facing NLB's address
+# in each of its subnets), Azure every Standard public IP (the NAT gateway's, the load balancer's frontend).
+PUBLIC_IPV4_PER_HOUR = {"aws": 0.005, "azure": 0.005}
 
 
 PRICED_CLOUDS = tuple(c for c in CLOUDS if c != "local")  # a local cluster is paid for elsewhere

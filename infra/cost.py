@@ -1,8 +1,8 @@
 """The cost estimate of a stack, from its offline plan and the price catalog (`infra.catalog`).
 
 What is priced is what the plan would create: the node pools (read as the gpu-budget policy reads them),
-the managed control plane, NAT and the serving load balancer, each at its hourly list price in the cloud's
-reference region. Three figures per stack:
+the managed control plane, NAT, the serving load balancer and the public IPv4 addresses AWS and Azure
+charge for, each at its hourly list price in the cloud's reference region. Three figures per stack:
 
 - idle: every pool at its minimum, with room for the serving Deployment's minimum replicas;
 - peak: every pool at its maximum;
@@ -37,6 +37,9 @@ GPU_RESOURCE = "nvidia.com/gpu"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
 AWS_NAT = "aws:ec2/natGateway:NatGateway"
+AWS_EIP = "aws:ec2/eip:Eip"
+AWS_SUBNET = "aws:ec2/subnet:Subnet"
+AZURE_PUBLIC_IP = "azure-native:network:PublicIPAddress"
 AZURE_NAT = "azure-native:network:NatGateway"
 GCP_NAT = "gcp:compute/routerNat:RouterNat"
 SERVICE = "kubernetes:core/v1:Service"
@@ -204,12 +207,32 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
             lines.append(Line(f"NAT gateway {r.name}", catalog.NAT_GATEWAY_PER_HOUR[cloud], 1, 1))
         elif r.type == SERVICE and v.dig(r.props, "spec", "type") == "LoadBalancer":
             lines.append(Line(f"load balancer {r.name}", catalog.LOAD_BALANCER_PER_HOUR[cloud], 1, 1))
+            addresses = _load_balancer_addresses(cloud, r, resources)
+            if addresses:
+                lines.append(Line(f"public IPv4 of load balancer {r.name}", catalog.PUBLIC_IPV4_PER_HOUR[cloud],
+                                  addresses, addresses))
+        elif r.type in (AWS_EIP, AZURE_PUBLIC_IP):
+            lines.append(Line(f"public IPv4 {r.name}", catalog.PUBLIC_IPV4_PER_HOUR[cloud], 1, 1))
     for r in resources:
         if r.type == GCP_NAT:  # charged per VM behind it, up to a cap
             lines.append(Line(f"Cloud NAT {r.name} (per VM)", catalog.GCP_NAT_PER_VM_HOUR,
                               min(nodes_idle, catalog.GCP_NAT_MAX_VMS), min(nodes_peak, catalog.GCP_NAT_MAX_VMS)))
 
     return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced), min_replicas)
+
+
+def _load_balancer_addresses(cloud: str, service: Resource, resources: Sequence[Resource]) -> int:
+    """The public addresses a LoadBalancer Service's load balancer holds: an internet-facing NLB one in each
+    public subnet (tagged for load balancers), an Azure one for its frontend; none when internal."""
+    annotations = v.dig(service.props, "metadata", "annotations") or {}
+    internal = any("internal" in str(key) and str(value).lower() in ("true", "internal")
+                   for key, value in (annotations.items() if isinstance(annotations, dict) else ()))
+    if internal or cloud not in catalog.PUBLIC_IPV4_PER_HOUR:
+        return 0
+    if cloud == "aws":
+        return sum(1 for r in resources if r.type == AWS_SUBNET
+                   and v.dig(r.props, "tags", "kubernetes.io/role/elb") == "1")
+    return 1
 
 
 def _gpu_machine(cloud: str, machine_type: str) -> catalog.GpuMachine | None:

@@ -32,7 +32,8 @@ PRE_STOP_SECONDS = 30
 # After the drain the server still shuts down: uvicorn's graceful shutdown (up to 5 s, serving/__main__.py),
 # then the engine's stop. Time for both, before the kubelet's SIGKILL.
 SHUTDOWN_SECONDS = 10
-DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.17.1"
+# The version AKS documents for a self-managed plugin (and ships on its managed GPU nodes).
+DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0"
 RESTRICTED_CONTAINER = k8s.core.v1.SecurityContextArgs(
     run_as_non_root=True,
     read_only_root_filesystem=True,

@@ -358,6 +358,8 @@ class GpuCluster(pulumi.ComponentResource):
             count=system_min, min_count=system_min, max_count=system_max,
             node_taints=[SYSTEM_TAINT], enable_node_public_ip=False, vnet_subnet_id=net.subnet.id,
             orchestrator_version=config.kubernetes_version,
+            # In prod the three system nodes spread over the region's zones.
+            availability_zones=["1", "2", "3"] if config.is_prod else None,
         )
         cluster = containerservice.ManagedCluster(
             f"{name}-aks", resource_group_name=rg, location=config.region, resource_name_=f"{self._prefix}-aks",
@@ -416,6 +418,9 @@ class GpuCluster(pulumi.ComponentResource):
             scale_set_priority="Spot" if gpu.spot else "Regular",
             scale_set_eviction_policy="Delete" if gpu.spot else None,
             spot_max_price=-1.0 if gpu.spot else None,
+            # An upgrade replaces one GPU node at a time in place instead of adding a surge node: no GPU
+            # quota or dollars beyond maxNodes, and the serving PodDisruptionBudget allows one pod down.
+            upgrade_settings=containerservice.AgentPoolUpgradeSettingsArgs(max_surge="0", max_unavailable="1"),
             # The cluster autoscaler owns the node count after creation.
             opts=self._opts(ignore_changes=["count"]),
         )

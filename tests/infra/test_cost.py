@@ -31,9 +31,12 @@ def test_aws_dev_prices_every_hourly_resource_of_the_plan(stack_plan: Plan) -> N
         ("NAT gateway aws-network-nat-0", 0.045, 1, 1),
         ("control plane aws-eks-cluster", 0.10, 1, 1),
         ("load balancer servestack-service", 0.0225, 1, 1),
+        # AWS charges every public IPv4 address: the NAT gateway's, and the NLB's in each of its two subnets.
+        ("public IPv4 aws-network-nat-0-ip", 0.005, 1, 1),
+        ("public IPv4 of load balancer servestack-service", 0.005, 2, 2),
     ])
-    assert e.idle_per_hour == pytest.approx(0.33 + 0.096 + 0.045 + 0.10 + 0.0225)
-    assert e.peak_per_hour == pytest.approx(0.66 + 0.192 + 0.045 + 0.10 + 0.0225)
+    assert e.idle_per_hour == pytest.approx(0.33 + 0.096 + 0.045 + 0.10 + 0.0225 + 3 * 0.005)
+    assert e.peak_per_hour == pytest.approx(0.66 + 0.192 + 0.045 + 0.10 + 0.0225 + 3 * 0.005)
     assert e.replica_per_hour == 0.33
     assert e.gpu == "nvidia-l4 x1 on g6.xlarge, spot"
     assert e.unpriced == ()
@@ -58,6 +61,9 @@ def test_azure_prices_the_aks_tier_of_each_environment(stack_plan: Plan) -> None
     assert ("GPU nodes servestack-gpu-pool: Standard_NC4as_T4_v3 spot", 0.16, 1, 2) in lines(dev)
     assert ("GPU nodes servestack-gpu-pool: Standard_NC24ads_A100_v4", 3.673, 2, 8) in lines(prod)
     assert ("nodes servestack-aks.agentPoolProfiles[0]: Standard_D4ds_v5", 0.226, 1, 3) in lines(dev)
+    # The NAT gateway's static IP and the load balancer's frontend.
+    assert ("public IPv4 servestack-egress-ip", 0.005, 1, 1) in lines(dev)
+    assert ("public IPv4 of load balancer servestack-service", 0.005, 1, 1) in lines(dev)
 
 
 def test_the_local_stack_has_nothing_to_price(stack_plan: Plan) -> None:
@@ -105,8 +111,9 @@ def test_the_cost_command_prints_the_lines_and_writes_json(stack_plan: Plan, tmp
     assert "NAT gateway aws-network-nat-2" in result.stdout
     assert "one serving replica (nvidia-l4 x1 on g6.xlarge): $0.805/h" in result.stdout
     written = json.loads(out.read_text())
-    assert written["idle_per_hour"] == pytest.approx(2 * 0.096 + 2 * 0.805 + 3 * 0.045 + 0.10 + 0.0225)
-    assert written["peak_per_hour"] == pytest.approx(3 * 0.096 + 8 * 0.805 + 3 * 0.045 + 0.10 + 0.0225)
+    # Three NAT gateways with an address each, and the NLB's address in each of three subnets.
+    assert written["idle_per_hour"] == pytest.approx(2 * 0.096 + 2 * 0.805 + 3 * 0.045 + 0.10 + 0.0225 + 6 * 0.005)
+    assert written["peak_per_hour"] == pytest.approx(3 * 0.096 + 8 * 0.805 + 3 * 0.045 + 0.10 + 0.0225 + 6 * 0.005)
 
 
 def test_the_cost_command_refuses_a_missing_plan_naming_it(tmp_path: Path) -> None:

@@ -75,7 +75,8 @@ class GpuCluster(pulumi.ComponentResource):
         network = Network(f"{name}-network", NetworkArgs(
             name=stem, cluster_name=cluster_name, region=region, vpc_cidr=config.aws.vpc_cidr,
             availability_zones=config.aws.availability_zones, nat_per_az=nat_per_az, flow_logs=flow_logs,
-            lb_port=config.serving.port, lb_client_cidrs=lb_clients), opts=child)
+            lb_port=config.serving.port, lb_client_cidrs=lb_clients, gpu_instance_type=str(config.gpu.machine_type)),
+            opts=child)
 
         gpu = config.gpu
         machine = config.gpu_machine()

@@ -50,6 +50,8 @@ class NetworkArgs:
     lb_port: int
     # Who may reach the serving load balancer: the allowed client CIDRs (the VPC when internal).
     lb_client_cidrs: Sequence[str]
+    # The GPU pool's instance type: the subnets go only to zones that offer it.
+    gpu_instance_type: str
 
 
 def subnet_cidrs(vpc_cidr: str, zones: int) -> tuple[list[str], list[str]]:
@@ -93,6 +95,12 @@ class Network(pulumi.ComponentResource):
             state="available", filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status",
                                                                            values=["opt-in-not-required"])],
             exclude_zone_ids=list(EKS_UNSUPPORTED_ZONE_IDS), opts=pulumi.InvokeOutputOptions(parent=self))
+        offered = aws.ec2.get_instance_type_offerings_output(
+            location_type="availability-zone",
+            filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[args.gpu_instance_type])],
+            opts=pulumi.InvokeOutputOptions(parent=self))
+        chosen = pulumi.Output.all(zones.names, offered.locations).apply(
+            lambda values: gpu_zones(values[0], values[1], args.gpu_instance_type, args.availability_zones))
         igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags={"Name": stem}, opts=child)
         self.ready.append(igw)
 
@@ -106,7 +114,7 @@ class Network(pulumi.ComponentResource):
         nat_ids: list[pulumi.Output[str]] = []
         private_route_tables: list[pulumi.Output[str]] = []
         for i in range(args.availability_zones):
-            zone = zones.names[i]
+            zone = chosen[i]
             public = aws.ec2.Subnet(
                 f"{name}-public-{i}", vpc_id=self.vpc.id, cidr_block=public_cidrs[i], availability_zone=zone,
                 map_public_ip_on_launch=False,
@@ -226,6 +234,17 @@ class Network(pulumi.ComponentResource):
                ports=NODE_PORTS, target_group=nodes)
         ingress("nodes-from-lb", nodes, "Load balancer to the service node ports and health check",
                 ports=NODE_PORTS, source_group=lb)
+
+
+def gpu_zones(zones: Sequence[str], offering: Sequence[str], instance_type: str, count: int) -> list[str]:
+    """The first `count` zones (of those EKS supports) that offer the GPU instance type: a subnet in a zone
+    without it would hold no GPU node, and in prod pay for a NAT gateway of its own."""
+    usable = [z for z in zones if z in set(offering)]
+    if len(usable) < count:
+        raise ValueError(f"servestack:aws.availabilityZones: {count} zones wanted, but {instance_type} is offered in "
+                         f"{len(usable)} of the region's zones that EKS supports ({', '.join(usable) or 'none'}); "
+                         "choose another region or instance type, or fewer zones")
+    return usable[:count]
 
 
 def flow_log_trust(account_id: str, region: str) -> str:

@@ -12,6 +12,8 @@ from infra.config import DEFAULT_IMAGE_REPOSITORY
 
 UNTAGGED_IMAGE_DAYS = 14
 TAGGED_IMAGES_KEPT = 30
+# A replaced model file (a new upload under the same name) is kept this long, then deleted.
+NONCURRENT_MODEL_DAYS = 30
 
 
 class Registry(pulumi.ComponentResource):
@@ -80,10 +82,21 @@ class ModelBucket(pulumi.ComponentResource):
                 BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
                     sse_algorithm="AES256"))],
             opts=child)
-        aws.s3.BucketVersioning(
+        versioning = aws.s3.BucketVersioning(
             f"{name}-versioning", bucket=self.bucket.id,
             versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
             opts=child)
+        # Versions keep a replaced multi-GB model for a while, not forever.
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle", bucket=self.bucket.id,
+            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
+                id="expire-replaced-models", status="Enabled",
+                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=""),
+                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                    noncurrent_days=NONCURRENT_MODEL_DAYS),
+                abort_incomplete_multipart_upload=aws.s3.
+                BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(days_after_initiation=7))],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[versioning]))
         # After the public access block: S3 refuses policies while it is being applied.
         aws.s3.BucketPolicy(f"{name}-tls-only", bucket=self.bucket.id,
                             policy=self.bucket.arn.apply(iam.tls_only_bucket_policy),

@@ -43,7 +43,6 @@ from infra.platform import (
     Platform,
     Upload,
 )
-from infra.serving import PORT as POD_PORT
 from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 
 # iamcredentials: Workload Identity mints tokens through it; cloudresourcemanager: project IAM grants;
@@ -57,8 +56,12 @@ PROD_APIS = ("cloudkms.googleapis.com",)
 PODS_RANGE = "pods"
 SERVICES_RANGE = "services"
 SYSTEM_MACHINE_TYPE = "e2-standard-2"
-# Google's health-check and load-balancer proxy ranges.
-HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+# Where Google's health checks come from: for an external passthrough load balancer (the serving Service's)
+# and for an internal one (`internalLoadBalancer: true`); the ranges `gcp.compute.get_lbip_ranges` gives.
+HEALTH_CHECK_RANGES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22")
+INTERNAL_HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
+# With externalTrafficPolicy Local they probe the Service's healthCheckNodePort, one of the node ports.
+NODE_PORTS = "30000-32767"
 # The control plane reaches the nodes for the kubelet (10250) and for admission webhooks (443, 8443, 9443).
 CONTROL_PLANE_PORTS = ("443", "8443", "9443", "10250")
 # GKE's own rules (the load balancers' included) have priority 1000; ours sit beside them, and the
@@ -284,10 +287,12 @@ class GpuCluster(pulumi.ComponentResource):
                       f"servestack {config.stack}: the allowed clients to the serving load balancer's port "
                       f"{lb_port} (GKE adds the same rule from loadBalancerSourceRanges)",
                       sources, "tcp", [lb_port])
+        # GKE adds the same rule for each load balancer it makes; ours keeps the probes working whatever
+        # GKE's firewall reconciliation does.
         allow("allow-health-checks",
-              f"servestack {config.stack}: Google's health checks and load-balancer proxies to the serving "
-              f"ports ({lb_port} on the node, {POD_PORT} on the pod)",
-              HEALTH_CHECK_RANGES, "tcp", sorted({lb_port, str(POD_PORT)}, key=int))
+              f"servestack {config.stack}: Google's health checks to the serving Service's health-check node port",
+              INTERNAL_HEALTH_CHECK_RANGES if config.access.internal_load_balancer else HEALTH_CHECK_RANGES,
+              "tcp", [NODE_PORTS])
         allow("allow-control-plane",
               f"servestack {config.stack}: the GKE control plane to the kubelet and admission webhooks",
               [config.gcp.master_cidr], "tcp", CONTROL_PLANE_PORTS)
@@ -304,7 +309,9 @@ class GpuCluster(pulumi.ComponentResource):
             priority=DENY_ALL_PRIORITY,
             source_ranges=["0.0.0.0/0"],
             denies=[gcp.compute.FirewallDenyArgs(protocol="all")],
-            log_config=log,
+            # Scanners knock on the load balancer's address all day: logging every refusal costs money, worth
+            # it in prod only.
+            log_config=log if config.is_prod else None,
             opts=opts,
         ))
         return rules
@@ -400,10 +407,14 @@ class GpuCluster(pulumi.ComponentResource):
             uniform_bucket_level_access=True,
             public_access_prevention="enforced",
             versioning=gcp.storage.BucketVersioningArgs(enabled=True),
-            # Keep the three newest replaced versions of each object; older ones go.
+            # A replaced model file is kept for 30 days (and no more than the three newest), then deleted.
             lifecycle_rules=[gcp.storage.BucketLifecycleRuleArgs(
                 action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
                 condition=gcp.storage.BucketLifecycleRuleConditionArgs(num_newer_versions=3,
+                                                                       with_state="ARCHIVED"),
+            ), gcp.storage.BucketLifecycleRuleArgs(
+                action=gcp.storage.BucketLifecycleRuleActionArgs(type="Delete"),
+                condition=gcp.storage.BucketLifecycleRuleConditionArgs(days_since_noncurrent_time=30,
                                                                        with_state="ARCHIVED"),
             )],
             force_destroy=not config.is_prod,

@@ -238,7 +238,22 @@ def _session_context(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
             "issuerId": f"AROA{ctx.hex('issuer', issuer, length=17).upper()}", "sessionName": arn.rsplit("/", 1)[-1]}
 
 
+# Zones (by zone ID) that offer no GPU instance types: use1-az5 predates the G and P generations.
+ZONE_IDS_WITHOUT_GPUS = ("use1-az5",)
+
+
+def _instance_type_offerings(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    wanted = [v for f in args.args.get("filters") or [] if f.get("name") == "instance-type" for v in f["values"]]
+    gpu = any(t.split(".")[0][:1] in ("g", "p") for t in wanted)
+    locations = [name for name, zone_id in zone_ids(_region(ctx)).items()
+                 if not (gpu and zone_id in ZONE_IDS_WITHOUT_GPUS)]
+    return {"id": _region(ctx), "locationType": "availability-zone", "locations": locations,
+            "instanceTypes": [t for t in wanted for _ in locations],
+            "locationTypes": ["availability-zone"] * len(locations)}
+
+
 CALLS: dict[str, CallFake] = {
+    "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings": _instance_type_offerings,
     "aws:index/getCallerIdentity:getCallerIdentity": _caller_identity,
     "aws:iam/getSessionContext:getSessionContext": _session_context,
     "aws:index/getAvailabilityZones:getAvailabilityZones": _availability_zones,

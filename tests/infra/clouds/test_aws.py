@@ -14,9 +14,9 @@ import yaml
 
 from infra.check import check_plan
 from infra.clouds.aws.kube import kubeconfig
-from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS
+from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS, gpu_zones
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes.aws import EKS_ADDON_BUILDS, zone_ids
+from infra.offline.fakes.aws import EKS_ADDON_BUILDS, ZONE_IDS_WITHOUT_GPUS, zone_ids
 from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
 from infra.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, resources
@@ -107,6 +107,44 @@ def test_subnets_avoid_the_zones_where_eks_places_no_control_plane(plan: dict[st
     zones = {s["inputs"]["availabilityZone"] for s in resources(plan, SUBNET)}
     assert "us-east-1a" not in zones
     assert not {ids[z] for z in zones} & set(EKS_UNSUPPORTED_ZONE_IDS)
+
+
+def test_subnets_go_only_to_zones_that_offer_the_gpu(plan: dict[str, Any]) -> None:
+    # In the fake account us-east-1c is use1-az5, which offers no G or P instances.
+    ids = zone_ids("us-east-1")
+    zones = {s["inputs"]["availabilityZone"] for s in resources(plan, SUBNET)}
+    assert not {ids[z] for z in zones} & set(ZONE_IDS_WITHOUT_GPUS)
+    assert sorted(zones) == ["us-east-1b", "us-east-1d", "us-east-1e"][:len(zones)]
+
+
+def test_too_few_zones_with_the_gpu_stop_the_program_by_name() -> None:
+    with pytest.raises(ValueError) as error:
+        gpu_zones(["us-east-1b", "us-east-1c"], ["us-east-1b"], "g6.xlarge", 2)
+    assert str(error.value) == ("servestack:aws.availabilityZones: 2 zones wanted, but g6.xlarge is offered in 1 of "
+                                "the region's zones that EKS supports (us-east-1b); choose another region or "
+                                "instance type, or fewer zones")
+
+
+def test_s3_traffic_takes_a_gateway_endpoint_not_nat(plan: dict[str, Any]) -> None:
+    endpoint = one(plan, "aws:ec2/vpcEndpoint:VpcEndpoint")
+    assert endpoint["inputs"]["serviceName"] == "com.amazonaws.us-east-1.s3"
+    assert endpoint["inputs"]["vpcEndpointType"] == "Gateway"
+    private_tables = {r["urn"] for r in resources(plan, "aws:ec2/routeTable:RouteTable") if "private" in r["name"]}
+    assert private_tables and private_tables <= set(endpoint["propertyDependencies"]["routeTableIds"])
+
+
+def test_flow_logs_may_be_written_only_for_this_account(prod: dict[str, Any]) -> None:
+    (statement,) = json.loads(inputs(prod, ROLE, "aws-network-flow-logs-role")["assumeRolePolicy"])["Statement"]
+    assert statement["Condition"] == {
+        "StringEquals": {"aws:SourceAccount": "123456789012"},
+        "ArnLike": {"aws:SourceArn": "arn:aws:ec2:us-east-1:123456789012:vpc-flow-log/*"}}
+
+
+def test_replaced_models_expire_and_uploads_left_half_way_go(plan: dict[str, Any]) -> None:
+    (rule,) = inputs(plan, "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration")["rules"]
+    assert rule["noncurrentVersionExpiration"] == {"noncurrentDays": 30.0}
+    assert rule["abortIncompleteMultipartUpload"] == {"daysAfterInitiation": 7.0}
+    assert rule["status"] == "Enabled"
 
 
 def test_private_subnets_route_to_nat_and_only_public_ones_to_the_internet_gateway(plan: dict[str, Any]) -> None:

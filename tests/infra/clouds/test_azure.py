@@ -262,7 +262,14 @@ def test_the_cluster_autoscaler_owns_the_node_counts(plan: dict[str, Any]) -> No
     assert one(plan, CLUSTER)["ignoreChanges"] == ["agentPoolProfiles[0].count"]
 
 
-def test_prod_gpu_pool_is_on_demand_a100_one_to_nine(prod: dict[str, Any]) -> None:
+def test_gpu_upgrades_replace_a_node_in_place_and_prod_system_nodes_span_zones(plan: dict[str, Any]) -> None:
+    # No surge node: no GPU quota or cost beyond maxNodes during an upgrade; the PDB allows one pod down.
+    assert inputs(plan, POOL)["upgradeSettings"] == {"maxSurge": "0", "maxUnavailable": "1"}
+    (system,) = inputs(plan, CLUSTER)["agentPoolProfiles"]
+    assert system.get("availabilityZones") == (["1", "2", "3"] if plan["stack"] == "azure-prod" else None)
+
+
+def test_prod_gpu_pool_is_on_demand_a100_one_to_eight(prod: dict[str, Any]) -> None:
     pool = inputs(prod, POOL)
     assert pool["vmSize"] == "Standard_NC24ads_A100_v4"
     assert (pool["minCount"], pool["maxCount"], pool["scaleSetPriority"]) == (1.0, 8.0, "Regular")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from infra.check import check_plan
-from infra.clouds.gcp import SERVING_SERVICE_ACCOUNT, workload_identity_member
+from infra.clouds.gcp import NODE_PORTS, SERVING_SERVICE_ACCOUNT, workload_identity_member
 from infra.clouds.gcp.kubeconfig import kubeconfig
 from infra.clouds.gcp.zones import GPU_ZONES, gpu_zones
 from infra.config import ConfigError, parse_config
@@ -42,7 +42,7 @@ BUCKET = "gcp:storage/bucket:Bucket"
 KEY_RING = "gcp:kms/keyRing:KeyRing"
 KEY = "gcp:kms/cryptoKey:CryptoKey"
 IAM_TYPES = (SA_IAM, PROJECT_IAM, BUCKET_IAM, REPO_IAM, KEY_IAM)
-HEALTH_CHECK_RANGES = ["35.191.0.0/16", "130.211.0.0/22"]
+HEALTH_CHECK_RANGES = ["35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"]
 
 GCP_COUNTS = {
     "gcp-dev": {API: 10, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
@@ -178,8 +178,7 @@ def world_openings(plan: Mapping[str, Any]) -> list[str]:
         if not outside:
             continue
         health_checks = sorted(outside) == sorted(HEALTH_CHECK_RANGES) and all(
-            a["protocol"] == "tcp" and set(a["ports"]) <= {str(config.serving.port), "8000"}
-            for a in rule["allows"])
+            a["protocol"] == "tcp" and a["ports"] == [NODE_PORTS] for a in rule["allows"])
         lb_clients = set(outside) <= set(config.access.endpoint_cidrs) and rule["allows"] == [lb]
         if not (health_checks or lb_clients):
             found.append(f"{name}: {outside} -> {rule['allows']}")
@@ -234,10 +233,12 @@ def test_load_balancer_clients_reach_only_the_serving_port(plan: dict[str, Any])
     assert rule["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
 
 
-def test_health_checks_reach_only_the_serving_ports(plan: dict[str, Any]) -> None:
+def test_health_checks_reach_only_the_node_ports(plan: dict[str, Any]) -> None:
+    """An external passthrough load balancer with externalTrafficPolicy Local probes the Service's
+    healthCheckNodePort, from the ranges Google lists for it."""
     rule = _rules(plan)["servestack-allow-health-checks"]
-    assert rule["sourceRanges"] == HEALTH_CHECK_RANGES
-    assert rule["allows"] == [{"protocol": "tcp", "ports": ["80", "8000"]}]
+    assert rule["sourceRanges"] == ["35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"]
+    assert rule["allows"] == [{"protocol": "tcp", "ports": ["30000-32767"]}]
 
 
 def test_control_plane_reaches_kubelet_and_webhooks(plan: dict[str, Any]) -> None:
@@ -254,13 +255,14 @@ def test_nodes_and_pods_reach_each_other_inside_the_vpc(plan: dict[str, Any]) ->
         assert rule["allows"] == [{"protocol": protocol}]
 
 
-def test_low_priority_deny_all_is_logged(plan: dict[str, Any]) -> None:
+def test_low_priority_deny_all_is_logged_in_prod(plan: dict[str, Any]) -> None:
     rule = _rules(plan)["servestack-deny-all-ingress"]
     assert rule["priority"] == 65534.0  # below GKE's own rules (1000), so its load-balancer rules still apply
     assert rule["sourceRanges"] == ["0.0.0.0/0"]
     assert rule["denies"] == [{"protocol": "all"}]
     assert "allows" not in rule and "targetTags" not in rule
-    assert rule["logConfig"] == {"metadata": "INCLUDE_ALL_METADATA"}
+    # Scanners knock on the load balancer all day: every refusal logged is paid for, in prod only.
+    assert rule.get("logConfig") == ({"metadata": "INCLUDE_ALL_METADATA"} if plan["stack"] == "gcp-prod" else None)
 
 
 def test_allow_rules_are_logged_in_prod_only(dev: dict[str, Any], prod: dict[str, Any]) -> None:
@@ -293,6 +295,8 @@ def test_internal_load_balancer_admits_only_the_vpc(tmp_path: Path) -> None:
     rule = _rules(plan)["servestack-allow-lb-clients"]
     assert rule["sourceRanges"] == ["10.10.0.0/20"]
     assert rule["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+    # An internal passthrough load balancer's health checks come from other ranges.
+    assert _rules(plan)["servestack-allow-health-checks"]["sourceRanges"] == ["35.191.0.0/16", "130.211.0.0/22"]
     service = inputs(plan, "kubernetes:core/v1:Service")
     assert service["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
     assert "loadBalancerSourceRanges" not in service["spec"]
