@@ -138,6 +138,9 @@ class GcpConfig:
     pods_cidr: str = "10.64.0.0/14"  # the subnetwork's secondary range for pods
     services_cidr: str = "10.68.0.0/20"  # the subnetwork's secondary range for services
     master_cidr: str = "172.16.0.32/28"  # the control plane's private range (exactly a /28)
+    # GKE refuses to delete the cluster while set: on by default in prod, turned off (and `up`) before a
+    # `destroy`.
+    deletion_protection: bool = False
 
 
 # Azure CNI overlay's pod range and the cluster's service range: neither may overlap the VNet.
@@ -353,7 +356,7 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     serving = _serving(root.object("serving"), cloud)
     local = _local(root.object("local"), cloud)
     aws = _aws(root.object("aws"), values, cloud)
-    gcp = _gcp(root.object("gcp"), values, cloud)
+    gcp = _gcp(root.object("gcp"), values, cloud, environment)
     azure = _azure(root.object("azure"), access, cloud)
     root.reject_unknown()
     if cloud in versions.RELEASES:
@@ -657,7 +660,7 @@ def _aws(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> AwsConfig:
 _GCP_CREDENTIAL_KEYS = ("gcp:credentials", "gcp:accessToken", "gcp:impersonateServiceAccount")
 
 
-def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
+def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None, environment: str) -> GcpConfig:
     project = values.get("gcp:project")
     if cloud == "gcp" and not project:
         r.problems.append("gcp:project: missing; the gcp stacks need a project "
@@ -680,6 +683,7 @@ def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None) -> GcpConfig:
         pods_cidr=_gcp_range(r, "podsCidr", defaults.pods_cidr, shortest=21, longest=9),
         services_cidr=_gcp_range(r, "servicesCidr", defaults.services_cidr, shortest=27, longest=16),
         master_cidr=_gcp_range(r, "masterCidr", defaults.master_cidr, shortest=28, longest=28),
+        deletion_protection=r.flag("deletionProtection", environment == "prod"),
     )
     r.reject_unknown()
     ranges = {"networkCidr": config.network_cidr, "podsCidr": config.pods_cidr,

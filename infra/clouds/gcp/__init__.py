@@ -531,7 +531,7 @@ class GpuCluster(pulumi.ComponentResource):
                 recurring_window=gcp.container.ClusterMaintenancePolicyRecurringWindowArgs(
                     start_time=PROD_MAINTENANCE_WINDOW[0], end_time=PROD_MAINTENANCE_WINDOW[1],
                     recurrence=PROD_MAINTENANCE_WINDOW[2])) if config.is_prod else None,
-            deletion_protection=config.is_prod,
+            deletion_protection=config.gcp.deletion_protection,
             resource_labels=self._labels,
             opts=pulumi.ResourceOptions(parent=self, depends_on=depends,
                                         # GKE owns the default pool's config once it is gone.

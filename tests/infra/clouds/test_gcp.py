@@ -377,6 +377,10 @@ def test_prod_cluster_is_regional_private_endpoint_with_kms_secrets(prod: dict[s
         "cidrBlocks": [{"cidrBlock": "10.10.0.0/20", "displayName": "servestack VPC"}],
         "gcpPublicCidrsAccessEnabled": False}
     assert props["deletionProtection"] is True
+    # Turned off (and `up`) before a `destroy`.
+    values = read_stack_config("gcp-prod")
+    values["servestack:gcp"] = {**values["servestack:gcp"], "deletionProtection": False}
+    assert parse_config("gcp-prod", values).gcp.deletion_protection is False
     assert props["maintenancePolicy"] == {"recurringWindow": {
         "startTime": "2025-01-04T02:00:00Z", "endTime": "2025-01-04T10:00:00Z",
         "recurrence": "FREQ=WEEKLY;BYDAY=SA,SU"}}
@@ -612,8 +616,8 @@ BAD_GCP_CONFIGS = [
                  id="zones-empty"),
     pytest.param({"regional": "yes"}, ["servestack:gcp.regional: 'yes' is not true or false"], id="regional"),
     pytest.param({"subnetCidr": "10.0.0.0/20"},
-                 ["servestack:gcp.subnetCidr: unknown key; known: masterCidr, networkCidr, podsCidr, regional, "
-                  "releaseChannel, servicesCidr, zones"], id="unknown-key"),
+                 ["servestack:gcp.subnetCidr: unknown key; known: deletionProtection, masterCidr, networkCidr, "
+                  "podsCidr, regional, releaseChannel, servicesCidr, zones"], id="unknown-key"),
 ]
 
 
