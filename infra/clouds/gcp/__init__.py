@@ -595,8 +595,10 @@ class GpuCluster(pulumi.ComponentResource):
                 location_policy="ANY" if gpu.spot else "BALANCED",
             ),
             management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
-            upgrade_settings=gcp.container.NodePoolUpgradeSettingsArgs(strategy="SURGE", max_surge=1,
-                                                                       max_unavailable=0),
+            # Upgrades replace one GPU node at a time in place: no surge node, so no GPU quota or dollars
+            # beyond maxNodes (and no wait on an L4 stockout); the serving PodDisruptionBudget allows one down.
+            upgrade_settings=gcp.container.NodePoolUpgradeSettingsArgs(strategy="SURGE", max_surge=0,
+                                                                       max_unavailable=1),
             node_config=self._node_config(
                 node_sa, gpu.machine_type or "", gpu.disk_gb, {GPU_POOL_LABEL: GPU_POOL_VALUE},
                 guest_accelerators=[gcp.container.NodePoolNodeConfigGuestAcceleratorArgs(

@@ -10,12 +10,25 @@ from infra.offline.fakes import FakeContext, ResourceFake
 
 
 def _service(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """A LoadBalancer Service's address as each cloud's controller reports it: an AWS NLB by DNS name (the
+    load balancer controller fills in a hostname), elsewhere an IP; an internal one a private address."""
     spec = args.inputs.get("spec") or {}
     status: dict[str, Any] = {}
     if spec.get("type") == "LoadBalancer":
-        # 203.0.113.0/24 is reserved for documentation: it can never be a real endpoint.
+        annotations = (args.inputs.get("metadata") or {}).get("annotations") or {}
+        internal = any("internal" in str(k) or str(v) == "internal" for k, v in annotations.items()
+                       if str(v).lower() in ("true", "internal"))
         octet = int(ctx.hex(args.name, length=2), 16) % 250 + 1
-        status = {"loadBalancer": {"ingress": [{"ip": f"203.0.113.{octet}"}]}}
+        if ctx.config.get("servestack:cloud") == "aws":
+            scheme = "internal-" if internal else ""
+            ingress = {"hostname": f"{scheme}k8s-servesta-servesta-{ctx.hex('nlb', args.name, length=10)}"
+                                   f".elb.{ctx.config.get('aws:region', 'us-east-1')}.amazonaws.com"}
+        elif internal:
+            ingress = {"ip": f"10.{octet % 200 + 20}.0.{octet}"}
+        else:
+            # 203.0.113.0/24 is reserved for documentation: it can never be a real endpoint.
+            ingress = {"ip": f"203.0.113.{octet}"}
+        status = {"loadBalancer": {"ingress": [ingress]}}
     return args.name, {"status": status}
 
 

@@ -545,6 +545,12 @@ def test_serving_load_balancer_is_an_nlb_behind_our_security_group(plan: dict[st
     assert controller["values"]["enableBackendSecurityGroup"] is False
 
 
+def test_the_endpoint_is_the_nlbs_dns_name(plan: dict[str, Any]) -> None:
+    # The load balancer controller reports an NLB by its DNS name, never by an address.
+    assert re.fullmatch(r"http://k8s-servesta-servesta-[0-9a-f]{10}\.elb\.us-east-1\.amazonaws\.com",
+                        plan["outputs"]["endpoint"])
+
+
 def test_bottlerocket_brings_its_device_plugin(plan: dict[str, Any]) -> None:
     assert resources(plan, "kubernetes:apps/v1:DaemonSet") == []
 

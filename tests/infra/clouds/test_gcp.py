@@ -360,6 +360,12 @@ def test_public_ip_endpoint_admits_the_listed_operators_and_the_vpc(tmp_path: Pa
     assert server["server"].startswith("https://34.") and server["certificate-authority-data"]
 
 
+def test_gpu_upgrades_replace_a_node_in_place(plan: dict[str, Any]) -> None:
+    """No surge node: no ninth L4 (quota, dollars, a stockout) during an upgrade at full scale."""
+    assert inputs(plan, POOL, "servestack-gpu-pool")["upgradeSettings"] == {
+        "strategy": "SURGE", "maxSurge": 0.0, "maxUnavailable": 1.0}
+
+
 def test_dev_cluster_is_zonal_and_unprotected(dev: dict[str, Any]) -> None:
     cluster = inputs(dev, CLUSTER)
     assert cluster["location"] == "us-central1-a"
