@@ -179,6 +179,16 @@ def _print_plan(plan: Mapping[str, Any]) -> None:
     for token, count in sorted(counts.items()):
         table.add_row(token, str(count))
     console.print(table)
+    drifting = [r for r in resources if r.get("drift")]
+    if drifting:
+        drift = Table(title="[yellow]drift: what the cloud keeps differently (a refresh, then `up`, would change it "
+                            "back)[/]", title_justify="left")
+        for column in ("resource", "input", "declared", "the cloud's"):
+            drift.add_column(column, overflow="fold")
+        for r in drifting:
+            for key, values in r["drift"].items():
+                drift.add_row(r["name"], key, escape(str(values["declared"])), escape(str(values["cloud"])))
+        console.print(drift)
     if plan["outputs"]:
         outputs = Table(title="outputs", title_justify="left")
         outputs.add_column("name")
