@@ -77,7 +77,7 @@ def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool,
     # Imported here: the mock runtime is configured once per process, for this stack only.
     from infra.config import ConfigError
     from infra.offline.plan import DeployError, read_stack_config, run_plan, write_plan
-    from infra.offline.schemas import validate_plan
+    from infra.offline.schemas import CrdValidatorMissing, validate_plan
 
     try:
         read_stack_config(stack, stacks_dir)
@@ -89,7 +89,11 @@ def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool,
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         return EXIT_BAD_INPUT
     version = str(plan["config"].get("servestack:kubernetesVersion", "1.35"))
-    schema_results = validate_plan(plan, version)
+    try:
+        schema_results = validate_plan(plan, version)
+    except CrdValidatorMissing as error:
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        return EXIT_BAD_INPUT
     if json_path is not None:
         write_plan(plan, json_path)
     if not quiet:
@@ -202,9 +206,9 @@ def _print_schema_results(results: Sequence[Any], version: str) -> None:
     valid = sum(1 for r in results if r.error is None and not r.skipped)
     skipped = [r for r in results if r.skipped]
     failures = [r for r in results if r.error]
-    line = f"Kubernetes {version} schemas: {valid} object(s) valid"
+    line = f"Kubernetes {version} and published CRD schemas: {valid} object(s) valid"
     if skipped:
-        line += f", {len(skipped)} custom resource(s) without a schema ({', '.join(r.kind for r in skipped)})"
+        line += f", {len(skipped)} custom resource(s) without a published schema ({', '.join(r.kind for r in skipped)})"
     console.print(line if not failures else f"[red]{line}, {len(failures)} invalid[/]")
     for failure in failures:
         console.print(f"  [red]{failure.kind}/{failure.name}[/]: {failure.error}", highlight=False)
