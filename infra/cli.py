@@ -66,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     if args.stack is None:
-        if args.json is not None:
-            errors.print("--json needs --stack: a plan file holds one stack")
+        if args.json is not None or args.life:
+            errors.print("--json and --life need --stack: a plan holds one stack")
             return EXIT_BAD_INPUT
         return _plan_all(OUT_DIR / "plans", args.stacks_dir)
     return _plan_one(args.stack, args.json, args.stacks_dir, quiet=args.quiet, life=args.life)

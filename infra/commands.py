@@ -20,14 +20,17 @@ def quote(text: str) -> str:
 
 def bounded_wait(check: str, waiting: str, failed: str, timeout_seconds: int, interval_seconds: int = 10) -> str:
     """Run `check` (a shell command whose success means ready) until it succeeds, at most
-    `timeout_seconds`: say `waiting` once if the first try fails, and `failed` (exit 1) at the end."""
+    `timeout_seconds`: say `waiting` once if the first try fails, and at the end `failed` with the last
+    thing the check said (a missing CLI, a refused credential, a firewall), exit 1."""
     return "\n".join([
         "set -u",
         f"deadline=$(( $(date +%s) + {timeout_seconds} ))",
         "said=0",
-        f"until {check} >/dev/null 2>&1; do",
+        "while :; do",
+        f"  if out=$({{ {check}; }} 2>&1); then break; fi",
         '  if [ "$(date +%s)" -ge "$deadline" ]; then',
         f"    printf '%s\\n' {quote(failed)} >&2",
+        """    printf 'the last check said: %s\\n' "$(printf '%s' "$out" | tail -n 5)" >&2""",
         "    exit 1",
         "  fi",
         f'  if [ "$said" = 0 ]; then printf \'%s\\n\' {quote(waiting)}; said=1; fi',

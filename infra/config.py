@@ -330,7 +330,7 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     """Build the StackConfig from flat Pulumi config (`"ns:key" -> value`), or raise ConfigError.
 
     `today` decides which Kubernetes versions the clouds still support (infra/versions.py)."""
-    today = today or date.today()
+    today = today or versions.today()
     problems: list[str] = []
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{NAMESPACE}:")}
     root = _Reader(ours, f"{NAMESPACE}:", problems)
@@ -357,10 +357,15 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     local = _local(root.object("local"), cloud)
     aws = _aws(root.object("aws"), values, cloud)
     gcp = _gcp(root.object("gcp"), values, cloud, environment)
-    azure = _azure(root.object("azure"), access, cloud)
+    azure = _azure(root.object("azure"), access, cloud, values)
     root.reject_unknown()
     if cloud in versions.RELEASES:
         _check_version_window(root, cloud, kubernetes_version, gcp.release_channel == "EXTENDED", today)
+    if cloud == "azure" and model.source == "bucket" and not azure.storage_cidrs:
+        # The storage account's firewall denies by default: whoever uploads the model (and the first `up`,
+        # which waits for it) must be admitted.
+        problems.append(f"{NAMESPACE}:azure.storageCidrs: empty, but {NAMESPACE}:model.source is bucket: the "
+                        "storage account's firewall would refuse the model's upload; list the uploader's address")
 
     if gpu.type is not None and cloud not in (None, "local"):
         # A rolling update at full scale starts one extra pod before it stops an old one (maxSurge 1,
@@ -446,10 +451,10 @@ def _access(r: _Reader, environment: str, cloud: str | None) -> AccessConfig:
     api_access = r.text("apiAccess", modes[0], allowed=modes, what=f"a way to reach the API on {cloud}")
     r.reject_unknown()
     for i, cidr in enumerate(endpoint):
-        if is_world(cidr) and environment == "prod":
+        if is_world(cidr):
             r.problem(f"endpointCidrs[{i}]", f"{cidr!r} opens the endpoint to the whole internet, which is "
-                                             "not allowed where servestack:environment is prod; list the "
-                                             "clients' CIDR blocks")
+                                             "never allowed (an API key is no firewall); list the clients' "
+                                             "CIDR blocks")
     for i, cidr in enumerate(api):
         if is_world(cidr):
             r.problem(f"apiCidrs[{i}]", f"{cidr!r} opens the Kubernetes API to the whole internet, which "
@@ -746,7 +751,14 @@ AZURE_DEPLOYER_LOGINS = ("azurecli", "spn", "msi", "workloadidentity")
 _RFC1918 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
 
 
-def _azure(r: _Reader, access: AccessConfig, cloud: str | None) -> AzureConfig:
+# Provider credentials in the stack config, which the kubeconfig's kubelogin (reading the environment)
+# cannot repeat.
+_AZURE_CREDENTIAL_KEYS = ("azure-native:clientSecret", "azure-native:clientCertificatePath",
+                          "azure-native:clientCertificatePassword", "azure-native:oidcToken",
+                          "azure-native:oidcTokenFilePath")
+
+
+def _azure(r: _Reader, access: AccessConfig, cloud: str | None, values: Mapping[str, Any]) -> AzureConfig:
     vnet_cidr = _private_cidr(r, "vnetCidr", "10.20.0.0/16")
     if r.has("privateCluster"):
         r._raw("privateCluster")
@@ -767,6 +779,12 @@ def _azure(r: _Reader, access: AccessConfig, cloud: str | None) -> AzureConfig:
             r.problem("vnetCidr", f"{vnet_cidr!r} overlaps the cluster's {name} range {cidr}; choose a range "
                                   "outside it, such as 10.20.0.0/16")
     on_azure = cloud == "azure"
+    for key in _AZURE_CREDENTIAL_KEYS if on_azure else ():
+        if values.get(key):
+            r.problems.append(f"{key}: set in the stack config, where the cluster's kubeconfig (kubelogin, reading "
+                              "the environment) cannot read it, so Kubernetes would see another identity than the "
+                              "one that made the cluster; set the ARM_* environment variables instead, which both "
+                              "read (servestack:azure.deployerLogin spn or msi)")
     for i, cidr in enumerate(access.api_cidrs):
         # The AKS API server has an IPv4 address only; authorizedIPRanges takes IPv4 ranges.
         if on_azure and ipaddress.ip_network(cidr).version == 6:

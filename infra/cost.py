@@ -31,6 +31,7 @@ from infra import catalog, terminal
 from policies.rules import values as v
 from policies.rules.budget import AKS_CLUSTER, pools
 from policies.rules.common import Resource
+from policies.rules.kubernetes import internal_load_balancer
 from policies.rules.values import BadValue, Unknown
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -224,9 +225,10 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
 def _load_balancer_addresses(cloud: str, service: Resource, resources: Sequence[Resource]) -> int:
     """The public addresses a LoadBalancer Service's load balancer holds: an internet-facing NLB one in each
     public subnet (tagged for load balancers), an Azure one for its frontend; none when internal."""
-    annotations = v.dig(service.props, "metadata", "annotations") or {}
-    internal = any("internal" in str(key) and str(value).lower() in ("true", "internal")
-                   for key, value in (annotations.items() if isinstance(annotations, dict) else ()))
+    annotations = v.dig(service.props, "metadata", "annotations")
+    spec = v.dig(service.props, "spec")
+    internal = internal_load_balancer(annotations if isinstance(annotations, dict) else {},
+                                      spec if isinstance(spec, dict) else {})
     if internal or cloud not in catalog.PUBLIC_IPV4_PER_HOUR:
         return 0
     if cloud == "aws":

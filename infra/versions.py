@@ -9,8 +9,10 @@ channel keeps it for about two years from its release, at extra cost).
 
 Sources, read on 2026-11-29: the EKS user guide's Kubernetes versions page and endoflife.date/amazon-eks
 (1.35, 1.36); the AKS docs' supported Kubernetes versions (AKS states months: the last day is used);
-the GKE release schedule as endoflife.date/google-kubernetes-engine mirrors it (Regular-channel dates;
-the Extended channel's end is that date plus 24 months, GKE's stated span, and is approximate).
+the GKE release schedule as endoflife.date/google-kubernetes-engine mirrors it: availability in the Regular
+channel, then about 14 months of standard support and 24 in all on the Extended channel (GKE's stated
+spans, from which the 1.34 row and every Extended date are computed, so approximate). GKE's Stable
+channel gets a minor some months after Regular; the window does not model that lag.
 Check a cloud's live list before relying on a date near today:
   aws eks describe-cluster-versions --query 'clusterVersions[].[clusterVersion,status]'
   gcloud container get-server-config --region REGION --format 'yaml(channels)'
@@ -19,8 +21,18 @@ Check a cloud's live list before relying on a date near today:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import date
+
+# The day the windows are judged on: today, unless SERVESTACK_TODAY (an ISO date) names another, which
+# the tests set so that their stacks do not age out of a window.
+TODAY_VARIABLE = "SERVESTACK_TODAY"
+
+
+def today() -> date:
+    pinned = os.environ.get(TODAY_VARIABLE)
+    return date.fromisoformat(pinned) if pinned else date.today()
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ RELEASES: dict[str, tuple[Release, ...]] = {
     "gcp": (
         Release("1.32", _d("2025-02-11"), _d("2026-04-11"), _d("2027-02-11")),
         Release("1.33", _d("2025-06-03"), _d("2026-08-03"), _d("2027-06-03")),
-        Release("1.34", _d("2025-09-30"), _d("2026-10-01"), _d("2027-09-30")),
+        Release("1.34", _d("2025-09-30"), _d("2026-11-30"), _d("2027-09-30")),
         Release("1.35", _d("2026-02-11"), _d("2027-04-11"), _d("2028-02-11")),
         Release("1.36", _d("2026-06-09"), _d("2027-08-09"), _d("2028-06-09")),
     ),

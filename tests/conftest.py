@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from infra.offline.plan import plan_in_subprocess
+from infra.versions import TODAY_VARIABLE
+
+# The stacks' Kubernetes versions are judged on a fixed day, so that no test ages out of a support window
+# (the plans' subprocesses inherit it).
+os.environ[TODAY_VARIABLE] = "2026-11-29"
 
 
 @pytest.fixture(scope="session")

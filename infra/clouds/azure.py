@@ -1,4 +1,4 @@
-"""The Azure platform: a private-by-default AKS cluster with a GPU pool that scales from zero.
+"""The Azure platform: an AKS cluster with private nodes and a GPU pool that scales from zero.
 
 One component, `servestack:azure:GpuCluster`, declares:
 
@@ -7,7 +7,7 @@ One component, `servestack:azure:GpuCluster`, declares:
   VNet flow logs in prod;
 - AKS with Azure CNI overlay powered by Cilium (pods take addresses outside the VNet; Cilium enforces
   NetworkPolicy), Entra ID with Azure RBAC and local accounts off, OIDC issuer and workload identity on,
-  patch auto-upgrades, and either a private API server or one restricted to the operators' ranges;
+  patch auto-upgrades, and an API server restricted to the deployer's and operators' ranges;
 - a CPU system pool tainted `CriticalAddonsOnly` and a GPU user pool tainted `nvidia.com/gpu`, scaling
   0..N, optionally spot; AKS installs the NVIDIA driver, the serving deployment installs the device plugin;
 - ACR (no admin user) that the kubelet identity may pull from; a storage account (Entra ID only, HTTPS,

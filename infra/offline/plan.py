@@ -151,8 +151,8 @@ class _RecordingMonitor(mocks.MockMonitor):
             })
             drift = self._plan_mocks.drift.get((request.type, request.name))
             if drift:
-                # What the cloud keeps differently from the declaration: the next `up` after a refresh
-                # would change it back (unless ignoreChanges names it).
+                # What the cloud keeps differently from the declaration: after a refresh, the next `up`
+                # would change it back.
                 self.records[-1]["drift"] = drift
         return response
 
@@ -167,7 +167,9 @@ def unreachable_api(inputs: Mapping[str, Any], context: FakeContext) -> str | No
         kubeconfig = rpc.unwrap_rpc_secret(kubeconfig)
     if not isinstance(kubeconfig, str):
         return None  # a context of the operator's own kubeconfig (the local stack)
-    document = yaml.safe_load(kubeconfig) or {}
+    document = yaml.safe_load(kubeconfig)
+    if not isinstance(document, Mapping):
+        return None  # a path to a kubeconfig file of the operator's
     for cluster in document.get("clusters") or []:
         server = str((cluster.get("cluster") or {}).get("server") or "")
         host = urlsplit(server).hostname or ""
@@ -253,16 +255,26 @@ def run_plan(stack: str, stacks_dir: Path = STACKS_DIR, life: int = 0) -> dict[s
         _sync_await(run_pulumi_func(program))
     except Exception as error:
         # The engine wraps what a registration raised; surface the deploy failure itself.
-        cause: BaseException | None = error
-        while cause is not None and not isinstance(cause, DeployError):
-            cause = cause.__cause__ or cause.__context__
-        if cause is not None:
-            raise cause from None
+        deploy_error = _find_in_chain(error, DeployError)
+        if deploy_error is not None:
+            raise deploy_error from None
         raise
     root = pulumi.runtime.settings.get_root_resource()
     outputs = _sync_await(_resolve_outputs(getattr(root, "outputs", {}) or {}))
     return {"project": PROJECT, "stack": stack, "config": config, "resources": monitor.records,
             "outputs": outputs}
+
+
+def _find_in_chain(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` among `error`'s causes and contexts (chains can loop)."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, kind):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 async def _resolve_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:

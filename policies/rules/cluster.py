@@ -61,11 +61,11 @@ def check_endpoint(resource: Resource, config: dict[str, Any], judge: Judge) -> 
             cidrs = vpc.get("publicAccessCidrs")
             if not cidrs:
                 judge.violation("vpcConfig.endpointPublicAccess is on (the default) and publicAccessCidrs is "
-                                "not set, so EKS opens the API endpoint to 0.0.0.0/0. Set "
-                                "endpointPublicAccess=false, or list your operators' CIDRs.")
+                                "not set, so EKS opens the API endpoint to 0.0.0.0/0. List the deployer's and "
+                                "operators' CIDR blocks in publicAccessCidrs.")
             else:
                 _cidr_verdict(cidrs, "vpcConfig.publicAccessCidrs", judge,
-                              "List your operators' CIDR blocks, or turn endpointPublicAccess off.")
+                              "List the deployer's and operators' CIDR blocks.")
     elif resource.type == GKE_CLUSTER:
         private = v.dig(p, "privateClusterConfig", "enablePrivateEndpoint")
         ip_endpoint = v.dig(p, "controlPlaneEndpointsConfig", "ipEndpointsConfig", "enabled")
@@ -107,12 +107,11 @@ def check_endpoint(resource: Resource, config: dict[str, Any], judge: Judge) -> 
             ranges = profile.get("authorizedIPRanges")
             if not ranges:
                 judge.violation("the API server is public and apiServerAccessProfile.authorizedIPRanges is "
-                                "not set, so AKS lets the whole internet reach it. Set "
-                                "enablePrivateCluster=true, or list your operators' CIDRs in "
-                                "authorizedIPRanges.")
+                                "not set, so AKS lets the whole internet reach it. List the deployer's and "
+                                "operators' CIDR blocks in authorizedIPRanges.")
             else:
                 _cidr_verdict(ranges, "apiServerAccessProfile.authorizedIPRanges", judge,
-                              "List your operators' CIDR blocks, or make the cluster private.")
+                              "List the deployer's and operators' CIDR blocks.")
 
 
 def _public_ip_flag(value: Any, what: str, judge: Judge, fix: str) -> None:

@@ -45,6 +45,14 @@ SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-rang
 AWS_LB = "service.beta.kubernetes.io/aws-load-balancer"
 
 
+def internal_load_balancer(annotations: dict[str, Any], spec: dict[str, Any]) -> bool:
+    """Whether a LoadBalancer Service's cloud makes it internal (a private address, no public one)."""
+    if _aws_internal(annotations, spec):
+        return True
+    return any(isinstance(annotations.get(key), str) and annotations[key].strip().lower() in values
+               for key, values in INTERNAL_LB.items())
+
+
 def _aws_internal(annotations: dict[str, Any], spec: dict[str, Any]) -> bool:
     """Whether AWS makes this LoadBalancer service internal.
 
@@ -243,12 +251,8 @@ def check_load_balancer(resource: Resource, config: dict[str, Any], judge: Judge
         judge.unknown_value(annotations, "metadata.annotations")
         return
     annotations = annotations if isinstance(annotations, dict) else {}
-    if _aws_internal(annotations, spec):
+    if internal_load_balancer(annotations, spec):
         return
-    for key, internal_values in INTERNAL_LB.items():
-        value = annotations.get(key)
-        if isinstance(value, str) and value.strip().lower() in internal_values:
-            return
     ranges = spec.get("loadBalancerSourceRanges")
     where = "spec.loadBalancerSourceRanges"
     if not ranges and isinstance(annotations.get(SOURCE_RANGES_ANNOTATION), str):

@@ -205,6 +205,9 @@ def check_api_reachable(resources: list[Resource], config: dict[str, Any], judge
 
 
 def check_retained_names(resources: list[Resource], config: dict[str, Any], judge: Judge) -> None:
+    """The name must be built from a `random:` resource. A preview hands stack rules the resources' outputs,
+    where Pulumi's auto-name is a plain name the rule cannot tell from a fixed one, so an auto-name does not
+    pass either."""
     by_urn = {r.urn: r for r in resources}
     for resource in resources:
         if resource.type not in RETAINED_NAMES:
@@ -213,14 +216,15 @@ def check_retained_names(resources: list[Resource], config: dict[str, Any], judg
         name = resource.props.get(key)
         if resource.type == LOG_GROUP and not (isinstance(name, str) and name.startswith(("/aws/eks/", "/aws/vpc/"))):
             continue
-        if name is None or isinstance(name, Unknown):
-            continue  # auto-named, or named from another resource's output: new in each life
+        if isinstance(name, Unknown):
+            continue  # computed from other resources during preview: known, and judged, at `up`
         random_parts = [u for u in resource.property_dependencies.get(key, ())
                         if u in by_urn and by_urn[u].type.startswith("random:")]
         if not random_parts:
-            judge.violation(f"{resource.name} is named {name!r}, the same in every life of the stack, but {why}: "
-                            "the `pulumi up` after a `pulumi destroy` fails on it. Let Pulumi auto-name it, or "
-                            "build the name with a random suffix (pulumi-random).", resource.urn)
+            shown = f"named {name!r}, the same in every life of the stack" if name else "auto-named"
+            judge.violation(f"{resource.name} is {shown}, but {why}: the `pulumi up` after a `pulumi destroy` "
+                            "can fail on it. Build its name with a suffix from a pulumi-random resource, which "
+                            "`destroy` deletes with the stack.", resource.urn)
 
 
 LIFECYCLE_RULES: list[Rule] = [
@@ -250,10 +254,10 @@ LIFECYCLE_RULES: list[Rule] = [
     Rule(
         name="retained-names-unique",
         description="Names a cloud keeps after deletion (EKS clusters' log groups, KMS key rings and keys, "
-                    "soft-deleted key vaults) are new in each life of the stack.",
+                    "soft-deleted key vaults) are built from a random resource, so new in each life of the stack.",
         severity=Severity.HIGH,
         enforcement=EnforcementLevel.MANDATORY,
-        remediation="Auto-name the resource or add a random suffix to its name.",
+        remediation="Build the name with a suffix from a pulumi-random resource.",
         types=frozenset(RETAINED_NAMES),
         check=check_retained_names,
         stack=True,

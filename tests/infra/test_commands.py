@@ -130,8 +130,9 @@ def test_a_bounded_wait_returns_as_soon_as_the_check_passes(tmp_path: Path) -> N
     assert result.stdout.count("waiting for it") == 1 and "never came" not in result.stderr
 
 
-def test_a_bounded_wait_ends_with_what_to_do(tmp_path: Path) -> None:
-    script = commands.uploaded("false", "the serving image x:1", ["docker push x:1"], timeout_seconds=1,
+def test_a_bounded_wait_ends_with_what_to_do_and_what_the_check_last_said(tmp_path: Path) -> None:
+    check = "echo 'An error occurred (RepositoryNotFoundException)' >&2; false"
+    script = commands.uploaded(check, "the serving image x:1", ["docker push x:1"], timeout_seconds=1,
                                setup="echo credentials")
     result = _run(script, tmp_path)
     assert result.returncode == 1
@@ -139,6 +140,8 @@ def test_a_bounded_wait_ends_with_what_to_do(tmp_path: Path) -> None:
     assert "waiting for the serving image x:1; upload it now from another terminal: docker push x:1" in result.stdout
     assert ("the serving image x:1 is still missing after 0 minutes; upload it (docker push x:1), then run "
             "`pulumi up` again") in result.stderr
+    # A wrong credential or a firewall is not mistaken for a missing upload: its words reach the operator.
+    assert "the last check said: An error occurred (RepositoryNotFoundException)" in result.stderr
 
 
 def test_the_access_wait_reads_the_kubeconfig_it_is_given(tmp_path: Path) -> None:

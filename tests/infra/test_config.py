@@ -80,13 +80,18 @@ BAD_CONFIGS = [
     pytest.param(
         VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24", "0.0.0.0/0"], **API}},
         ["servestack:access.endpointCidrs[1]: '0.0.0.0/0' opens the endpoint to the whole internet, which "
-         "is not allowed where servestack:environment is prod; list the clients' CIDR blocks"],
-        id="world-endpoint-in-prod"),
+         "is never allowed (an API key is no firewall); list the clients' CIDR blocks"],
+        id="world-endpoint"),
     pytest.param(
         VALID_AWS, {"servestack:access": {"endpointCidrs": ["::0/0"], **API}},
         ["servestack:access.endpointCidrs[0]: '::/0' opens the endpoint to the whole internet, which "
-         "is not allowed where servestack:environment is prod; list the clients' CIDR blocks"],
-        id="world-ipv6-endpoint-in-prod"),
+         "is never allowed (an API key is no firewall); list the clients' CIDR blocks"],
+        id="world-ipv6-endpoint"),
+    pytest.param(
+        {**VALID_AWS, "servestack:environment": "dev"}, {"servestack:access": {"endpointCidrs": ["0.0.0.0/0"], **API}},
+        ["servestack:access.endpointCidrs[0]: '0.0.0.0/0' opens the endpoint to the whole internet, which "
+         "is never allowed (an API key is no firewall); list the clients' CIDR blocks"],
+        id="world-endpoint-in-dev-too"),
     pytest.param(
         VALID_AWS, {"servestack:access": {"endpointCidrs": ["203.0.113.0/24"], "apiCidrs": ["1.2.3.4/0"]}},
         ["servestack:access.apiCidrs[0]: '0.0.0.0/0' opens the Kubernetes API to the whole internet, which "
@@ -201,9 +206,9 @@ BAD_CONFIGS = [
          "1.34 (until 2026-12-02), 1.35 (until 2027-03-27), 1.36 (until 2027-08-02)"],
         id="version-out-of-eks-window"),
     pytest.param(
-        VALID_GCP, {"servestack:kubernetesVersion": "1.34"},
-        ["servestack:kubernetesVersion: '1.34' left gcp's support on 2026-10-01; supported on gcp on 2026-11-29: "
-         "1.35 (until 2027-04-11), 1.36 (until 2027-08-09)"],
+        VALID_GCP, {"servestack:kubernetesVersion": "1.33"},
+        ["servestack:kubernetesVersion: '1.33' left gcp's support on 2026-08-03; supported on gcp on 2026-11-29: "
+         "1.34 (until 2026-11-30), 1.35 (until 2027-04-11), 1.36 (until 2027-08-09)"],
         id="version-out-of-gke-window"),
     pytest.param(
         {**VALID_AWS, "servestack:cloud": "azure", "azure-native:location": "eastus",

@@ -66,6 +66,13 @@ def test_azure_prices_the_aks_tier_of_each_environment(stack_plan: Plan) -> None
     assert ("public IPv4 of load balancer servestack-service", 0.005, 1, 1) in lines(dev)
 
 
+def test_an_internal_load_balancer_holds_no_public_address(stack_plan: Plan) -> None:
+    plan = copy.deepcopy(stack_plan("aws-dev"))
+    service = next(r for r in plan["resources"] if r["type"] == "kubernetes:core/v1:Service")
+    service["inputs"]["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"] = "internal"
+    assert not any(item.startswith("public IPv4 of load balancer") for item, *_ in lines(estimate(plan)))
+
+
 def test_the_local_stack_has_nothing_to_price(stack_plan: Plan) -> None:
     e = estimate(stack_plan("local"))
     assert (e.lines, e.idle_per_hour, e.replica_per_hour, e.per_million_tokens(100.0)) == ((), 0, None, None)

@@ -129,25 +129,18 @@ RETAINED: dict[str, list[tuple[str, str, str | None]]] = {
     "aws-prod": [("aws:eks/cluster:Cluster", "name", None),
                  ("aws:cloudwatch/logGroup:LogGroup", "name", "aws-eks-control-plane-logs"),
                  ("aws:cloudwatch/logGroup:LogGroup", "name", "aws-network-flow-logs")],
+    "gcp-prod": [("gcp:kms/keyRing:KeyRing", "name", None), ("gcp:kms/cryptoKey:CryptoKey", "name", None)],
     "azure-prod": [("azure-native:containerregistry:Registry", "registryName", None),
                    ("azure-native:storage:StorageAccount", "accountName", "servestack-models")],
 }
 
 
-@pytest.mark.parametrize("stack", ["aws-prod", "azure-prod"])
+@pytest.mark.parametrize("stack", PRODS)
 def test_names_the_cloud_keeps_after_deletion_are_new_in_the_next_life(stack: str) -> None:
     first, second = (plan_in_subprocess(stack, life=life) for life in (0, 1))
     for type_token, key, name in RETAINED[stack]:
         assert inputs(first, type_token, name)[key] != inputs(second, type_token, name)[key], (type_token, name)
     assert [v for v in check_plan(second) if v.policy == "retained-names-unique"] == []
-
-
-def test_gcp_key_rings_and_keys_are_auto_named(stack_plan: Callable[[str], dict[str, Any]]) -> None:
-    """GCP never deletes a key ring: without a name of its own, each life gets Pulumi's random one."""
-    plan = stack_plan("gcp-prod")
-    for type_token in ("gcp:kms/keyRing:KeyRing", "gcp:kms/cryptoKey:CryptoKey"):
-        assert "name" not in inputs(plan, type_token)
-        assert one(plan, type_token)["custom"]
 
 
 def test_the_eks_log_group_is_named_after_the_cluster_of_its_life(stack_plan: Callable[[str], dict[str, Any]]) -> None:
@@ -199,3 +192,25 @@ def test_the_eks_kubeconfig_and_commands_act_as_the_providers_identity(tmp_path:
     # The node groups' bounds are changed by the same identity: the profile's credentials assume the role.
     script = inputs(plan, "command:local:Command", "aws-eks-gpu-scaling")["create"]
     assert f"aws --profile platform sts assume-role --role-arn {role}" in script
+
+
+def test_a_fake_that_fails_fails_the_plan_at_once() -> None:
+    """An exception whose chain loops back on itself (as the engine's wrapping can make) ends the plan with
+    the error, instead of spinning."""
+    result = run_plan_script("aws-dev", before=(
+        "import infra.offline.fakes.aws as f\n"
+        "def boom(args, ctx):\n"
+        "    error = RuntimeError('the fake VPC failed')\n"
+        "    error.__context__ = RuntimeError('wrapped'); error.__context__.__context__ = error\n"
+        "    raise error\n"
+        "f.RESOURCES['aws:ec2/vpc:Vpc'] = boom"))
+    assert result.returncode != 0 and "the fake VPC failed" in result.stderr
+
+
+def test_a_kubeconfig_path_is_the_operators_own_and_not_judged(tmp_path: Path) -> None:
+    from infra.offline.fakes import FakeContext
+    from infra.offline.plan import unreachable_api
+
+    assert unreachable_api({"kubeconfig": str(tmp_path / "kubeconfig")}, FakeContext("local", {})) is None
+    private = "apiVersion: v1\nclusters:\n- cluster: {server: 'https://10.0.0.5'}\n  name: c\n"
+    assert "10.0.0.5" in (unreachable_api({"kubeconfig": private}, FakeContext("local", {})) or "")

@@ -126,7 +126,18 @@ def test_a_fixed_eks_cluster_name_meets_the_log_group_of_its_previous_life() -> 
     suffix = stack_resource(RANDOM, "suffix", {})
     cluster = stack_resource(EKS, "eks", {"name": "servestack-aws-dev-x1y2z3"}, property_deps={"name": [suffix]})
     assert check_stack("retained-names-unique", [suffix, cluster]).kind == "pass"
-    assert check_stack("retained-names-unique", [stack_resource(EKS, "eks", {})]).kind == "pass"  # auto-named
+    auto = check_stack("retained-names-unique", [stack_resource(EKS, "eks", {})])
+    assert auto.kind == "violation" and "auto-named" in auto.messages[0]
+
+
+def test_an_auto_name_in_the_outputs_is_still_a_fixed_name_to_the_rule() -> None:
+    """A real preview hands stack rules the resources' outputs: Pulumi's auto-name of a key ring is there as
+    a plain name, indistinguishable from a fixed one, so only a name built from a random resource passes."""
+    auto = stack_resource(KEY_RING, "ring", {"name": "servestack-keyring-1a2b3c4", "location": "us-central1"})
+    assert check_stack("retained-names-unique", [auto]).kind == "violation"
+    suffix = stack_resource(RANDOM, "kms-suffix", {"result": "x1y2z3"})
+    named = stack_resource(KEY_RING, "ring", {"name": "servestack-gcp-prod-x1y2z3"}, property_deps={"name": [suffix]})
+    assert check_stack("retained-names-unique", [suffix, named]).kind == "pass"
 
 
 def test_fixed_eks_log_groups_and_key_rings_are_violations_and_other_log_groups_are_not() -> None:

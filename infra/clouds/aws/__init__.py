@@ -126,6 +126,8 @@ class GpuCluster(pulumi.ComponentResource):
             f"{LB_ANNOTATION}-manage-backend-security-group-rules": "false",
         }
         preamble, cli = aws_cli(config.aws.profile, config.aws.role_arn, region)
+        # The uploads' instructions name the identity to upload as when the stack deploys as an assumed role.
+        as_role = [f"(as {config.aws.role_arn}, the role this stack deploys as)"] if config.aws.role_arn else []
 
         def image_upload(tag: str) -> Upload:
             image = pulumi.Output.concat(registry.url, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
@@ -134,7 +136,7 @@ class GpuCluster(pulumi.ComponentResource):
                 setup=preamble,
                 check=pulumi.Output.concat(cli, " ecr describe-images --repository-name ", registry.repository.name,
                                            f" --image-ids imageTag={tag}"),
-                steps=[pulumi.Output.concat(cli, " ecr get-login-password | docker login --username AWS ",
+                steps=[*as_role, pulumi.Output.concat(cli, " ecr get-login-password | docker login --username AWS ",
                                             "--password-stdin ", registry.url.apply(_registry_host)),
                        pulumi.Output.concat("docker build -t ", image, " serving"),
                        pulumi.Output.concat("docker push ", image)])
@@ -143,7 +145,7 @@ class GpuCluster(pulumi.ComponentResource):
             prefix = pulumi.Output.concat(models.uri, f"/models/{model}/")
             return Upload(what=f"the model {model} in the stack's bucket", setup=preamble,
                           check=pulumi.Output.concat(cli, " s3 ls ", prefix, "config.json"),
-                          steps=[pulumi.Output.concat(cli, " s3 sync ./MODEL_DIR ", prefix)])
+                          steps=[*as_role, pulumi.Output.concat(cli, " s3 sync ./MODEL_DIR ", prefix)])
 
         self.platform = Platform(
             cloud="aws",

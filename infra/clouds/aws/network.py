@@ -113,19 +113,22 @@ class Network(pulumi.ComponentResource):
         self.public_subnet_ids, self.private_subnet_ids = [], []
         nat_ids: list[pulumi.Output[str]] = []
         private_route_tables: list[pulumi.Output[str]] = []
+        # The zones are chosen when a subnet is made and kept after: AWS may start offering the GPU in an
+        # earlier zone later, and moving a subnet would replace it and everything in it.
+        placed = pulumi.ResourceOptions(parent=self, ignore_changes=["availabilityZone"])
         for i in range(args.availability_zones):
             zone = chosen[i]
             public = aws.ec2.Subnet(
                 f"{name}-public-{i}", vpc_id=self.vpc.id, cidr_block=public_cidrs[i], availability_zone=zone,
                 map_public_ip_on_launch=False,
                 # Internet-facing load balancers go here.
-                tags=subnet_tags(f"{stem}-public-{i}", "kubernetes.io/role/elb"), opts=child)
+                tags=subnet_tags(f"{stem}-public-{i}", "kubernetes.io/role/elb"), opts=placed)
             self.ready.append(aws.ec2.RouteTableAssociation(f"{name}-public-{i}-rt", subnet_id=public.id,
                                                             route_table_id=public_routes.id, opts=child))
             private = aws.ec2.Subnet(
                 f"{name}-private-{i}", vpc_id=self.vpc.id, cidr_block=private_cidrs[i], availability_zone=zone,
                 map_public_ip_on_launch=False,
-                tags=subnet_tags(f"{stem}-private-{i}", "kubernetes.io/role/internal-elb"), opts=child)
+                tags=subnet_tags(f"{stem}-private-{i}", "kubernetes.io/role/internal-elb"), opts=placed)
             self.public_subnet_ids.append(public.id)
             self.private_subnet_ids.append(private.id)
             if i == 0 or args.nat_per_az:

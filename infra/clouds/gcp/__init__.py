@@ -28,6 +28,7 @@ from typing import Any
 import pulumi
 import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
+import pulumi_random as random
 
 from infra import commands
 from infra.clouds.gcp.kubeconfig import dns_endpoint, kubeconfig
@@ -424,12 +425,17 @@ class GpuCluster(pulumi.ComponentResource):
 
     def _secrets_key(self, opts: pulumi.ResourceOptions) -> tuple[gcp.kms.CryptoKey, gcp.kms.CryptoKeyIAMMember]:
         """The key GKE encrypts Secrets in etcd with. Kept on destroy: GCP never deletes key rings, and
-        data encrypted with a destroyed key is lost."""
+        data encrypted with a destroyed key is lost. Both names carry a suffix of this life of the stack, so
+        that the next `up` after a `destroy` makes new ones instead of meeting the kept ones."""
         name, args = self._name, self._args
         kept = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True))
-        ring = gcp.kms.KeyRing(f"{name}-keyring", project=args.project, location=args.region, opts=kept)
+        suffix = random.RandomString(f"{name}-kms-suffix", length=6, special=False, upper=False,
+                                     opts=pulumi.ResourceOptions(parent=self)).result
+        ring = gcp.kms.KeyRing(f"{name}-keyring", name=pulumi.Output.concat(f"servestack-{args.config.stack}-", suffix),
+                               project=args.project, location=args.region, opts=kept)
         key = gcp.kms.CryptoKey(
             f"{name}-secrets-key",
+            name=pulumi.Output.concat("secrets-", suffix),
             key_ring=ring.id,
             purpose="ENCRYPT_DECRYPT",
             rotation_period=KEY_ROTATION,

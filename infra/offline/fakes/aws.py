@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from datetime import date
 from typing import Any
 
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
@@ -81,7 +80,7 @@ def _log_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str,
 def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
     name, region = _autoname(args, ctx), _region(ctx)
     version = str(args.inputs.get("version") or "")
-    offered = [r.minor for r in versions.window("aws", date.today())]
+    offered = [r.minor for r in versions.window("aws", versions.today())]
     if version and version not in offered:
         raise CloudError(f"InvalidParameterException: unsupported Kubernetes version {version}; EKS offers "
                          f"{', '.join(offered)}")

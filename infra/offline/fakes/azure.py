@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import uuid
 from collections.abc import Callable
-from datetime import date
 from typing import Any
 
 import yaml
@@ -85,7 +84,7 @@ def _identity(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: 
 def _cluster(args: MockResourceArgs, ctx: FakeContext, resource_id: str, name: str) -> dict[str, Any]:
     location = _location(args, ctx)
     version = str(args.inputs.get("kubernetesVersion") or "")
-    offered = [r.minor for r in versions.window("azure", date.today())]
+    offered = [r.minor for r in versions.window("azure", versions.today())]
     if version and version not in offered:
         raise CloudError(f"(K8sVersionNotSupported) Version {version} is not supported in this region. Please use "
                          f"[az aks get-versions] command to get the supported version list ({', '.join(offered)})")

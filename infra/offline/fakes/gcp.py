@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from datetime import date
 from typing import Any
 
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
@@ -76,7 +75,7 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
     location = str(args.inputs.get("location"))
     version = str(args.inputs.get("minMasterVersion") or "")
     channel = str((args.inputs.get("releaseChannel") or {}).get("channel") or "REGULAR")
-    offered = [r.minor for r in versions.window("gcp", date.today(), extended=channel == "EXTENDED")]
+    offered = [r.minor for r in versions.window("gcp", versions.today(), extended=channel == "EXTENDED")]
     if version and version not in offered:
         raise CloudError(f"Error 400: Master version \"{version}\" is unsupported in channel {channel}; the channel "
                          f"offers {', '.join(offered)}")

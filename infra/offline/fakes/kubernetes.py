@@ -7,6 +7,7 @@ from typing import Any
 from pulumi.runtime.mocks import MockResourceArgs
 
 from infra.offline.fakes import FakeContext, ResourceFake
+from policies.rules.kubernetes import internal_load_balancer
 
 
 def _service(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
@@ -15,9 +16,7 @@ def _service(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
     spec = args.inputs.get("spec") or {}
     status: dict[str, Any] = {}
     if spec.get("type") == "LoadBalancer":
-        annotations = (args.inputs.get("metadata") or {}).get("annotations") or {}
-        internal = any("internal" in str(k) or str(v) == "internal" for k, v in annotations.items()
-                       if str(v).lower() in ("true", "internal"))
+        internal = internal_load_balancer((args.inputs.get("metadata") or {}).get("annotations") or {}, spec)
         octet = int(ctx.hex(args.name, length=2), 16) % 250 + 1
         if ctx.config.get("servestack:cloud") == "aws":
             scheme = "internal-" if internal else ""

@@ -115,6 +115,8 @@ def test_subnets_go_only_to_zones_that_offer_the_gpu(plan: dict[str, Any]) -> No
     zones = {s["inputs"]["availabilityZone"] for s in resources(plan, SUBNET)}
     assert not {ids[z] for z in zones} & set(ZONE_IDS_WITHOUT_GPUS)
     assert sorted(zones) == ["us-east-1b", "us-east-1d", "us-east-1e"][:len(zones)]
+    # Chosen once: a zone that starts offering the GPU later must not move (and replace) a subnet.
+    assert all(s["ignoreChanges"] == ["availabilityZone"] for s in resources(plan, SUBNET))
 
 
 def test_too_few_zones_with_the_gpu_stop_the_program_by_name() -> None:

@@ -163,17 +163,16 @@ def test_no_nsg_rule_admits_the_world(plan: dict[str, Any]) -> None:
     assert [r["name"] for r in inputs(plan, NSG)["securityRules"] if _admits_world(r)] == []
 
 
-def test_a_world_open_endpoint_opens_only_the_load_balancer_port() -> None:
-    """Dev may list 0.0.0.0/0 as its clients: only the serving port's rule then admits the world."""
+def test_the_clients_reach_only_the_load_balancer_port() -> None:
     values = read_stack_config("azure-dev")
-    values["servestack:access"] = {**values["servestack:access"], "endpointCidrs": ["0.0.0.0/0", "::/0"]}
+    values["servestack:access"] = {**values["servestack:access"],
+                                   "endpointCidrs": ["198.51.100.0/24", "192.0.2.0/24", "2001:db8::/32"]}
     rules = azure.nsg_rules(parse_config("azure-dev", values))
-    world = [r for r in rules if _admits_world({"access": r.access, "sourceAddressPrefix": r.source_address_prefix,
-                                                "sourceAddressPrefixes": r.source_address_prefixes})]
-    assert [(r.name, r.protocol, r.destination_port_range) for r in world] == [
+    clients = [r for r in rules if r.source_address_prefixes and "198.51.100.0/24" in r.source_address_prefixes]
+    assert [(r.name, r.protocol, r.destination_port_range) for r in clients] == [
         ("allow-serving-load-balancer", "Tcp", "80")]
-    # The load balancer is IPv4 only: ::/0 has nothing to reach.
-    assert world[0].source_address_prefixes == ["0.0.0.0/0"]
+    # The load balancer is IPv4 only: an IPv6 range has nothing to reach.
+    assert clients[0].source_address_prefixes == ["198.51.100.0/24", "192.0.2.0/24"]
 
 
 def test_internal_only_endpoint_has_no_load_balancer_rule() -> None:
@@ -508,6 +507,15 @@ BAD_AZURE = [
                   "creates, where the private endpoint is: every Kubernetes object of the stack would time out. "
                   "List the CIDR blocks of the deployer and the operators (the public endpoint admits only them; "
                   "nodes use the private endpoint)"], id="api-unreachable"),
+    pytest.param({}, {"servestack:model": {"name": "tiny", "source": "bucket"}},
+                 ["servestack:azure.storageCidrs: empty, but servestack:model.source is bucket: the storage "
+                  "account's firewall would refuse the model's upload; list the uploader's address"],
+                 id="bucket-model-without-storage-ranges"),
+    pytest.param({}, {"azure-native:clientSecret": "s3cr3t"},
+                 ["azure-native:clientSecret: set in the stack config, where the cluster's kubeconfig (kubelogin, "
+                  "reading the environment) cannot read it, so Kubernetes would see another identity than the one "
+                  "that made the cluster; set the ARM_* environment variables instead, which both read "
+                  "(servestack:azure.deployerLogin spn or msi)"], id="credentials-in-config"),
     pytest.param({"privateCluster": True}, {},
                  ["servestack:azure.privateCluster: no longer a key: how the deployer reaches the API server is "
                   "servestack:access.apiAccess (see docs/azure.md)"], id="private-cluster-moved"),
