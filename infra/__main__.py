@@ -1,9 +1,10 @@
-"""The servestack Pulumi program: stack config -> cloud platform -> serving deployment -> outputs."""
+"""The servestack Pulumi program: stack config -> cloud platform -> serving deployment -> gateway -> outputs."""
 
 import pulumi
 
 from infra.clouds import build_platform
 from infra.config import load_stack_config
+from infra.gateway import EntryGateway, GatewayArgs
 from infra.serving import ServingArgs, ServingDeployment
 
 config = load_stack_config()
@@ -11,12 +12,20 @@ platform = build_platform(config)
 serving = ServingDeployment(
     "servestack",
     ServingArgs(serving=config.serving, model=config.model, gpu=config.gpu, access=config.access,
-                platform=platform),
+                platform=platform, behind_gateway=config.gateway.enabled),
 )
+endpoint, connect = serving.endpoint, serving.connect
+if config.gateway.enabled:
+    gateway = EntryGateway("servestack", GatewayArgs(
+        gateway=config.gateway, access=config.access, platform=platform, namespace=serving.namespace,
+        backends=serving.backends, rolled_out=serving.deployments))
+    endpoint, connect = gateway.endpoint, gateway.connect
+    # Where the hostname's DNS record points (servestack creates it where the stack names a DNS zone).
+    pulumi.export("address", gateway.address)
 
-pulumi.export("endpoint", serving.endpoint)
-if serving.connect is not None:
-    pulumi.export("connect", serving.connect)
+pulumi.export("endpoint", endpoint)
+if connect is not None:
+    pulumi.export("connect", connect)
 pulumi.export("cloud", config.cloud)
 pulumi.export("environment", config.environment)
 pulumi.export("region", config.region or "")
@@ -29,11 +38,15 @@ pulumi.export("gpu_nodes_max", config.gpu.max_nodes)
 machine = config.gpu_machine()
 pulumi.export("gpu_node_usd_per_hour", machine.price_per_hour(config.gpu.spot) if machine else 0.0)
 pulumi.export("namespace", serving.namespace)
+pulumi.export("model_revision", config.stable_revision)
+if config.serving.canary_pods and config.serving.canary is not None:
+    pulumi.export("canary", {"revision": config.serving.canary.revision, "weight": config.serving.canary.weight})
 if platform.cluster_name is not None:
     pulumi.export("cluster_name", platform.cluster_name)
 if platform.kubeconfig is not None:
     pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
 pulumi.export("registry_url", platform.registry_url or "")
 pulumi.export("model_bucket_uri", platform.model_bucket_uri or "")
-if serving.api_key is not None:
-    pulumi.export("api_key", serving.api_key)
+if serving.api_keys is not None:
+    # Each client's key, by client id: `pulumi stack output api_keys --show-secrets`.
+    pulumi.export("api_keys", serving.api_keys)

@@ -11,7 +11,7 @@ reach `pulumi up`'s output while the script runs.
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def quote(text: str) -> str:
@@ -79,20 +79,28 @@ def eks_scaling(cli: tuple[str, str], cluster: str, node_group: str, min_size: i
     ] if line)
 
 
-def kubernetes_access(kubeconfig_env: str, timeout_seconds: int, what: str) -> str:
-    """Wait until the kubeconfig in the environment variable `kubeconfig_env` may create namespaces: a new
-    cluster-admin grant that the API server learns of minutes later (Azure RBAC)."""
-    check = 'kubectl --kubeconfig "$kc" auth can-i create namespaces --all-namespaces'
+def with_kubectl(kubeconfig_env: str | None, kubectl: str, body: Callable[[str], str]) -> str:
+    """The script `body(kubectl)`, where kubectl uses the kubeconfig held in the environment variable
+    `kubeconfig_env` (written to a temporary file, removed at exit), or is `kubectl` as given when None."""
+    if kubeconfig_env is None:
+        return body(kubectl)
     return "\n".join([
         'kc=$(mktemp)',
         'trap \'rm -f "$kc"\' EXIT',
         f'printf \'%s\' "${kubeconfig_env}" > "$kc"',
-        bounded_wait(check,
-                     waiting=f"waiting for {what} to reach the Kubernetes API server (it takes up to five minutes)",
-                     failed=f"{what} still cannot create namespaces after {timeout_seconds // 60} minutes; check "
-                            "the role assignment, then run `pulumi up` again",
-                     timeout_seconds=timeout_seconds),
+        body('kubectl --kubeconfig "$kc"'),
     ])
+
+
+def kubernetes_access(kubeconfig_env: str, timeout_seconds: int, what: str) -> str:
+    """Wait until the kubeconfig in the environment variable `kubeconfig_env` may create namespaces: a new
+    cluster-admin grant that the API server learns of minutes later (Azure RBAC)."""
+    return with_kubectl(kubeconfig_env, "kubectl", lambda kubectl: bounded_wait(
+        f"{kubectl} auth can-i create namespaces --all-namespaces",
+        waiting=f"waiting for {what} to reach the Kubernetes API server (it takes up to five minutes)",
+        failed=f"{what} still cannot create namespaces after {timeout_seconds // 60} minutes; check the role "
+               "assignment, then run `pulumi up` again",
+        timeout_seconds=timeout_seconds))
 
 
 def uploaded(check: str, what: str, steps: Sequence[str], timeout_seconds: int, setup: str = "") -> str:

@@ -9,8 +9,10 @@ is allowed; `load_stack_config` raises them together as a `ConfigError`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 import pulumi
 
-from infra import catalog, versions
+from infra import catalog, drain, versions
 
 NAMESPACE = "servestack"
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -75,11 +77,59 @@ class AccessConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """`source` is `image` (baked into the serving image), `bucket` (the stack's model bucket) or a URI."""
+    """`source` is `image` (baked into the serving image), `bucket` (the stack's model bucket) or a URI.
+
+    `revision` names one immutable version of the model's files: the bucket holds it under
+    `models/<name>/<revision>/` with a manifest, and the server refuses any other."""
 
     name: str
     source: str
     disk_gb: int
+    revision: str = "1"
+
+
+@dataclass(frozen=True)
+class ApiKeyConfig:
+    """One client's API key: its id (on metrics and logs, never the key) and its limits per minute (0: none).
+    A new `rotation` number makes a new key; the servers take it up without a restart."""
+
+    client: str
+    requests_per_minute: int
+    tokens_per_minute: int
+    rotation: int = 1
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """A second revision beside the stable one, taking `weight` percent of the requests. Weight 0 deploys
+    nothing; 100 promotes: the stable Deployment rolls to this revision and no canary pods remain."""
+
+    revision: str
+    weight: int
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The Gateway API entry in front of the servers (Envoy Gateway): TLS for `hostname`, from ACME
+    (cert-manager) or from a certificate the stack config holds as secrets (`secret`); `none` is plain
+    HTTP, never in prod."""
+
+    enabled: bool
+    hostname: str | None = None
+    tls: str = "acme"
+    acme_email: str | None = None
+    acme_server: str = "https://acme-v02.api.letsencrypt.org/directory"
+    # The cloud's DNS zone holding `hostname`: an AWS Route 53 hosted zone id, a Cloud DNS managed zone name
+    # (in gcp:project), an Azure DNS zone's resource id. ACME's DNS-01 challenge and the hostname's record go
+    # there.
+    dns_zone: str | None = None
+    # PEM text from the stack config's secrets servestack:tlsCertificate and servestack:tlsPrivateKey.
+    certificate: str | None = None
+    private_key: str | None = None
+
+    @property
+    def https(self) -> bool:
+        return self.enabled and self.tls != "none"
 
 
 @dataclass(frozen=True)
@@ -91,12 +141,26 @@ class ServingConfig:
     max_replicas: int
     cpu: str
     memory: str
-    api_key: bool
-    port: int  # the load balancer's port
+    auth: bool
+    api_keys: tuple[ApiKeyConfig, ...]
+    port: int  # the Service's port (the load balancer's, where no gateway fronts the servers)
     drain_seconds: int
     max_batch_size: int
     prometheus_operator: bool
     monitoring_namespace: str
+    canary: CanaryConfig | None = None
+
+    @property
+    def canary_pods(self) -> bool:
+        """Whether a canary Deployment runs beside the stable one (weights 1 to 99)."""
+        return self.canary is not None and 0 < self.canary.weight < 100
+
+    @property
+    def canary_max_replicas(self) -> int:
+        """The canary's share of the replicas, at least one while it runs."""
+        if self.canary is None or not self.canary_pods:
+            return 0
+        return max(1, math.ceil(self.max_replicas * self.canary.weight / 100))
 
 
 @dataclass(frozen=True)
@@ -179,10 +243,24 @@ class StackConfig:
     aws: AwsConfig
     gcp: GcpConfig
     azure: AzureConfig
+    gateway: GatewayConfig = GatewayConfig(enabled=False)
 
     @property
     def is_prod(self) -> bool:
         return self.environment == "prod"
+
+    @property
+    def stable_revision(self) -> str:
+        """What the stable Deployment serves: the model's revision, or the canary's once promoted (weight 100)."""
+        canary = self.serving.canary
+        return canary.revision if canary is not None and canary.weight == 100 else self.model.revision
+
+    @property
+    def entry_ports(self) -> tuple[int, ...]:
+        """The ports of the one public load balancer: the gateway's listeners, or the serving Service's."""
+        if self.gateway.enabled:
+            return (80, 443) if self.gateway.https else (80,)
+        return (self.serving.port,)
 
     def gpu_machine(self) -> catalog.GpuMachine | None:
         if self.cloud == "local" or self.gpu.machine_type is None:
@@ -358,7 +436,13 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     aws = _aws(root.object("aws"), values, cloud)
     gcp = _gcp(root.object("gcp"), values, cloud, environment)
     azure = _azure(root.object("azure"), access, cloud, values)
+    gateway = _gateway(root.object("gateway"), cloud, values)
+    for secret in ("tlsCertificate", "tlsPrivateKey"):
+        root._raw(secret)  # read by _gateway
     root.reject_unknown()
+    _check_release(root, environment, model, serving, gateway)
+    serving = _fit_drain(root, cloud, serving, gateway.enabled, gpu.spot and gpu.type is not None,
+                         explicit=root.object("serving").has("drainSeconds"))
     if cloud in versions.RELEASES:
         _check_version_window(root, cloud, kubernetes_version, gcp.release_channel == "EXTENDED", today)
     if cloud == "azure" and model.source == "bucket" and not azure.storage_cidrs:
@@ -371,10 +455,12 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
         # A rolling update at full scale starts one extra pod before it stops an old one (maxSurge 1,
         # maxUnavailable 0): the pool must have a node for it, or the rollout waits forever.
         pool_gpus = gpu.max_nodes * gpu.count
-        needed = (serving.max_replicas + 1) * gpu.count
+        canary = serving.canary_max_replicas
+        needed = (serving.max_replicas + canary + 1) * gpu.count
+        pods = f"{serving.max_replicas} pods" + (f", {canary} canary pod(s)" if canary else "")
         if needed > pool_gpus:
             problems.append(
-                f"{NAMESPACE}:serving.maxReplicas: {serving.max_replicas} pods, plus the extra pod of a rolling "
+                f"{NAMESPACE}:serving.maxReplicas: {pods}, plus the extra pod of a rolling "
                 f"update, need {needed} GPUs but the GPU pool holds at most {pool_gpus} ({gpu.max_nodes} nodes x "
                 f"{gpu.count}); raise {NAMESPACE}:gpu.maxNodes or lower maxReplicas")
 
@@ -383,7 +469,7 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     return StackConfig(stack=stack, cloud=cloud, environment=environment, region=region,
                        kubernetes_version=kubernetes_version, budget_per_hour=budget, gpu=gpu,
                        access=access, model=model, serving=serving, local=local, aws=aws, gcp=gcp,
-                       azure=azure)
+                       azure=azure, gateway=gateway)
 
 
 def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
@@ -483,6 +569,51 @@ def _check_api_access(r: _Reader, cloud: str, api_access: str, api: tuple[str, .
                               f"apiCidrs, or set {r.key('apiAccess')} to public")
 
 
+def _fit_drain(r: _Reader, cloud: str | None, serving: ServingConfig, behind_gateway: bool, spot: bool,
+               explicit: bool) -> ServingConfig:
+    """On spot nodes the whole termination (pause, drain, shutdown) must fit the cloud's preemption notice."""
+    longest = drain.max_drain_seconds(cloud or "local", behind_gateway, spot)
+    if longest is None or serving.drain_seconds <= longest:
+        return serving
+    notice = drain.SPOT_NOTICE_SECONDS[cloud or "local"]
+    pause = drain.pre_stop_seconds(cloud or "local", behind_gateway)
+    if longest < 1:
+        r.problem("gpu.spot", f"true, but {cloud}'s preemption notice ({notice} s) leaves no time to drain after the "
+                              f"{pause} s pause for the load balancer and the {drain.SHUTDOWN_SECONDS} s shutdown; "
+                              "enable the gateway (servestack:gateway), or use on-demand nodes")
+        return serving
+    if explicit:
+        r.problem("serving.drainSeconds", f"{serving.drain_seconds} does not fit {cloud}'s spot preemption notice "
+                                          f"({notice} s, of which {pause} s pause and {drain.SHUTDOWN_SECONDS} s "
+                                          f"shutdown); at most {longest} on spot nodes")
+        return serving
+    return dataclasses.replace(serving, drain_seconds=longest)
+
+
+def _check_release(r: _Reader, environment: str, model: ModelConfig, serving: ServingConfig,
+                   gateway: GatewayConfig) -> None:
+    """What a prod endpoint must have (HTTPS, API keys), and what a canary needs."""
+    if environment == "prod":
+        if not gateway.enabled:
+            r.problem("gateway.enabled", "false, but a prod stack serves HTTPS only, which the gateway terminates; "
+                                         "remove the key or set it to true")
+        elif not gateway.https:
+            r.problem("gateway.tls", "'none' (plain HTTP), but a prod stack serves HTTPS only: the API keys, the "
+                                     "prompts and the answers would cross the network in clear text; use acme or "
+                                     "secret")
+        if not serving.auth:
+            r.problem("serving.auth", "false, but a prod stack always requires API keys; remove the key, and list "
+                                      "the clients in serving.apiKeys")
+    canary = serving.canary
+    if canary is not None:
+        if canary.revision == model.revision:
+            r.problem("serving.canary.revision", f"{canary.revision!r} is the stable revision (model.revision); "
+                                                 "a canary serves another one")
+        if model.source == "image" and canary.weight > 0:
+            r.problem("serving.canary", "set, but model.source is image: an image carries one revision; serve "
+                                        "the model from the bucket or a URI to run a canary")
+
+
 def _check_version_window(r: _Reader, cloud: str, minor: str, extended: bool, today: date) -> None:
     """The version must be one the cloud supports today (standard support, or GKE's Extended channel)."""
     release = versions.release(cloud, minor)
@@ -501,17 +632,34 @@ def _model(r: _Reader, cloud: str | None) -> ModelConfig:
     name = r.text("name", "tiny")
     source = r.text("source", "image")
     disk_gb = r.integer("diskGb", 20, minimum=1, maximum=2048)
+    revision = r.text("revision", None)
     r.reject_unknown()
     if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", name):
         r.problem("name", f"{name!r} is not a model name; use lower-case letters, digits, '.', '_' and "
                           "'-' (at most 63 characters)")
+    if revision is None:
+        r.problem("revision", "missing; name the revision of the model to serve (the one `servestack model push` "
+                              "printed, or the one baked into the image)")
+        revision = "1"
+    else:
+        _check_revision(r, "revision", revision)
     if source not in ("image", "bucket") and not source.startswith(MODEL_URI_SCHEMES):
         r.problem("source", f"{source!r} is not a model source; allowed: image, bucket, or a URI starting "
                             f"with {', '.join(MODEL_URI_SCHEMES)}")
     if source == "bucket" and cloud == "local":
         r.problem("source", "'bucket' needs the stack's model bucket, and the local stack has none; use image "
                             "or a URI")
-    return ModelConfig(name, source, disk_gb)
+    return ModelConfig(name, source, disk_gb, revision)
+
+
+# A revision is a path segment in the bucket and a Kubernetes label value.
+_REVISION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+def _check_revision(r: _Reader, name: str, revision: str) -> None:
+    if not _REVISION.match(revision):
+        r.problem(name, f"{revision!r} is not a revision; use lower-case letters, digits, '.', '_' and '-', "
+                        "starting and ending with a letter or digit (at most 63 characters)")
 
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$")
@@ -526,12 +674,18 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
     max_replicas = r.integer("maxReplicas", min_replicas, minimum=1, maximum=100)
     cpu = r.text("cpu", "2")
     memory = r.text("memory", "8Gi")
-    api_key = r.flag("apiKey", True)
+    if r.has("apiKey"):
+        r.text("apiKey", None)
+        r.problem("apiKey", f"replaced by {r.key('auth')} (true or false) and {r.key('apiKeys')} (one key per "
+                            "client, each with its limits); remove it")
+    auth = r.flag("auth", True)
+    api_keys = _api_keys(r, "apiKeys") if auth else ()
     port = r.integer("port", 80, minimum=1, maximum=65535)
-    drain_seconds = r.integer("drainSeconds", 30, minimum=1, maximum=3600)
+    drain_seconds = r.integer("drainSeconds", drain.DEFAULT_DRAIN_SECONDS, minimum=1, maximum=3600)
     max_batch_size = r.integer("maxBatchSize", 16, minimum=1, maximum=1024)
     prometheus_operator = r.flag("prometheusOperator", False)
     monitoring_namespace = r.text("monitoringNamespace", "monitoring")
+    canary = _canary(r.object("canary")) if r.has("canary") else None
     r.reject_unknown()
     if min_replicas > max_replicas:
         r.problem("minReplicas", f"{min_replicas} is greater than {r.key('maxReplicas')} ({max_replicas}); "
@@ -547,8 +701,122 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
                            "(for example servestack-serving:0.1.0)")
     if image is not None and (image.endswith(":latest") or ("@" not in image and ":" not in image.rsplit("/", 1)[-1])):
         r.problem("image", f"{image!r} has no fixed version; pin it by tag (not latest) or by digest")
-    return ServingConfig(image, image_tag, namespace, min_replicas, max_replicas, cpu, memory, api_key,
-                         port, drain_seconds, max_batch_size, prometheus_operator, monitoring_namespace)
+    return ServingConfig(image, image_tag, namespace, min_replicas, max_replicas, cpu, memory, auth, api_keys,
+                         port, drain_seconds, max_batch_size, prometheus_operator, monitoring_namespace, canary)
+
+
+# A client id is a Prometheus label value and part of a Pulumi resource name.
+_CLIENT_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+DEFAULT_API_KEYS = (ApiKeyConfig("default", requests_per_minute=600, tokens_per_minute=1_000_000),)
+
+
+def _api_keys(r: _Reader, name: str) -> tuple[ApiKeyConfig, ...]:
+    raw = r._raw(name)
+    if raw is _MISSING or raw is None:
+        return DEFAULT_API_KEYS
+    if isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            raw = json.loads(raw)
+    if not isinstance(raw, list) or not raw:
+        r.problem(name, f"{raw!r} is not a list of clients such as [{{client: team-a, requestsPerMinute: 600, "
+                        "tokensPerMinute: 1000000}]")
+        return DEFAULT_API_KEYS
+    keys: list[ApiKeyConfig] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping):
+            r.problem(f"{name}[{i}]", f"{item!r} is not an object with client, requestsPerMinute, tokensPerMinute")
+            continue
+        k = _Reader(item, f"{r.key(name)}[{i}].", r.problems)
+        client = k.text("client", None)
+        rpm = k.integer("requestsPerMinute", 600, minimum=0, maximum=1_000_000)
+        tpm = k.integer("tokensPerMinute", 1_000_000, minimum=0, maximum=1_000_000_000)
+        rotation = k.integer("rotation", 1, minimum=1, maximum=1_000_000)
+        k.reject_unknown()
+        if client is None:
+            k.problem("client", "missing; name the client (it labels metrics and logs in place of the key)")
+        elif not _CLIENT_ID.match(client):
+            k.problem("client", f"{client!r} is not a client id; use lower-case letters, digits and '-' "
+                                "(at most 63 characters)")
+        elif any(key.client == client for key in keys):
+            k.problem("client", f"{client!r} is listed twice; each client has one key")
+        else:
+            keys.append(ApiKeyConfig(client, rpm, tpm, rotation))
+    return tuple(keys)
+
+
+def _canary(r: _Reader) -> CanaryConfig:
+    revision = r.text("revision", None)
+    weight = r.integer("weight", 0, minimum=0, maximum=100)
+    r.reject_unknown()
+    if revision is None:
+        r.problem("revision", "missing; name the model revision the canary serves")
+        revision = "1"
+    else:
+        _check_revision(r, "revision", revision)
+    return CanaryConfig(revision, weight)
+
+
+ACME_SERVERS = {"letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
+                "letsencrypt-staging": "https://acme-staging-v02.api.letsencrypt.org/directory"}
+TLS_MODES = ("acme", "secret", "none")
+# servestack:gateway.dnsZone on each cloud: its form, and how to say it.
+DNS_ZONE_FORMS = {
+    "aws": (re.compile(r"^Z[A-Z0-9]{1,31}$"), "a Route 53 hosted zone id such as Z0123456789ABCDEFGHIJ"),
+    "gcp": (re.compile(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"),
+            "a Cloud DNS managed zone name such as servestack-example"),
+    "azure": (re.compile(r"^/subscriptions/[0-9a-fA-F-]{36}/resourceGroups/[^/]+/providers/Microsoft\.Network/"
+                         r"dnszones/[^/]+$", re.IGNORECASE),
+              "an Azure DNS zone's resource id such as /subscriptions/SUBSCRIPTION/resourceGroups/GROUP/providers/"
+              "Microsoft.Network/dnszones/example.com"),
+}
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _gateway(r: _Reader, cloud: str | None, values: Mapping[str, Any]) -> GatewayConfig:
+    enabled = r.flag("enabled", cloud not in (None, "local"))
+    hostname = r.text("hostname", None)
+    tls = r.text("tls", "acme", allowed=TLS_MODES, what="a TLS mode")
+    email = r.text("acmeEmail", None)
+    server = r.text("acmeServer", "letsencrypt")
+    dns_zone = r.text("dnsZone", None)
+    r.reject_unknown()
+    certificate = values.get(f"{NAMESPACE}:tlsCertificate")
+    private_key = values.get(f"{NAMESPACE}:tlsPrivateKey")
+    if not enabled:
+        return GatewayConfig(enabled=False)
+    if hostname is not None and not _HOSTNAME.match(hostname):
+        r.problem("hostname", f"{hostname!r} is not a DNS name such as api.example.com (lower case, no wildcard)")
+    if tls != "none" and hostname is None:
+        r.problem("hostname", f"missing; the certificate of the HTTPS listener is for one DNS name, such as "
+                              f"api.example.com (or set {r.key('tls')} to none: plain HTTP, never in prod)")
+    if dns_zone is not None and cloud in DNS_ZONE_FORMS and not DNS_ZONE_FORMS[cloud][0].match(dns_zone):
+        r.problem("dnsZone", f"{dns_zone!r} is not {DNS_ZONE_FORMS[cloud][1]}")
+    if dns_zone is not None and cloud not in DNS_ZONE_FORMS:
+        r.problem("dnsZone", f"set, but the {cloud} stack manages no DNS zone; remove it")
+    if tls == "acme":
+        if cloud not in DNS_ZONE_FORMS:
+            r.problem("tls", f"'acme', but the {cloud} stack has no DNS zone for the ACME challenge; use secret "
+                             "(a certificate in the stack config) or none")
+        elif dns_zone is None:
+            r.problem("dnsZone", f"missing; ACME proves the hostname through a DNS record (DNS-01: the endpoint "
+                                 f"admits only access.endpointCidrs, so an HTTP challenge could not reach it); name "
+                                 f"{DNS_ZONE_FORMS[cloud][1]}, or set {r.key('tls')} to secret")
+        if email is None or not _EMAIL.match(email):
+            r.problem("acmeEmail", f"{email!r} is not an e-mail address; the ACME server sends expiry notices there"
+                      if email is not None else "missing; the ACME server (Let's Encrypt) needs an e-mail address")
+        if server not in ACME_SERVERS and not server.startswith("https://"):
+            r.problem("acmeServer", f"{server!r} is not an ACME server; allowed: {', '.join(ACME_SERVERS)} or an "
+                                    "https:// directory URL")
+    if tls == "secret":
+        for key, value in (("tlsCertificate", certificate), ("tlsPrivateKey", private_key)):
+            if not value:
+                r.problems.append(f"{NAMESPACE}:{key}: missing, but {r.key('tls')} is secret; set it from a PEM "
+                                  f"file: pulumi config set --secret {NAMESPACE}:{key} < FILE.pem")
+    return GatewayConfig(enabled=True, hostname=hostname, tls=tls, acme_email=email,
+                         acme_server=ACME_SERVERS.get(server, server), dns_zone=dns_zone,
+                         certificate=str(certificate) if certificate else None,
+                         private_key=str(private_key) if private_key else None)
 
 
 def _local(r: _Reader, cloud: str | None) -> LocalConfig:

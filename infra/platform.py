@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -50,6 +51,30 @@ class Upload:
     setup: str = ""  # shell lines run once before the first check (credentials)
 
 
+def model_push_step(revision: str) -> str:
+    """How the operator uploads a model directory as a revision of the stack's bucket."""
+    return f"servestack model push --stack {pulumi.get_stack()} --revision {revision} ./MODEL_DIR"
+
+
+@dataclass(frozen=True)
+class AcmeDns:
+    """How cert-manager proves to the ACME server that the stack owns its hostname (the DNS-01 challenge, in
+    the cloud's DNS zone, as a workload identity), and how the hostname is pointed at the gateway there.
+
+    DNS-01 rather than HTTP-01: the entry admits only `access.endpointCidrs`, so the ACME server could never
+    fetch an HTTP challenge from it."""
+
+    # The Issuer's `dns01` solver (cert-manager.io/v1), values may be Outputs.
+    solver: Mapping[str, Any]
+    # The cert-manager controller's service account annotations and pod labels for its workload identity.
+    service_account_annotations: Mapping[str, pulumi.Input[str]]
+    pod_labels: Mapping[str, str]
+    # The identity, its federation and its grants on the zone: cert-manager waits for them.
+    ready: Sequence[pulumi.Resource]
+    # (resource name, hostname, the gateway's address: a DNS name or an IP, options) -> the DNS record.
+    record: Callable[[str, str, pulumi.Output[str], pulumi.ResourceOptions], pulumi.Resource]
+
+
 @dataclass(frozen=True)
 class Platform:
     cloud: str
@@ -77,7 +102,18 @@ class Platform:
     # controller) ClusterIP, reached with `<kubectl> port-forward`.
     service_type: str = "LoadBalancer"
     kubectl: str = "kubectl"
-    # How to tell that the serving image (given its tag) and the model (given its name) are uploaded into
-    # the stack's own registry and bucket, and how to upload them; None where the stack has no such store.
+    # How to tell that the serving image (given its tag) and the model (given its name and revision) are
+    # uploaded into the stack's own registry and bucket, and how to upload them; None where the stack has no
+    # such store.
     image_upload: Callable[[str], Upload] | None = None
-    model_upload: Callable[[str], Upload] | None = None
+    model_upload: Callable[[str, str], Upload] | None = None
+    # Where cluster add-ons (the gateway's controller and proxies, cert-manager, the limits store) run: the
+    # system pool, whatever taint keeps other pods off it.
+    system_node_selector: Mapping[str, str] = field(default_factory=dict)
+    system_tolerations: Sequence[Toleration] = ()
+    # Load balancer annotations that let connections to a terminating backend finish (given the seconds the
+    # backend takes to drain): AWS NLB target group attributes; nothing elsewhere, where the load balancers
+    # keep established connections to an unhealthy backend.
+    drain_annotations: Callable[[int], Mapping[str, str]] = lambda _seconds: {}
+    # ACME DNS-01 in the cloud's DNS zone (servestack:gateway.dnsZone), None where the stack names no zone.
+    acme_dns: AcmeDns | None = None

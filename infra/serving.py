@@ -1,37 +1,47 @@
 """The one cloud-neutral Kubernetes deployment of the serving image, on whatever cluster a Platform offers.
 
-It follows the serving contract of DESIGN.md: port 8000, probes on /health/live and /health/ready,
-metrics on /metrics, the API key from a Secret, the model in MODEL_PATH, and a drain on SIGTERM that
-`terminationGracePeriodSeconds` leaves time for.
+It follows the serving contract of DESIGN.md: the API on port 8000, metrics on their own port (9090, which
+no load balancer or gateway route exposes), probes on /health/live and /health/ready, API keys (hashed)
+with per-client limits from a Secret the server rereads, the model in MODEL_PATH at one revision, and a
+drain on SIGTERM that `terminationGracePeriodSeconds` leaves time for (infra/drain.py). A canary revision
+runs as a second Deployment with its own Service; the gateway's route splits requests between them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 from pulumi_command import local
 
-from infra import commands
+from infra import commands, drain
 from infra.config import DEFAULT_IMAGE_REPOSITORY, AccessConfig, GpuConfig, ModelConfig, ServingConfig
+from infra.gateway import ENVOY_GATEWAY_NAMESPACE, GATEWAY_NAME, Backend
 from infra.platform import Platform
 
 PORT = 8000
+METRICS_PORT = 9090
 # The serving pods' Kubernetes service account: each cloud's workload identity trusts exactly this name.
 SERVICE_ACCOUNT = "servestack"
 # Where serving/Dockerfile bakes the model, and where the init container puts a fetched one.
 BAKED_MODEL_PATH = "/opt/servestack/model"
 MODELS_DIR = "/models"
-# With externalTrafficPolicy Local the cloud's load balancer keeps sending new connections to a node until
-# its health checks on the node's healthCheckNodePort fail, which takes interval x unhealthy threshold:
-# Azure 5 s x 2, AWS NLB 10 s x 2 (the load balancer controller's defaults for Local), GKE 3 s x 2. The
-# server keeps admitting during this pause, so that none of them lands on a draining server (503).
-PRE_STOP_SECONDS = 30
-# After the drain the server still shuts down: uvicorn's graceful shutdown (up to 5 s, serving/__main__.py),
-# then the engine's stop. Time for both, before the kubelet's SIGKILL.
-SHUTDOWN_SECONDS = 10
+# The model revision a pod serves, on the Deployment and its pods.
+REVISION_LABEL = "servestack.io/model-revision"
+# The API keys file in its Secret, and where the server finds it.
+API_KEYS_FILE = "api-keys.json"
+API_KEYS_DIR = "/etc/servestack/api-keys"
+# The shared store of the per-client limits (a Redis-protocol server), when more than one pod may serve.
+LIMITS_STORE = "servestack-limits"
+LIMITS_STORE_IMAGE = "docker.io/valkey/valkey:9.1.0-alpine"
+LIMITS_STORE_PORT = 6379
+# The valkey image's user, and the alpine flavour's group (gid 999 is taken there).
+LIMITS_STORE_USER, LIMITS_STORE_GROUP = 999, 1000
 # The version AKS documents for a self-managed plugin (and ships on its managed GPU nodes).
 DEVICE_PLUGIN_IMAGE = "nvcr.io/nvidia/k8s-device-plugin:v0.18.0"
 RESTRICTED_CONTAINER = k8s.core.v1.SecurityContextArgs(
@@ -56,23 +66,55 @@ class ServingArgs:
     gpu: GpuConfig
     access: AccessConfig
     platform: Platform
+    # Whether the gateway fronts the servers (their Services are then ClusterIP, reached only by Envoy).
+    behind_gateway: bool = False
+
+
+@dataclass(frozen=True)
+class Track:
+    """One Deployment of the server: the stable one, or the canary beside it, each serving one revision."""
+
+    name: str  # the Deployment's and its Service's name
+    component: str  # its pods' app.kubernetes.io/component: the stable selector never matches a canary pod
+    revision: str
+    min_replicas: int
+    max_replicas: int
+    weight: int  # its percent of the requests
+
+
+def tracks(args: ServingArgs) -> list[Track]:
+    serving, model = args.serving, args.model
+    canary = serving.canary
+    stable_revision = canary.revision if canary is not None and canary.weight == 100 else model.revision
+    stable = Track("servestack", "server", stable_revision, serving.min_replicas, serving.max_replicas,
+                   100 - (canary.weight if serving.canary_pods and canary else 0))
+    if not serving.canary_pods or canary is None:
+        return [stable]
+    return [stable, Track("servestack-canary", "canary", canary.revision, 1, serving.canary_max_replicas,
+                          canary.weight)]
 
 
 class ServingDeployment(pulumi.ComponentResource):
-    """Namespace, identity, API key, Deployment, Service, autoscaling, disruption budget and network policy."""
+    """Namespace, identity, API keys and their limits store, a Deployment and Service per track (stable,
+    canary), autoscaling, disruption budgets and the network policy."""
 
-    endpoint: pulumi.Output[str]
+    # The stable and canary Services with their weights, for the gateway's route.
+    backends: list[Backend]
+    # Their Deployments, rolled out: the route changes only after them.
+    deployments: list[k8s.apps.v1.Deployment]
+    # Where clients reach the servers when no gateway fronts them (None behind the gateway).
+    endpoint: pulumi.Output[str] | None
     # How to reach the endpoint where the Service has no load balancer (a port-forward command), else None.
     connect: pulumi.Output[str] | None
-    api_key: pulumi.Output[str] | None
+    # Each client's API key (a secret).
+    api_keys: pulumi.Output[dict[str, str]] | None
     namespace: pulumi.Output[str]
 
     def __init__(self, name: str, args: ServingArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("servestack:kubernetes:ServingDeployment", name, None, opts)
         serving, platform = args.serving, args.platform
         child = pulumi.ResourceOptions(parent=self, provider=platform.k8s_provider)
-        labels = {"app.kubernetes.io/name": "servestack", "app.kubernetes.io/instance": name,
-                  "app.kubernetes.io/component": "server"}
+        labels = {"app.kubernetes.io/name": "servestack", "app.kubernetes.io/instance": name}
 
         namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",
@@ -93,92 +135,241 @@ class ServingDeployment(pulumi.ComponentResource):
             automount_service_account_token=False,
             opts=in_ns,
         )
-
-        self.api_key = None
-        api_key_secret = None
-        if serving.api_key:
-            password = random.RandomPassword(f"{name}-api-key", length=48, special=False,
-                                             opts=pulumi.ResourceOptions(parent=self))
-            self.api_key = pulumi.Output.secret(password.result)
-            api_key_secret = k8s.core.v1.Secret(
-                f"{name}-api-key",
-                metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack-api-key", namespace=ns, labels=labels),
-                type="Opaque",
-                string_data={"api-key": self.api_key},
-                opts=in_ns,
-            )
+        self.api_keys, keys_secret = _api_keys(name, args, ns, labels, in_ns)
+        limits_store = _limits_store(name, args, ns, labels, in_ns) if keys_secret is not None else None
+        pod = PodInputs(service_account=service_account, keys_secret=keys_secret, limits_store=limits_store)
 
         # On the first `up` the stack's registry and bucket are new: wait (bounded) for the operator to
         # upload the image and the model, saying how, instead of letting the rollout time out on them.
-        uploads = _uploads(name, args, pulumi.ResourceOptions(parent=self))
-        # Pulumi waits for the rollout (ROLLOUT_MINUTES); the Service waits for ready endpoints too.
-        rollout = f"{ROLLOUT_MINUTES}m"
-        first_rollout = pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
-            custom_timeouts=pulumi.CustomTimeouts(create=rollout, update=rollout)))
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deployment",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
-            spec=k8s.apps.v1.DeploymentSpecArgs(
-                replicas=serving.min_replicas,
-                # Kubernetes' own deadline (10 minutes by default) would report the rollout as failed
-                # (ProgressDeadlineExceeded) long before Pulumi stops waiting.
-                progress_deadline_seconds=ROLLOUT_MINUTES * 60,
-                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
-                # Never below the available replicas: a new pod must be ready before an old one goes.
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(
-                    type="RollingUpdate",
-                    rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
-                ),
-                template=_pod_template(name, args, labels, service_account, api_key_secret),
-            ),
-            # The autoscaler owns the replica count after creation.
-            opts=pulumi.ResourceOptions.merge(first_rollout, pulumi.ResourceOptions(
-                ignore_changes=["spec.replicas"], depends_on=uploads)),
-        )
+        self.deployments, self.backends, services = [], [], []
+        for track in tracks(args):
+            uploads = _uploads(f"{name}-{track.component}" if track.component != "server" else name, args,
+                               track.revision, pulumi.ResourceOptions(parent=self))
+            deployment, service = _track(name, args, track, labels, ns, pod, uploads, in_ns)
+            self.deployments.append(deployment)
+            services.append(service)
+            self.backends.append(Backend(service=service.metadata.name, port=serving.port, weight=track.weight))
 
-        service = _service(name, args, labels, ns, first_rollout)
-        _autoscaler(name, args, deployment, ns, labels, in_ns)
-        k8s.policy.v1.PodDisruptionBudget(
-            f"{name}-disruption-budget",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
-            # maxUnavailable rather than minAvailable: a single replica must not block node drains.
-            spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels)),
-            opts=in_ns,
-        )
         _network_policy(name, args, labels, ns, in_ns)
         if serving.prometheus_operator:
-            _service_monitor(name, labels, ns, in_ns)
+            _pod_monitor(name, labels, ns, in_ns)
         if platform.needs_device_plugin and args.gpu.count > 0:
             # Outside the namespace, so it waits for the platform by itself (the deployer's cluster access).
             _device_plugin(name, platform, pulumi.ResourceOptions.merge(
                 child, pulumi.ResourceOptions(depends_on=list(platform.ready))))
 
         self.namespace = ns
-        self.connect = None
-        if platform.service_type == "LoadBalancer":
-            self.endpoint = service.status.apply(lambda status: _endpoint_url(status, serving.port))
+        self.endpoint, self.connect = None, None
+        stable = services[0]
+        if args.behind_gateway:
+            pass
+        elif platform.service_type == "LoadBalancer":
+            self.endpoint = stable.status.apply(lambda status: _endpoint_url(status, serving.port))
         else:
             # No load balancer: the operator forwards a local port to the Service.
             self.endpoint = pulumi.Output.from_input(f"http://127.0.0.1:{PORT}")
             self.connect = pulumi.Output.concat(platform.kubectl, " -n ", ns, " port-forward service/",
-                                                service.metadata.name, f" {PORT}:{serving.port}")
-        outputs: dict[str, pulumi.Input[str]] = {"endpoint": self.endpoint, "namespace": ns}
+                                                stable.metadata.name, f" {PORT}:{serving.port}")
+        outputs: dict[str, pulumi.Input[Any]] = {"namespace": ns}
+        if self.endpoint is not None:
+            outputs["endpoint"] = self.endpoint
         if self.connect is not None:
             outputs["connect"] = self.connect
-        if self.api_key is not None:
-            outputs["api_key"] = self.api_key
+        if self.api_keys is not None:
+            outputs["api_keys"] = self.api_keys
         self.register_outputs(outputs)
 
 
-def _uploads(name: str, args: ServingArgs, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
+@dataclass(frozen=True)
+class PodInputs:
+    """What every serving pod refers to, whatever its track."""
+
+    service_account: k8s.core.v1.ServiceAccount
+    keys_secret: k8s.core.v1.Secret | None
+    limits_store: k8s.core.v1.Secret | None  # holds the limits store's URL with its password
+
+
+def _track(name: str, args: ServingArgs, track: Track, labels: dict[str, str], ns: pulumi.Input[str],
+           pod: PodInputs, uploads: list[pulumi.Resource], in_ns: pulumi.ResourceOptions,
+           ) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
+    """One track's Deployment, Service, autoscaler and disruption budget."""
+    serving = args.serving
+    suffix = "" if track.component == "server" else f"-{track.component}"
+    selector = {**labels, "app.kubernetes.io/component": track.component}
+    # Pulumi waits for the rollout (ROLLOUT_MINUTES); the Service waits for ready endpoints too.
+    rollout = f"{ROLLOUT_MINUTES}m"
+    first_rollout = pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
+        custom_timeouts=pulumi.CustomTimeouts(create=rollout, update=rollout)))
+    deployment = k8s.apps.v1.Deployment(
+        f"{name}-deployment{suffix}",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=track.name, namespace=ns,
+                                            labels={**selector, REVISION_LABEL: track.revision}),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=track.min_replicas,
+            # Kubernetes' own deadline (10 minutes by default) would report the rollout as failed
+            # (ProgressDeadlineExceeded) long before Pulumi stops waiting.
+            progress_deadline_seconds=ROLLOUT_MINUTES * 60,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+            # Never below the available replicas: a new pod must be ready before an old one goes.
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(
+                type="RollingUpdate",
+                rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_unavailable=0, max_surge=1),
+            ),
+            template=_pod_template(args, track, selector, pod),
+        ),
+        # The autoscaler owns the replica count after creation.
+        opts=pulumi.ResourceOptions.merge(first_rollout, pulumi.ResourceOptions(
+            ignore_changes=["spec.replicas"], depends_on=uploads)),
+    )
+    service = _service(f"{name}-service{suffix}", track.name, args, selector, ns, first_rollout)
+    _autoscaler(f"{name}-autoscaler{suffix}", track, serving, deployment, ns, selector, in_ns)
+    k8s.policy.v1.PodDisruptionBudget(
+        f"{name}-disruption-budget{suffix}",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=track.name, namespace=ns, labels=selector),
+        # maxUnavailable rather than minAvailable: a single replica must not block node drains.
+        spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
+            max_unavailable=1, selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector)),
+        opts=in_ns,
+    )
+    return deployment, service
+
+
+def _api_keys(name: str, args: ServingArgs, ns: pulumi.Input[str], labels: dict[str, str],
+              opts: pulumi.ResourceOptions) -> tuple[pulumi.Output[dict[str, str]] | None, k8s.core.v1.Secret | None]:
+    """A random key per client (a new one for each `rotation`), and the Secret the servers read: each client's
+    id, the key's SHA-256 (the pods never hold a key) and its limits. The servers reread the file when the
+    kubelet updates it (within a minute or two), so a rotation needs no restart."""
+    serving = args.serving
+    if not serving.auth:
+        return None, None
+    keys: dict[str, pulumi.Output[str]] = {}
+    for client in serving.api_keys:
+        password = random.RandomPassword(f"{name}-api-key-{client.client}", length=48, special=False,
+                                         keepers={"rotation": str(client.rotation)},
+                                         opts=pulumi.ResourceOptions(parent=opts.parent))
+        keys[client.client] = pulumi.Output.secret(password.result)
+
+    def document(values: dict[str, str]) -> str:
+        return json.dumps({"clients": [
+            {"client": c.client, "sha256": hashlib.sha256(values[c.client].encode()).hexdigest(),
+             "requestsPerMinute": c.requests_per_minute, "tokensPerMinute": c.tokens_per_minute}
+            for c in serving.api_keys]}, indent=2) + "\n"
+
+    all_keys = pulumi.Output.all(**keys)
+    text: pulumi.Output[str] = pulumi.Output.secret(all_keys.apply(document))
+    secret = k8s.core.v1.Secret(
+        f"{name}-api-keys",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack-api-keys", namespace=ns, labels=labels),
+        type="Opaque",
+        string_data={API_KEYS_FILE: text},
+        opts=opts,
+    )
+    return pulumi.Output.secret(all_keys), secret
+
+
+def _limits_store(name: str, args: ServingArgs, ns: pulumi.Input[str], labels: dict[str, str],
+                  opts: pulumi.ResourceOptions) -> k8s.core.v1.Secret | None:
+    """Where the servers count each client's requests and tokens per minute, so that a limit holds across
+    replicas: a Valkey (Redis protocol) server on the system nodes, password-protected, without persistence
+    (the counters live a minute), reachable from the serving pods only. None while one pod serves alone: it
+    counts in memory."""
+    serving, platform = args.serving, args.platform
+    if serving.max_replicas == 1 and not serving.canary_pods:
+        return None
+    store_labels = {**labels, "app.kubernetes.io/component": "limits-store"}
+    password = random.RandomPassword(f"{name}-limits-store-password", length=40, special=False,
+                                     opts=pulumi.ResourceOptions(parent=opts.parent))
+    secret_password: pulumi.Output[str] = pulumi.Output.secret(password.result)
+    url: pulumi.Output[str] = pulumi.Output.secret(pulumi.Output.concat(
+        "redis://:", password.result, f"@{LIMITS_STORE}:{LIMITS_STORE_PORT}/0"))
+    secret = k8s.core.v1.Secret(
+        f"{name}-limits-store",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=LIMITS_STORE, namespace=ns, labels=store_labels),
+        type="Opaque",
+        string_data={"password": secret_password, "url": url},
+        opts=opts,
+    )
+    k8s.apps.v1.Deployment(
+        f"{name}-limits-store",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=LIMITS_STORE, namespace=ns, labels=store_labels),
+        spec=k8s.apps.v1.DeploymentSpecArgs(
+            replicas=1,
+            selector=k8s.meta.v1.LabelSelectorArgs(match_labels=store_labels),
+            # One store at a time: two would count apart.
+            strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate"),
+            template=k8s.core.v1.PodTemplateSpecArgs(
+                metadata=k8s.meta.v1.ObjectMetaArgs(labels=store_labels),
+                spec=k8s.core.v1.PodSpecArgs(
+                    automount_service_account_token=False,
+                    enable_service_links=False,
+                    node_selector=dict(platform.system_node_selector) or None,
+                    tolerations=[t.to_args() for t in platform.system_tolerations] or None,
+                    security_context=k8s.core.v1.PodSecurityContextArgs(
+                        run_as_non_root=True, run_as_user=LIMITS_STORE_USER, run_as_group=LIMITS_STORE_GROUP,
+                        fs_group=LIMITS_STORE_GROUP,
+                        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
+                    containers=[k8s.core.v1.ContainerArgs(
+                        name="valkey",
+                        image=LIMITS_STORE_IMAGE,
+                        args=["valkey-server", "--save", "", "--appendonly", "no", "--maxmemory", "96mb",
+                              "--maxmemory-policy", "volatile-ttl", "--requirepass", "$(LIMITS_STORE_PASSWORD)"],
+                        env=[k8s.core.v1.EnvVarArgs(
+                            name="LIMITS_STORE_PASSWORD",
+                            value_from=k8s.core.v1.EnvVarSourceArgs(secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
+                                name=secret.metadata.name, key="password")))],
+                        ports=[k8s.core.v1.ContainerPortArgs(name="redis", container_port=LIMITS_STORE_PORT)],
+                        resources=k8s.core.v1.ResourceRequirementsArgs(
+                            requests={"cpu": "50m", "memory": "128Mi"}, limits={"memory": "128Mi"}),
+                        readiness_probe=k8s.core.v1.ProbeArgs(
+                            tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="redis"), period_seconds=5),
+                        liveness_probe=k8s.core.v1.ProbeArgs(
+                            tcp_socket=k8s.core.v1.TCPSocketActionArgs(port="redis"), period_seconds=10,
+                            failure_threshold=6),
+                        security_context=RESTRICTED_CONTAINER,
+                        volume_mounts=[k8s.core.v1.VolumeMountArgs(name="data", mount_path="/data")],
+                    )],
+                    volumes=[k8s.core.v1.VolumeArgs(name="data", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                        size_limit="64Mi"))],
+                ),
+            ),
+        ),
+        opts=opts,
+    )
+    k8s.core.v1.Service(
+        f"{name}-limits-store-service",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=LIMITS_STORE, namespace=ns, labels=store_labels),
+        spec=k8s.core.v1.ServiceSpecArgs(
+            type="ClusterIP", selector=store_labels,
+            ports=[k8s.core.v1.ServicePortArgs(name="redis", port=LIMITS_STORE_PORT, target_port="redis")]),
+        opts=opts,
+    )
+    server_pods = k8s.meta.v1.LabelSelectorArgs(
+        match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(
+            key="app.kubernetes.io/component", operator="In", values=["server", "canary"])],
+        match_labels=labels)
+    k8s.networking.v1.NetworkPolicy(
+        f"{name}-limits-store-network-policy",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=LIMITS_STORE, namespace=ns, labels=store_labels),
+        spec=k8s.networking.v1.NetworkPolicySpecArgs(
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=store_labels),
+            policy_types=["Ingress"],
+            ingress=[k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+                ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=LIMITS_STORE_PORT, protocol="TCP")],
+                from_=[k8s.networking.v1.NetworkPolicyPeerArgs(pod_selector=server_pods)])],
+        ),
+        opts=opts,
+    )
+    return secret
+
+
+def _uploads(name: str, args: ServingArgs, revision: str, opts: pulumi.ResourceOptions) -> list[pulumi.Resource]:
     """Bounded waits for the image and the model the operator uploads into the stack's own stores."""
     serving, model, platform = args.serving, args.model, args.platform
     wanted = []
     if serving.image is None and platform.image_upload is not None:
         wanted.append(("image", platform.image_upload(serving.image_tag)))
     if model.source == "bucket" and platform.model_upload is not None:
-        wanted.append(("model", platform.model_upload(model.name)))
+        wanted.append(("model", platform.model_upload(model.name, revision)))
     waits: list[pulumi.Resource] = []
     for suffix, upload in wanted:
         def script(values: list[str], what: str = upload.what, setup: str = upload.setup) -> str:
@@ -199,7 +390,7 @@ def _image(serving: ServingConfig, platform: Platform) -> pulumi.Input[str]:
     return pulumi.Output.concat(platform.registry_url, f"/{DEFAULT_IMAGE_REPOSITORY}:{serving.image_tag}")
 
 
-def _model_source(model: ModelConfig, platform: Platform) -> pulumi.Input[str] | None:
+def _model_source(model: ModelConfig, revision: str, platform: Platform) -> pulumi.Input[str] | None:
     """Where the init container fetches the model from; None when the image carries it."""
     if model.source == "image":
         return None
@@ -207,35 +398,36 @@ def _model_source(model: ModelConfig, platform: Platform) -> pulumi.Input[str] |
         if platform.model_bucket_uri is None:
             raise ValueError("servestack:model.source: 'bucket' but this platform has no model bucket; "
                              "use image or a URI")
-        return pulumi.Output.concat(platform.model_bucket_uri, f"/models/{model.name}")
-    return model.source
+        return pulumi.Output.concat(platform.model_bucket_uri, f"/models/{model.name}/{revision}")
+    # A URI names the revisions' parent, as the bucket's models/<name> does.
+    return f"{model.source.rstrip('/')}/{revision}"
 
 
-def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
-                  service_account: k8s.core.v1.ServiceAccount,
-                  api_key_secret: k8s.core.v1.Secret | None) -> k8s.core.v1.PodTemplateSpecArgs:
+def _secret_env(name: str, secret: k8s.core.v1.Secret, key: str) -> k8s.core.v1.EnvVarArgs:
+    return k8s.core.v1.EnvVarArgs(name=name, value_from=k8s.core.v1.EnvVarSourceArgs(
+        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=secret.metadata.name, key=key)))
+
+
+def _pod_template(args: ServingArgs, track: Track, labels: dict[str, str],
+                  pod: PodInputs) -> k8s.core.v1.PodTemplateSpecArgs:
     serving, model, gpu, platform = args.serving, args.model, args.gpu, args.platform
     image = _image(serving, platform)
-    source = _model_source(model, platform)
+    source = _model_source(model, track.revision, platform)
     model_path = BAKED_MODEL_PATH if source is None else f"{MODELS_DIR}/{model.name}"
 
     env = [
         k8s.core.v1.EnvVarArgs(name="MODEL_PATH", value=model_path),
         k8s.core.v1.EnvVarArgs(name="SERVESTACK_MODEL_NAME", value=model.name),
+        # The server refuses a model whose manifest names another revision; a new revision rolls out.
+        k8s.core.v1.EnvVarArgs(name="SERVESTACK_MODEL_REVISION", value=track.revision),
         k8s.core.v1.EnvVarArgs(name="SERVESTACK_HOST", value="0.0.0.0"),
         k8s.core.v1.EnvVarArgs(name="SERVESTACK_PORT", value=str(PORT)),
+        k8s.core.v1.EnvVarArgs(name="SERVESTACK_METRICS_PORT", value=str(METRICS_PORT)),
         k8s.core.v1.EnvVarArgs(name="SERVESTACK_DRAIN_SECONDS", value=str(serving.drain_seconds)),
         k8s.core.v1.EnvVarArgs(name="SERVESTACK_MAX_BATCH_SIZE", value=str(serving.max_batch_size)),
         k8s.core.v1.EnvVarArgs(name="HF_HOME", value="/tmp/hf"),
         k8s.core.v1.EnvVarArgs(name="HF_HUB_OFFLINE", value="1"),
     ]
-    if api_key_secret is not None:
-        env.append(k8s.core.v1.EnvVarArgs(
-            name="SERVESTACK_API_KEY",
-            value_from=k8s.core.v1.EnvVarSourceArgs(secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(
-                name=api_key_secret.metadata.name, key="api-key")),
-        ))
-
     limits = {"memory": serving.memory}
     if gpu.count > 0:
         limits["nvidia.com/gpu"] = str(gpu.count)
@@ -247,6 +439,15 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
     ]
     mounts = [k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp"),
               k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm")]
+    if pod.keys_secret is not None:
+        # Mounted as a volume (not an environment variable, not subPath) so that a rotation reaches the
+        # running server.
+        env.append(k8s.core.v1.EnvVarArgs(name="SERVESTACK_API_KEYS_FILE", value=f"{API_KEYS_DIR}/{API_KEYS_FILE}"))
+        volumes.append(k8s.core.v1.VolumeArgs(name="api-keys", secret=k8s.core.v1.SecretVolumeSourceArgs(
+            secret_name=pod.keys_secret.metadata.name, default_mode=0o440)))
+        mounts.append(k8s.core.v1.VolumeMountArgs(name="api-keys", mount_path=API_KEYS_DIR, read_only=True))
+    if pod.limits_store is not None:
+        env.append(_secret_env("SERVESTACK_LIMITS_STORE_URL", pod.limits_store, "url"))
     init_containers = []
     if source is not None:
         volumes.append(k8s.core.v1.VolumeArgs(name="model", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
@@ -255,7 +456,10 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
         init_containers.append(k8s.core.v1.ContainerArgs(
             name="fetch-model",
             image=image,
-            command=["python", "-m", "serving.fetch", source, model_path],
+            # The fetch verifies every file against the revision's manifest, and the manifest's name and
+            # revision against these.
+            command=["python", "-m", "serving.fetch", source, model_path,
+                     "--name", model.name, "--revision", track.revision],
             env=[k8s.core.v1.EnvVarArgs(name="HOME", value="/tmp")],
             resources=k8s.core.v1.ResourceRequirementsArgs(requests={"cpu": "500m", "memory": "1Gi"},
                                                            limits={"memory": "2Gi"}),
@@ -266,7 +470,7 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
 
     annotations = {}
     if not serving.prometheus_operator:
-        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
+        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
                        "prometheus.io/path": "/metrics"}
 
     def probe(path: str, period: int, timeout: int, failures: int) -> k8s.core.v1.ProbeArgs:
@@ -274,10 +478,12 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
                                      period_seconds=period, timeout_seconds=timeout,
                                      failure_threshold=failures)
 
+    pre_stop = drain.pre_stop_seconds(platform.cloud, args.behind_gateway)
     server = k8s.core.v1.ContainerArgs(
         name="server",
         image=image,
-        ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=PORT, protocol="TCP")],
+        ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=PORT, protocol="TCP"),
+               k8s.core.v1.ContainerPortArgs(name="metrics", container_port=METRICS_PORT, protocol="TCP")],
         env=env,
         resources=k8s.core.v1.ResourceRequirementsArgs(
             # No CPU limit: throttling a latency-bound server costs more than it protects.
@@ -286,15 +492,17 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
         startup_probe=probe("/health/ready", period=10, timeout=5, failures=90),
         readiness_probe=probe("/health/ready", period=5, timeout=3, failures=3),
         liveness_probe=probe("/health/live", period=10, timeout=5, failures=6),
+        # The server keeps admitting during this pause, while whatever sends it requests learns it is going.
         lifecycle=k8s.core.v1.LifecycleArgs(
-            pre_stop=k8s.core.v1.LifecycleHandlerArgs(sleep=k8s.core.v1.SleepActionArgs(seconds=PRE_STOP_SECONDS))),
+            pre_stop=k8s.core.v1.LifecycleHandlerArgs(sleep=k8s.core.v1.SleepActionArgs(seconds=pre_stop))),
         security_context=RESTRICTED_CONTAINER,
         volume_mounts=mounts,
     )
     return k8s.core.v1.PodTemplateSpecArgs(
-        metadata=k8s.meta.v1.ObjectMetaArgs(labels={**labels, **platform.pod_labels}, annotations=annotations),
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels={**labels, REVISION_LABEL: track.revision, **platform.pod_labels},
+                                            annotations=annotations),
         spec=k8s.core.v1.PodSpecArgs(
-            service_account_name=service_account.metadata.name,
+            service_account_name=pod.service_account.metadata.name,
             automount_service_account_token=False,
             # No Docker-link variables for the namespace's Services: the Service "servestack" would put
             # SERVESTACK_PORT=tcp://IP:PORT and other SERVESTACK_* names into the server's settings prefix.
@@ -303,7 +511,8 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
                 run_as_non_root=True, run_as_user=RUN_AS_USER, run_as_group=RUN_AS_USER, fs_group=RUN_AS_USER,
                 seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault")),
             # preStop pause, then the server's drain, then its shutdown.
-            termination_grace_period_seconds=PRE_STOP_SECONDS + serving.drain_seconds + SHUTDOWN_SECONDS,
+            termination_grace_period_seconds=drain.grace_seconds(platform.cloud, args.behind_gateway,
+                                                                 serving.drain_seconds),
             node_selector=dict(platform.gpu_node_selector) if gpu.count > 0 else None,
             tolerations=[t.to_args() for t in platform.gpu_tolerations] if gpu.count > 0 else None,
             topology_spread_constraints=[k8s.core.v1.TopologySpreadConstraintArgs(
@@ -316,20 +525,26 @@ def _pod_template(name: str, args: ServingArgs, labels: dict[str, str],
     )
 
 
-def _service(name: str, args: ServingArgs, labels: dict[str, str], ns: pulumi.Input[str],
-             opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+def _service(resource_name: str, service_name: str, args: ServingArgs, selector: dict[str, str],
+             ns: pulumi.Input[str], opts: pulumi.ResourceOptions) -> k8s.core.v1.Service:
+    """The API port only (metrics are scraped from the pods): ClusterIP behind the gateway, else the
+    platform's load balancer, restricted to the allowed clients."""
     serving, access, platform = args.serving, args.access, args.platform
-    annotations = dict(platform.load_balancer_annotations)
-    if access.internal_load_balancer:
-        annotations.update(platform.internal_load_balancer_annotations)
-    balanced = platform.service_type == "LoadBalancer"
+    balanced = platform.service_type == "LoadBalancer" and not args.behind_gateway
+    annotations: dict[str, pulumi.Input[str]] = {}
+    if balanced:
+        annotations.update(platform.load_balancer_annotations)
+        if access.internal_load_balancer:
+            annotations.update(platform.internal_load_balancer_annotations)
+        annotations.update(platform.drain_annotations(
+            drain.grace_seconds(platform.cloud, False, serving.drain_seconds)))
     return k8s.core.v1.Service(
-        f"{name}-service",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels,
-                                            annotations=(annotations or None) if balanced else None),
+        resource_name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=service_name, namespace=ns, labels=selector,
+                                            annotations=annotations or None),
         spec=k8s.core.v1.ServiceSpecArgs(
-            type=platform.service_type,
-            selector=labels,
+            type="LoadBalancer" if balanced else "ClusterIP",
+            selector=selector,
             ports=[k8s.core.v1.ServicePortArgs(name="http", port=serving.port, target_port="http",
                                                protocol="TCP")],
             load_balancer_source_ranges=(list(access.endpoint_cidrs) or None) if balanced else None,
@@ -340,9 +555,8 @@ def _service(name: str, args: ServingArgs, labels: dict[str, str], ns: pulumi.In
     )
 
 
-def _autoscaler(name: str, args: ServingArgs, deployment: k8s.apps.v1.Deployment, ns: pulumi.Input[str],
-                labels: dict[str, str], opts: pulumi.ResourceOptions) -> None:
-    serving = args.serving
+def _autoscaler(resource_name: str, track: Track, serving: ServingConfig, deployment: k8s.apps.v1.Deployment,
+                ns: pulumi.Input[str], labels: dict[str, str], opts: pulumi.ResourceOptions) -> None:
     metrics = [k8s.autoscaling.v2.MetricSpecArgs(
         type="Resource",
         resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
@@ -357,13 +571,13 @@ def _autoscaler(name: str, args: ServingArgs, deployment: k8s.apps.v1.Deployment
                 target=k8s.autoscaling.v2.MetricTargetArgs(type="AverageValue", average_value="4")),
         ))
     k8s.autoscaling.v2.HorizontalPodAutoscaler(
-        f"{name}-autoscaler",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
+        resource_name,
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=track.name, namespace=ns, labels=labels),
         spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
             scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
                 api_version="apps/v1", kind="Deployment", name=deployment.metadata.name),
-            min_replicas=serving.min_replicas,
-            max_replicas=serving.max_replicas,
+            min_replicas=track.min_replicas,
+            max_replicas=track.max_replicas,
             metrics=metrics,
             # GPU nodes take minutes to arrive; do not give them back at the first quiet minute.
             behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
@@ -375,29 +589,40 @@ def _autoscaler(name: str, args: ServingArgs, deployment: k8s.apps.v1.Deployment
 
 def _network_policy(name: str, args: ServingArgs, labels: dict[str, str], ns: pulumi.Input[str],
                     opts: pulumi.ResourceOptions) -> None:
+    """The API port from the gateway's Envoy pods (or, without a gateway, from the allowed clients); the
+    metrics port from the scraper's namespace; nothing else."""
     access, platform, serving = args.access, args.platform, args.serving
-    clients = list(access.endpoint_cidrs) or list(platform.internal_cidrs)
-    if not clients:
-        # The policy would admit no client at all: an endpoint that nobody can reach.
-        raise ValueError("servestack:access.endpointCidrs: empty, and the internal load balancer's clients are "
-                         f"unknown on the {platform.cloud} platform; list them in endpointCidrs")
-    port = [k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
-    rules = [k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-        ports=port,
-        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
-               for c in clients],
-    )]
-    # The metrics scraper, from its own namespace.
-    rules.append(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
-        ports=port,
-        from_=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-            match_labels={"kubernetes.io/metadata.name": serving.monitoring_namespace}))],
-    ))
+    api = [k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
+    if args.behind_gateway:
+        api_clients = [k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"kubernetes.io/metadata.name": ENVOY_GATEWAY_NAMESPACE}),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"app.kubernetes.io/component": "proxy",
+                              "gateway.envoyproxy.io/owning-gateway-name": GATEWAY_NAME}))]
+    else:
+        clients = list(access.endpoint_cidrs) or list(platform.internal_cidrs)
+        if not clients:
+            # The policy would admit no client at all: an endpoint that nobody can reach.
+            raise ValueError("servestack:access.endpointCidrs: empty, and the internal load balancer's clients "
+                             f"are unknown on the {platform.cloud} platform; list them in endpointCidrs")
+        api_clients = [k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
+                       for c in clients]
+    rules = [
+        k8s.networking.v1.NetworkPolicyIngressRuleArgs(ports=api, from_=api_clients),
+        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+            ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=METRICS_PORT, protocol="TCP")],
+            from_=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"kubernetes.io/metadata.name": serving.monitoring_namespace}))]),
+    ]
     k8s.networking.v1.NetworkPolicy(
         f"{name}-network-policy",
         metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
         spec=k8s.networking.v1.NetworkPolicySpecArgs(
-            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=labels),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels=labels,
+                match_expressions=[k8s.meta.v1.LabelSelectorRequirementArgs(
+                    key="app.kubernetes.io/component", operator="In", values=["server", "canary"])]),
             policy_types=["Ingress"],
             ingress=rules,
         ),
@@ -405,15 +630,17 @@ def _network_policy(name: str, args: ServingArgs, labels: dict[str, str], ns: pu
     )
 
 
-def _service_monitor(name: str, labels: dict[str, str], ns: pulumi.Input[str],
-                     opts: pulumi.ResourceOptions) -> None:
+def _pod_monitor(name: str, labels: dict[str, str], ns: pulumi.Input[str], opts: pulumi.ResourceOptions) -> None:
+    """The Prometheus Operator scrapes the metrics port of every serving pod, stable and canary."""
     k8s.apiextensions.CustomResource(
-        f"{name}-service-monitor",
+        f"{name}-pod-monitor",
         api_version="monitoring.coreos.com/v1",
-        kind="ServiceMonitor",
+        kind="PodMonitor",
         metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
-        spec={"selector": {"matchLabels": labels},
-              "endpoints": [{"targetPort": PORT, "path": "/metrics", "interval": "15s"}]},
+        spec={"selector": {"matchLabels": labels,
+                           "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
+                                                 "values": ["server", "canary"]}]},
+              "podMetricsEndpoints": [{"port": "metrics", "path": "/metrics", "interval": "15s"}]},
         opts=opts,
     )
 

@@ -58,6 +58,7 @@ from infra.platform import (
     Platform,
     Toleration,
     Upload,
+    model_push_step,
 )
 from infra.serving import SERVICE_ACCOUNT as SERVICE_ACCOUNT_NAME
 
@@ -251,7 +252,7 @@ class GpuCluster(pulumi.ComponentResource):
             cluster_name=cluster.name,
             kubeconfig=self.kubeconfig,
             image_upload=lambda tag: acr_upload(registry.name, self.registry_url, tag),
-            model_upload=lambda model: blob_upload(uploads_account, MODELS_CONTAINER, model),
+            model_upload=lambda model, revision: blob_upload(uploads_account, MODELS_CONTAINER, model, revision),
         )
         self.register_outputs({
             "cluster_name": cluster.name,
@@ -574,12 +575,12 @@ def acr_upload(registry: pulumi.Input[str], login_server: pulumi.Input[str], tag
                pulumi.Output.concat("docker push ", image)])
 
 
-def blob_upload(account: pulumi.Input[str], container: str, model: str) -> Upload:
+def blob_upload(account: pulumi.Input[str], container: str, model: str, revision: str) -> Upload:
     where = f"--container-name {container} --auth-mode login"
+    # The manifest is uploaded last: once it is there, the revision is whole.
     return Upload(
-        what=f"the model {model} in the stack's storage account",
+        what=f"the model {model} at revision {revision} in the stack's storage account",
         check=pulumi.Output.concat("az storage blob exists --account-name ", account, f" {where} --name ",
-                                   f"models/{model}/config.json --query exists --output tsv | grep -qx true"),
-        steps=[pulumi.Output.concat("az storage blob upload-batch --account-name ", account,
-                                    f" --destination {container} --destination-path models/{model} "
-                                    "--source ./MODEL_DIR --auth-mode login")])
+                                   f"models/{model}/{revision}/manifest.json --query exists --output tsv "
+                                   "| grep -qx true"),
+        steps=[model_push_step(revision)])

@@ -37,7 +37,7 @@ from infra.clouds.aws.network import Network, NetworkArgs
 from infra.clouds.aws.storage import ModelBucket, Registry
 from infra.commands import aws_cli
 from infra.config import DEFAULT_IMAGE_REPOSITORY, NAMESPACE, ConfigError, StackConfig
-from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TOLERATION, Platform, Upload
+from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE, GPU_TOLERATION, Platform, Upload, model_push_step
 from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 
 # The AMI types whose nodes advertise nvidia.com/gpu without the device plugin DaemonSet.
@@ -141,11 +141,12 @@ class GpuCluster(pulumi.ComponentResource):
                        pulumi.Output.concat("docker build -t ", image, " serving"),
                        pulumi.Output.concat("docker push ", image)])
 
-        def model_upload(model: str) -> Upload:
-            prefix = pulumi.Output.concat(models.uri, f"/models/{model}/")
-            return Upload(what=f"the model {model} in the stack's bucket", setup=preamble,
-                          check=pulumi.Output.concat(cli, " s3 ls ", prefix, "config.json"),
-                          steps=[*as_role, pulumi.Output.concat(cli, " s3 sync ./MODEL_DIR ", prefix)])
+        def model_upload(model: str, revision: str) -> Upload:
+            # The manifest is uploaded last: once it is there, the revision is whole.
+            prefix = pulumi.Output.concat(models.uri, f"/models/{model}/{revision}/")
+            return Upload(what=f"the model {model} at revision {revision} in the stack's bucket", setup=preamble,
+                          check=pulumi.Output.concat(cli, " s3 ls ", prefix, "manifest.json"),
+                          steps=[*as_role, model_push_step(revision)])
 
         self.platform = Platform(
             cloud="aws",

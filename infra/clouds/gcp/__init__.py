@@ -43,6 +43,7 @@ from infra.platform import (
     GPU_TOLERATION,
     Platform,
     Upload,
+    model_push_step,
 )
 from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 
@@ -152,12 +153,12 @@ class GpuCluster(pulumi.ComponentResource):
                        pulumi.Output.concat("docker build -t ", image, " serving"),
                        pulumi.Output.concat("docker push ", image)])
 
-        def model_upload(model: str) -> Upload:
-            prefix = pulumi.Output.concat(self.model_bucket_uri, f"/models/{model}/")
-            return Upload(what=f"the model {model} in the stack's bucket",
-                          check=pulumi.Output.concat(f"gcloud {project} storage ls ", prefix, "config.json"),
-                          steps=[pulumi.Output.concat(f"gcloud {project} storage rsync --recursive ./MODEL_DIR ",
-                                                      prefix)])
+        def model_upload(model: str, revision: str) -> Upload:
+            # The manifest is uploaded last: once it is there, the revision is whole.
+            prefix = pulumi.Output.concat(self.model_bucket_uri, f"/models/{model}/{revision}/")
+            return Upload(what=f"the model {model} at revision {revision} in the stack's bucket",
+                          check=pulumi.Output.concat(f"gcloud {project} storage ls ", prefix, "manifest.json"),
+                          steps=[model_push_step(revision)])
 
         self.platform = Platform(
             cloud="gcp",
