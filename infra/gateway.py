@@ -296,11 +296,12 @@ def _certificate(name: str, args: GatewayArgs, after_platform: pulumi.ResourceOp
         values=_cert_manager_values(platform),
         opts=pulumi.ResourceOptions.merge(after_platform, pulumi.ResourceOptions(depends_on=list(acme.ready))),
     )
+    # A ClusterIssuer: cert-manager lets only those use its ambient (workload identity) credentials.
     issuer = k8s.apiextensions.CustomResource(
         f"{name}-issuer",
         api_version="cert-manager.io/v1",
-        kind="Issuer",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=ISSUER, namespace=args.namespace),
+        kind="ClusterIssuer",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=ISSUER),
         spec={"acme": {"server": config.acme_server, "email": config.acme_email,
                        "privateKeySecretRef": {"name": "servestack-acme-account"},
                        "solvers": [{"dns01": dict(acme.solver), "selector": {"dnsNames": [config.hostname]}}]}},
@@ -314,7 +315,7 @@ def _certificate(name: str, args: GatewayArgs, after_platform: pulumi.ResourceOp
                                             # `up` waits for the certificate, and fails if ACME refuses it.
                                             annotations={"pulumi.com/waitFor": "condition=Ready"}),
         spec={"secretName": TLS_SECRET, "dnsNames": [config.hostname],
-              "issuerRef": {"group": "cert-manager.io", "kind": "Issuer", "name": ISSUER},
+              "issuerRef": {"group": "cert-manager.io", "kind": "ClusterIssuer", "name": ISSUER},
               "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"}},
         opts=pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(
             depends_on=[issuer], custom_timeouts=pulumi.CustomTimeouts(create=f"{CERTIFICATE_MINUTES}m",
