@@ -92,8 +92,12 @@ class _PlanMocks(mocks.Mocks):
         if fake is None:
             raise PlanError(f"the offline plan has no fake for the call {args.token}; add one to "
                             "infra/offline/fakes/")
+        try:
+            result = fake(args, self._context)
+        except CloudError as error:
+            raise DeployError(f"invoking {args.token}: {error}") from None
         # No check failures: an empty list (the mock monitor iterates it; None would fail).
-        return fake(args, self._context), []
+        return result, []
 
 
 # Maps whose every entry is the program's to declare: an entry the cloud adds drifts. In other objects,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from pulumi.runtime.mocks import MockResourceArgs
@@ -9,26 +11,62 @@ from pulumi.runtime.mocks import MockResourceArgs
 from infra.offline.fakes import FakeContext, ResourceFake
 from policies.rules.kubernetes import internal_load_balancer
 
+# Where Envoy Gateway puts the Service of a Gateway's Envoy pods (its controller's own namespace).
+ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"
+
+
+def _load_balancer_ingress(namespace: str, name: str, annotations: Mapping[str, Any], spec: Mapping[str, Any],
+                           ctx: FakeContext) -> dict[str, str]:
+    """A LoadBalancer Service's address as each cloud's controller reports it: an AWS NLB by DNS name (the load
+    balancer controller names it k8s-<namespace>-<name>-<hash>, eight characters of each), elsewhere an IP; an
+    internal one a private address."""
+    internal = internal_load_balancer(dict(annotations), dict(spec))
+    octet = int(ctx.hex(namespace, name, length=2), 16) % 250 + 1
+    if ctx.config.get("servestack:cloud") == "aws":
+        scheme = "internal-" if internal else ""
+        short = [re.sub(r"[^a-z0-9]", "", part.lower())[:8] for part in (namespace, name)]
+        return {"hostname": f"{scheme}k8s-{short[0]}-{short[1]}-{ctx.hex('nlb', namespace, name, length=10)}"
+                            f".elb.{ctx.config.get('aws:region', 'us-east-1')}.amazonaws.com"}
+    if internal:
+        return {"ip": f"10.{octet % 200 + 20}.0.{octet}"}
+    # 203.0.113.0/24 is reserved for documentation: it can never be a real endpoint.
+    return {"ip": f"203.0.113.{octet}"}
+
 
 def _service(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
-    """A LoadBalancer Service's address as each cloud's controller reports it: an AWS NLB by DNS name (the
-    load balancer controller fills in a hostname), elsewhere an IP; an internal one a private address."""
     spec = args.inputs.get("spec") or {}
+    metadata = args.inputs.get("metadata") or {}
     status: dict[str, Any] = {}
     if spec.get("type") == "LoadBalancer":
-        internal = internal_load_balancer((args.inputs.get("metadata") or {}).get("annotations") or {}, spec)
-        octet = int(ctx.hex(args.name, length=2), 16) % 250 + 1
-        if ctx.config.get("servestack:cloud") == "aws":
-            scheme = "internal-" if internal else ""
-            ingress = {"hostname": f"{scheme}k8s-servesta-servesta-{ctx.hex('nlb', args.name, length=10)}"
-                                   f".elb.{ctx.config.get('aws:region', 'us-east-1')}.amazonaws.com"}
-        elif internal:
-            ingress = {"ip": f"10.{octet % 200 + 20}.0.{octet}"}
-        else:
-            # 203.0.113.0/24 is reserved for documentation: it can never be a real endpoint.
-            ingress = {"ip": f"203.0.113.{octet}"}
+        ingress = _load_balancer_ingress(str(metadata.get("namespace") or "default"),
+                                         str(metadata.get("name") or args.name),
+                                         metadata.get("annotations") or {}, spec, ctx)
         status = {"loadBalancer": {"ingress": [ingress]}}
     return args.name, {"status": status}
+
+
+def _envoy_proxy(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """An EnvoyProxy: remembered, for the Gateways whose infrastructure it describes."""
+    name = str((args.inputs.get("metadata") or {}).get("name") or args.name)
+    ctx.memory.setdefault("envoy_proxies", {})[name] = args.inputs.get("spec") or {}
+    return args.name, {}
+
+
+def _gateway(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """A Gateway as Envoy Gateway reports it: the addresses of its Envoy Service (described by the EnvoyProxy
+    its infrastructure names, a LoadBalancer unless that says otherwise), copied from the Service's status: a
+    DNS name as a Hostname, an IP as an IPAddress."""
+    spec = args.inputs.get("spec") or {}
+    reference = ((spec.get("infrastructure") or {}).get("parametersRef") or {}).get("name")
+    proxy = ctx.memory.get("envoy_proxies", {}).get(reference, {})
+    service = ((proxy.get("provider") or {}).get("kubernetes") or {}).get("envoyService") or {}
+    if service.get("type", "LoadBalancer") != "LoadBalancer":
+        return args.name, {"status": {"addresses": []}}
+    name = str(service.get("name") or (args.inputs.get("metadata") or {}).get("name") or args.name)
+    ingress = _load_balancer_ingress(ENVOY_GATEWAY_NAMESPACE, name, service.get("annotations") or {}, service, ctx)
+    address = ({"type": "Hostname", "value": ingress["hostname"]} if "hostname" in ingress
+               else {"type": "IPAddress", "value": ingress["ip"]})
+    return args.name, {"status": {"addresses": [address]}}
 
 
 def _random_password(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
@@ -44,5 +82,7 @@ def _random_string(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[
 RESOURCES: dict[str, ResourceFake] = {
     "random:index/randomString:RandomString": _random_string,
     "kubernetes:core/v1:Service": _service,
+    "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy": _envoy_proxy,
+    "kubernetes:gateway.networking.k8s.io/v1:Gateway": _gateway,
     "random:index/randomPassword:RandomPassword": _random_password,
 }
