@@ -7,7 +7,9 @@ Design choices (docs/aws.md explains them for users):
   group come from the EKS API, the GPU count from the instance type and the Auto Scaling group's tags).
 - Device plugin: Bottlerocket NVIDIA nodes bring their own; AL2023 NVIDIA nodes need the DaemonSet.
 - Load balancer: the AWS Load Balancer Controller, given a security group this module owns, so that
-  the only rule admitting clients is ours and visible in the plan.
+  the only rule admitting clients is ours and visible in the plan. Its target groups let connections to a
+  terminating target finish (`_drain_annotations`).
+- The gateway's certificate: ACME DNS-01 in the stack's Route 53 hosted zone, as an IRSA role (`dns.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from infra.clouds.aws import dns
 from infra.clouds.aws.cluster import (
     ADDON_VERSIONS,
     SYSTEM_AMI_TYPE,
@@ -75,7 +78,7 @@ class GpuCluster(pulumi.ComponentResource):
         network = Network(f"{name}-network", NetworkArgs(
             name=stem, cluster_name=cluster_name, region=region, vpc_cidr=config.aws.vpc_cidr,
             availability_zones=config.aws.availability_zones, nat_per_az=nat_per_az, flow_logs=flow_logs,
-            lb_port=config.serving.port, lb_client_cidrs=lb_clients, gpu_instance_type=str(config.gpu.machine_type)),
+            lb_ports=config.entry_ports, lb_client_cidrs=lb_clients, gpu_instance_type=str(config.gpu.machine_type)),
             opts=child)
 
         gpu = config.gpu
@@ -167,6 +170,11 @@ class GpuCluster(pulumi.ComponentResource):
             kubeconfig=provider_kubeconfig,
             image_upload=image_upload,
             model_upload=model_upload,
+            # The system group carries no taint: the selector alone keeps the add-ons off the GPU nodes.
+            system_node_selector={GPU_POOL_LABEL: SYSTEM_POOL_LABEL_VALUE},
+            drain_annotations=_drain_annotations,
+            acme_dns=dns.acme_dns(name, config, eks.oidc_provider, region, partition, self)
+            if config.gateway.enabled and config.gateway.dns_zone else None,
         )
         self.register_outputs({"clusterName": eks.cluster.name, "registryUrl": registry.url,
                                "modelBucketUri": models.uri, "servingRoleArn": serving_role.arn})
@@ -186,6 +194,24 @@ def _check(config: StackConfig) -> None:
         problems.append(f"{NAMESPACE}:gpu.type: the aws stacks need a GPU type and machine type")
     if problems:
         raise ConfigError(config.stack, problems)
+
+
+def _drain_annotations(seconds: int) -> dict[str, str]:
+    """NLB target group attributes for a backend that drains for `seconds` (Kubernetes review H1).
+
+    With externalTrafficPolicy Local the NLB health-checks each node's healthCheckNodePort, which fails as soon
+    as the node's only ready endpoint starts terminating; by default an NLB then resets every connection to that
+    target (`target_health_state.unhealthy.connection_termination.enabled` is true), cutting streams mid-answer.
+    Instead it stops sending new connections and lets established ones run for the drain, and keeps them for as
+    long when the target is deregistered. Cross-zone balancing keeps every zone's address serving while a zone
+    has no ready pod (an NLB otherwise fails that zone's address out of its DNS name)."""
+    target_group = ",".join([
+        "target_health_state.unhealthy.connection_termination.enabled=false",
+        f"target_health_state.unhealthy.draining_interval_seconds={seconds}",
+        f"deregistration_delay.timeout_seconds={seconds}",
+    ])
+    return {f"{LB_ANNOTATION}-target-group-attributes": target_group,
+            f"{LB_ANNOTATION}-attributes": "load_balancing.cross_zone.enabled=true"}
 
 
 def _registry_host(url: str) -> str:

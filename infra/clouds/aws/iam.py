@@ -1,4 +1,4 @@
-"""IAM documents: service trust, IRSA trust naming one service account, and the add-ons' policies."""
+"""IAM documents: service trust, IRSA trust naming one service account, the add-ons' policies and cert-manager's."""
 
 from __future__ import annotations
 
@@ -58,6 +58,24 @@ def bucket_reader_policy(bucket_arn: str) -> str:
          "Resource": bucket_arn},
         {"Sid": "ReadModels", "Effect": "Allow", "Action": ["s3:GetObject", "s3:GetObjectVersion"],
          "Resource": f"{bucket_arn}/*"},
+    ]})
+
+
+def acme_challenge_policy(partition: str, zone_id: str, challenge: str) -> str:
+    """cert-manager's DNS-01 solver, given its hosted zone (so it looks none up): upsert and delete the one TXT
+    record the ACME server reads, in that zone only, and follow each change until Route 53 has applied it.
+    The record name is Route 53's normalized form: lower case, no trailing dot."""
+    return json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Sid": "ChallengeRecord", "Effect": "Allow", "Action": "route53:ChangeResourceRecordSets",
+         "Resource": f"arn:{partition}:route53:::hostedzone/{zone_id}",
+         # Every value of a multi-valued key must match, and all keys must: only this name, only TXT, only the
+         # two actions cert-manager takes.
+         "Condition": {"ForAllValues:StringEquals": {
+             "route53:ChangeResourceRecordSetsNormalizedRecordNames": [challenge],
+             "route53:ChangeResourceRecordSetsRecordTypes": ["TXT"],
+             "route53:ChangeResourceRecordSetsActions": ["UPSERT", "DELETE"]}}},
+        {"Sid": "ChangeStatus", "Effect": "Allow", "Action": "route53:GetChange",
+         "Resource": f"arn:{partition}:route53:::change/*"},
     ]})
 
 

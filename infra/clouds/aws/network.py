@@ -47,7 +47,8 @@ class NetworkArgs:
     availability_zones: int
     nat_per_az: bool
     flow_logs: bool
-    lb_port: int
+    # The public entry's ports (StackConfig.entry_ports): the gateway's listeners, or the serving Service's.
+    lb_ports: Sequence[int]
     # Who may reach the serving load balancer: the allowed client CIDRs (the VPC when internal).
     lb_client_cidrs: Sequence[str]
     # The GPU pool's instance type: the subnets go only to zones that offer it.
@@ -197,14 +198,16 @@ class Network(pulumi.ComponentResource):
 
         def ingress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
                     ports: tuple[int, int] | None = None, source_group: pulumi.Input[str] | None = None,
-                    cidr: str | None = None) -> None:
+                    cidr: str | None = None, formerly: str | None = None) -> None:
             # EC2 takes IPv4 and IPv6 ranges in separate fields, and refuses either in the other's.
             ipv6 = cidr is not None and ipaddress.ip_network(cidr).version == 6
+            aliases = [pulumi.Alias(name=f"{name}-{formerly}")] if formerly else None
             self.ready.append(aws.vpc.SecurityGroupIngressRule(
                 f"{name}-{rule}", security_group_id=group, description=description, ip_protocol=protocol,
                 from_port=ports[0] if ports else None, to_port=ports[1] if ports else None,
                 referenced_security_group_id=source_group, cidr_ipv4=None if ipv6 else cidr,
-                cidr_ipv6=cidr if ipv6 else None, opts=child))
+                cidr_ipv6=cidr if ipv6 else None,
+                opts=pulumi.ResourceOptions(parent=self, aliases=aliases)))
 
         def egress(rule: str, group: pulumi.Input[str], description: str, protocol: str = "tcp",
                    ports: tuple[int, int] | None = None, target_group: pulumi.Input[str] | None = None,
@@ -228,10 +231,16 @@ class Network(pulumi.ComponentResource):
         # Nodes reach AWS APIs, ECR, S3 and the model/image sources through NAT.
         egress("nodes-to-anywhere", nodes, "Nodes to AWS APIs, registries and the NAT gateway", protocol="-1",
                cidr="0.0.0.0/0")
-        # The serving load balancer: clients on the service port, then on to the nodes' ports.
-        for i, client in enumerate(args.lb_client_cidrs):
-            ingress(f"lb-from-clients-{i}", lb, f"Serving clients ({client}) to the load balancer",
-                    ports=(args.lb_port, args.lb_port), cidr=client)
+        # The serving load balancer: clients on the entry's ports, then on to the nodes' ports (instance targets:
+        # the NLB sends to each node's node port, whichever node the Envoy or serving pods run on).
+        for j, port in enumerate(args.lb_ports):
+            for i, client in enumerate(args.lb_client_cidrs):
+                # The first port's rules carried the client's index alone when the entry had one port: the alias
+                # updates such a rule in place, where a new one beside it would fail as a duplicate
+                # (InvalidPermission.Duplicate).
+                ingress(f"lb-from-clients-{port}-{i}", lb,
+                        f"Serving clients ({client}) to the load balancer port {port}", ports=(port, port),
+                        cidr=client, formerly=f"lb-from-clients-{i}" if j == 0 else None)
         # Rule descriptions take only a-z A-Z 0-9 space and ._-:/()#,@[]+=;{}!$* (no apostrophe).
         egress("lb-to-nodes", lb, "Load balancer to the service node ports and health check",
                ports=NODE_PORTS, target_group=nodes)

@@ -157,6 +157,32 @@ def _security_group(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict
                    "name": _autoname(args, ctx)}
 
 
+# The placeholder account's Route 53 hosted zones (the stacks' servestack:gateway.dnsZone), by id.
+HOSTED_ZONES: dict[str, dict[str, Any]] = {
+    "Z0SERVESTACKEXAMPLE0": {"name": "servestack.example.com", "private": False},
+}
+
+
+def _hosted_zone(zone_id: str) -> dict[str, Any]:
+    zone = HOSTED_ZONES.get(zone_id.removeprefix("/hostedzone/"))
+    if zone is None:
+        raise CloudError(f"NoSuchHostedZone: No hosted zone found with ID: {zone_id}")
+    return zone
+
+
+def _record(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """A record set, refused as Route 53 refuses a change batch: outside its zone, or a CNAME at the apex."""
+    zone_id, kind = str(args.inputs.get("zoneId")), str(args.inputs.get("type"))
+    zone = str(_hosted_zone(zone_id)["name"])
+    name = str(args.inputs.get("name")).rstrip(".").lower()
+    if name != zone and not name.endswith(f".{zone}"):
+        raise CloudError(f"InvalidChangeBatch: [RRSet with DNS name {name}. is not permitted in zone {zone}.]")
+    if name == zone and kind == "CNAME":
+        raise CloudError(f"InvalidChangeBatch: [RRSet of type CNAME with DNS name {name}. is not permitted at apex in "
+                         f"zone {zone}.]")
+    return f"{zone_id}_{name}_{kind}", {"fqdn": name}
+
+
 # The add-on builds EKS publishes per Kubernetes minor, as the EKS user guide's tables list them (what
 # `aws eks describe-addon-versions` answers); an Addon asking for any other build is refused, as EKS does.
 EKS_ADDON_BUILDS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -194,6 +220,7 @@ RESOURCES: dict[str, ResourceFake] = {
     "aws:eks/addon:Addon": _addon,
     "aws:ecr/repository:Repository": _repository,
     "aws:s3/bucket:Bucket": _bucket,
+    "aws:route53/record:Record": _record,
 }
 
 
@@ -251,7 +278,20 @@ def _instance_type_offerings(args: MockCallArgs, ctx: FakeContext) -> dict[str, 
             "locationTypes": ["availability-zone"] * len(locations)}
 
 
+def _zone(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    """A hosted zone by id, as the provider reads it: the name without its trailing dot."""
+    zone_id = str(args.args.get("zoneId"))
+    zone = _hosted_zone(zone_id)
+    servers = [f"ns-{n}.awsdns-{n % 64:02d}.{tld}" for n, tld in ((412, "com"), (1307, "org"), (671, "net"),
+                                                                   (1802, "co.uk"))]
+    return {"id": zone_id, "zoneId": zone_id, "name": zone["name"], "privateZone": zone["private"],
+            "arn": f"arn:aws:route53:::hostedzone/{zone_id}", "callerReference": f"servestack-{zone_id}",
+            "comment": "", "nameServers": servers, "primaryNameServer": servers[0], "resourceRecordSetCount": 2,
+            "tags": {}, "linkedServiceDescription": "", "linkedServicePrincipal": ""}
+
+
 CALLS: dict[str, CallFake] = {
+    "aws:route53/getZone:getZone": _zone,
     "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings": _instance_type_offerings,
     "aws:index/getCallerIdentity:getCallerIdentity": _caller_identity,
     "aws:iam/getSessionContext:getSessionContext": _session_context,
