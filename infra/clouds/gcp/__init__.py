@@ -14,7 +14,14 @@ One component, `servestack:gcp:GpuCluster`, declares everything the serving depl
 - an Artifact Registry Docker repository and a GCS model bucket;
 - a Google service account for the serving pods, bound through Workload Identity to exactly the serving
   Kubernetes service account, allowed to read the model bucket and nothing else;
-- a kubeconfig (a secret) that authenticates through `gke-gcloud-auth-plugin`, and a Kubernetes provider.
+- a kubeconfig (a secret) that authenticates through `gke-gcloud-auth-plugin`, and a Kubernetes provider;
+- with the gateway and a Cloud DNS zone (servestack:gateway.dnsZone): a Google service account for cert-manager,
+  bound to its Kubernetes service account, that may change record sets of that one zone (ACME DNS-01), and the
+  hostname's A record there.
+
+Load balancers are GKE's backend-service-based external passthrough NLBs (`cloud.google.com/l4-rbs`): GKE
+recommends them over target pools, and their health checks on the health-check node port (3 s x 2) are what
+infra/drain.py counts on.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ import pulumi_gcp as gcp
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from infra import commands
+from infra import commands, drain
+from infra.clouds import dns
 from infra.clouds.gcp.kubeconfig import dns_endpoint, kubeconfig
 from infra.clouds.gcp.zones import gpu_zones
-from infra.config import DEFAULT_IMAGE_REPOSITORY, ConfigError, StackConfig
+from infra.config import DEFAULT_IMAGE_REPOSITORY, NAMESPACE, ConfigError, StackConfig
+from infra.gateway import CERT_MANAGER_NAMESPACE, CERT_MANAGER_SERVICE_ACCOUNT
 from infra.platform import (
     GPU_POOL_LABEL,
     GPU_POOL_VALUE,
@@ -41,6 +50,7 @@ from infra.platform import (
     GPU_TAINT_KEY,
     GPU_TAINT_VALUE,
     GPU_TOLERATION,
+    AcmeDns,
     Platform,
     Upload,
     model_push_step,
@@ -58,6 +68,7 @@ PROD_APIS = ("cloudkms.googleapis.com",)
 PODS_RANGE = "pods"
 SERVICES_RANGE = "services"
 SYSTEM_MACHINE_TYPE = "e2-standard-2"
+SYSTEM_POOL_LABELS = {GPU_POOL_LABEL: "system"}
 # Where Google's health checks come from: for an external passthrough load balancer (the serving Service's)
 # and for an internal one (`internalLoadBalancer: true`); the ranges `gcp.compute.get_lbip_ranges` gives.
 HEALTH_CHECK_RANGES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22")
@@ -76,6 +87,14 @@ KEY_ROTATION = "7776000s"
 # Prod upgrades happen on weekend mornings (UTC): 8 hours on Saturdays and Sundays, above GKE's minimum
 # of 48 hours in any 32 days. The dates only anchor the time of day.
 PROD_MAINTENANCE_WINDOW = ("2025-01-04T02:00:00Z", "2025-01-04T10:00:00Z", "FREQ=WEEKLY;BYDAY=SA,SU")
+# GKE extends a spot node's graceful shutdown (drain.GKE_SPOT_SHUTDOWN_SECONDS) from 1.35.0-gke.1171000 on.
+SPOT_SHUTDOWN_MINOR = (1, 35)
+# What cert-manager's Cloud DNS solver does in the zone it is given (hostedZoneName, so no zone lookup): list the
+# challenge's TXT record set, then add or replace it, and delete it after, in a change it follows until done.
+# Granted on that one zone: Cloud DNS has no narrower grant (by record name or type).
+ACME_DNS_PERMISSIONS = ("dns.changes.create", "dns.changes.get", "dns.resourceRecordSets.create",
+                        "dns.resourceRecordSets.delete", "dns.resourceRecordSets.list",
+                        "dns.resourceRecordSets.update")
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,7 @@ class GpuClusterArgs:
 def build(config: StackConfig) -> Platform:
     if config.gcp.project is None or config.region is None:  # guaranteed by the config's validation
         raise ConfigError(config.stack, ["gcp:project and gcp:region are required"])
+    _check(config)
     cluster = GpuCluster("servestack", GpuClusterArgs(config, config.gcp.project, config.region,
                                                       gpu_zones(config)))
     return cluster.platform
@@ -126,6 +146,7 @@ class GpuCluster(pulumi.ComponentResource):
         system_pool = self._system_pool(cluster, node_sa)
         gpu_pool = self._gpu_pool(cluster, node_sa, system_pool)
         serving_sa, serving_grants = self._serving_identity(cluster, bucket)
+        acme = self._acme_dns(cluster) if config.gateway.enabled and config.gateway.dns_zone else None
 
         if config.access.api_access == "dns":
             # GKE's DNS endpoint: a name under gke.goog with a publicly trusted certificate, IAM-authorized.
@@ -171,6 +192,9 @@ class GpuCluster(pulumi.ComponentResource):
             registry_url=self.registry_url,
             model_bucket_uri=self.model_bucket_uri,
             service_account_annotations={"iam.gke.io/gcp-service-account": serving_sa.email},
+            # GKE ignores it on an internal load balancer; an existing target-pool Service keeps its target pool
+            # (GKE removes the annotation again) until the Service is made anew.
+            load_balancer_annotations={"cloud.google.com/l4-rbs": "enabled"},
             internal_load_balancer_annotations={"networking.gke.io/load-balancer-type": "Internal"},
             internal_cidrs=(config.gcp.network_cidr,),
             ready=(system_pool, gpu_pool, *serving_grants),
@@ -179,6 +203,9 @@ class GpuCluster(pulumi.ComponentResource):
             kubeconfig=self.kubeconfig,
             image_upload=image_upload,
             model_upload=model_upload,
+            # The system pool carries no taint: the selector alone keeps the add-ons off the GPU nodes.
+            system_node_selector=SYSTEM_POOL_LABELS,
+            acme_dns=acme,
         )
         self.register_outputs({
             "cluster_name": self.cluster_name,
@@ -277,7 +304,9 @@ class GpuCluster(pulumi.ComponentResource):
                 opts=opts,
             ))
 
-        lb_port = str(config.serving.port)
+        # A passthrough load balancer: packets reach the nodes addressed to its own IP and ports, whichever node
+        # the Envoy (or serving) pods run on; every pool carries the node tag.
+        lb_ports = [str(port) for port in config.entry_ports]
         clients = config.access.endpoint_cidrs
         if config.access.internal_load_balancer:
             clients = (config.gcp.network_cidr,)
@@ -286,9 +315,9 @@ class GpuCluster(pulumi.ComponentResource):
             sources = [c for c in clients if ip_network(c).version == version]
             if sources:
                 allow(f"allow-lb-clients{suffix}",
-                      f"servestack {config.stack}: the allowed clients to the serving load balancer's port "
-                      f"{lb_port} (GKE adds the same rule from loadBalancerSourceRanges)",
-                      sources, "tcp", [lb_port])
+                      f"servestack {config.stack}: the allowed clients to the serving load balancer's ports "
+                      f"{', '.join(lb_ports)} (GKE adds the same rule from loadBalancerSourceRanges)",
+                      sources, "tcp", lb_ports)
         # GKE adds the same rule for each load balancer it makes; ours keeps the probes working whatever
         # GKE's firewall reconciliation does.
         allow("allow-health-checks",
@@ -358,7 +387,7 @@ class GpuCluster(pulumi.ComponentResource):
             f"{name}-serving-workload-identity",
             service_account_id=account.name,
             role="roles/iam.workloadIdentityUser",
-            member=workload_identity_member(args.project, config.serving.namespace),
+            member=workload_identity_member(args.project, config.serving.namespace, SERVING_SERVICE_ACCOUNT),
             # The workload pool exists once the cluster does.
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
         )
@@ -370,6 +399,72 @@ class GpuCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         return account, [workload_identity, model_reader]
+
+    def _acme_dns(self, cluster: gcp.container.Cluster) -> AcmeDns:
+        """cert-manager's Google service account, bound to its Kubernetes service account and allowed (a custom role
+        on the one managed zone) to change record sets there, for ACME DNS-01; and the hostname's A record."""
+        name, args, config = self._name, self._args, self._args.config
+        zone_name, hostname, stack = str(config.gateway.dns_zone), str(config.gateway.hostname), config.stack
+        child = pulumi.ResourceOptions(parent=self)
+        # The zone is looked up in gcp:project, where servestack:gateway.dnsZone names it.
+        zone = gcp.dns.get_managed_zone_output(name=zone_name, project=args.project,
+                                               opts=pulumi.InvokeOutputOptions(parent=self, depends_on=self._apis))
+
+        def managed_zone(host: str) -> pulumi.Output[str]:
+            """The zone's name, once the zone is known to hold `host` (the plan fails by name otherwise)."""
+            return zone.apply(lambda found: _public_zone_holding(stack, host, zone_name, found))
+
+        account = gcp.serviceaccount.Account(
+            f"{name}-cert-manager-sa",
+            project=args.project,
+            account_id=_account_id(stack, "acme"),
+            display_name=f"servestack {stack} cert-manager",
+            description=f"Workload Identity of {CERT_MANAGER_NAMESPACE}/{CERT_MANAGER_SERVICE_ACCOUNT}: ACME DNS-01 "
+                        f"records in the managed zone {zone_name}",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self._apis),
+        )
+        workload_identity = gcp.serviceaccount.IAMMember(
+            f"{name}-cert-manager-workload-identity",
+            service_account_id=account.name,
+            role="roles/iam.workloadIdentityUser",
+            member=workload_identity_member(args.project, CERT_MANAGER_NAMESPACE, CERT_MANAGER_SERVICE_ACCOUNT),
+            # The workload pool exists once the cluster does.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+        )
+        # A deleted custom role keeps its id for up to 37 days: each life of the stack names its own.
+        suffix = random.RandomString(f"{name}-acme-role-suffix", length=6, special=False, upper=False, opts=child)
+        role = gcp.projects.IAMCustomRole(
+            f"{name}-acme-dns01-role",
+            project=args.project,
+            role_id=pulumi.Output.concat(_role_id(f"servestack_{stack}_acme_dns01"), "_", suffix.result),
+            title=f"servestack {stack} ACME DNS-01",
+            description="cert-manager's DNS-01 solver: change the record sets of the zone it is granted on",
+            permissions=list(ACME_DNS_PERMISSIONS),
+            opts=child,
+        )
+        grant = gcp.dns.DnsManagedZoneIamMember(
+            f"{name}-cert-manager-dns01",
+            project=args.project,
+            managed_zone=managed_zone(hostname),
+            role=role.name,
+            member=account.email.apply(_sa_member),
+            opts=child,
+        )
+
+        def record(resource_name: str, host: str, address: pulumi.Output[str],
+                   opts: pulumi.ResourceOptions) -> pulumi.Resource:
+            return gcp.dns.RecordSet(resource_name, project=args.project, managed_zone=managed_zone(host),
+                                     name=f"{host.rstrip('.')}.", type="A", ttl=dns.RECORD_TTL, rrdatas=[address],
+                                     opts=opts)
+
+        return AcmeDns(
+            # Ambient credentials (the GKE metadata server), which cert-manager grants a ClusterIssuer by default.
+            solver={"cloudDNS": {"project": args.project, "hostedZoneName": zone_name}},
+            service_account_annotations={"iam.gke.io/gcp-service-account": account.email},
+            pod_labels={},
+            ready=(workload_identity, grant),
+            record=record,
+        )
 
     # --- registry and model store ----------------------------------------------------------------
 
@@ -579,7 +674,7 @@ class GpuCluster(pulumi.ComponentResource):
                 total_min_node_count=2 if config.is_prod else 1, total_max_node_count=4 if config.is_prod else 3,
                 location_policy="BALANCED"),
             management=gcp.container.NodePoolManagementArgs(auto_repair=True, auto_upgrade=True),
-            node_config=self._node_config(node_sa, SYSTEM_MACHINE_TYPE, 50, {"servestack.io/pool": "system"}),
+            node_config=self._node_config(node_sa, SYSTEM_MACHINE_TYPE, 50, SYSTEM_POOL_LABELS),
             opts=pulumi.ResourceOptions(parent=self, ignore_changes=["initialNodeCount"]),
         )
 
@@ -620,6 +715,12 @@ class GpuCluster(pulumi.ComponentResource):
                 taints=[gcp.container.NodePoolNodeConfigTaintArgs(key=GPU_TAINT_KEY, value=GPU_TAINT_VALUE,
                                                                   effect=_gke_effect(GPU_TAINT_EFFECT))],
                 spot=gpu.spot,
+                # A spot node's notice is 30 s, of which GKE leaves non-system pods 15 s; extended, the serving pods
+                # get GKE_SPOT_SHUTDOWN_SECONDS less the critical pods' share (the drain timeline in infra/drain.py).
+                kubelet_config=gcp.container.NodePoolNodeConfigKubeletConfigArgs(
+                    shutdown_grace_period_seconds=drain.GKE_SPOT_SHUTDOWN_SECONDS,
+                    shutdown_grace_period_critical_pods_seconds=drain.GKE_SPOT_CRITICAL_PODS_SECONDS,
+                ) if gpu.spot else None,
                 # gVNIC: required by A3, faster on G2 and A2. Image streaming: the large serving image
                 # starts before it is fully pulled, which shortens every scale-from-zero.
                 gvnic=gcp.container.NodePoolNodeConfigGvnicArgs(enabled=True),
@@ -633,9 +734,34 @@ class GpuCluster(pulumi.ComponentResource):
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def workload_identity_member(project: str, namespace: str) -> str:
-    """The IAM member of the serving Kubernetes service account under Workload Identity."""
-    return f"serviceAccount:{project}.svc.id.goog[{namespace}/{SERVING_SERVICE_ACCOUNT}]"
+def _check(config: StackConfig) -> None:
+    """What the GCP module needs beyond the generic config checks."""
+    minor = tuple(int(part) for part in config.kubernetes_version.split(".")[:2])
+    if config.gpu.spot and minor < SPOT_SHUTDOWN_MINOR:
+        raise ConfigError(config.stack, [
+            f"{NAMESPACE}:kubernetesVersion: {config.kubernetes_version!r}, but the spot GPU pool's graceful node "
+            f"shutdown ({drain.GKE_SPOT_SHUTDOWN_SECONDS} s, which the serving pods' drain counts on) needs GKE "
+            f"1.35.0-gke.1171000 or later: use {'.'.join(map(str, SPOT_SHUTDOWN_MINOR))} or later, or on-demand "
+            f"nodes ({NAMESPACE}:gpu.spot false)"])
+
+
+def _public_zone_holding(stack: str, hostname: str, zone_name: str, zone: Any) -> str:
+    if zone.visibility != "public":
+        raise ConfigError(stack, [
+            f"{NAMESPACE}:gateway.dnsZone: {zone_name!r} is a {zone.visibility} zone ({zone.dns_name}); the ACME "
+            "server and the endpoint's clients resolve the hostname in public DNS: name a public managed zone"])
+    dns.name_in_zone(stack, hostname, zone_name, zone.dns_name)
+    return zone_name
+
+
+def _role_id(text: str) -> str:
+    """A custom role id: letters, digits, underscores and periods, at most 64 (with room for a suffix)."""
+    return re.sub(r"[^a-zA-Z0-9_.]+", "_", text)[:57]
+
+
+def workload_identity_member(project: str, namespace: str, service_account: str) -> str:
+    """The IAM member of a Kubernetes service account under Workload Identity."""
+    return f"serviceAccount:{project}.svc.id.goog[{namespace}/{service_account}]"
 
 
 def repository_url(region: str, project: str, repository_id: pulumi.Input[str]) -> pulumi.Output[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from typing import Any
 
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
@@ -11,6 +12,12 @@ from infra import versions
 from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 FAKE_PROJECT_NUMBER = "123456789012"
+# The Cloud DNS managed zones the stacks' projects hold (servestack:gateway.dnsZone), by zone name.
+MANAGED_ZONES: dict[str, dict[str, str]] = {
+    "servestack-example": {"dnsName": "servestack.example.com.", "visibility": "public"},
+}
+# The total graceful node shutdown GKE accepts on a spot or preemptible pool.
+SPOT_SHUTDOWN_SECONDS = (0, 30, 120)
 
 
 def _project(args: MockResourceArgs, ctx: FakeContext) -> str:
@@ -62,7 +69,7 @@ def _service_account(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dic
 
 def _iam_member(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
     target = (args.inputs.get("serviceAccountId") or args.inputs.get("bucket") or args.inputs.get("repository")
-              or args.inputs.get("cryptoKeyId") or args.inputs.get("project") or "")
+              or args.inputs.get("cryptoKeyId") or args.inputs.get("managedZone") or args.inputs.get("project") or "")
     return f"{target}/{args.inputs.get('role')}/{args.inputs.get('member')}", {"etag": f"BwY{ctx.hex(args.name)}"}
 
 
@@ -96,6 +103,7 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
     dns_config["endpoint"] = f"gke-{ctx.hex('dns', name, length=32)}-{FAKE_PROJECT_NUMBER}.{region}.gke.goog"
     # The DNS endpoint is Google's front end (a public address); the IP endpoints are what they are.
     ctx.register(dns_config["endpoint"], "34.110.200.10" if dns_config.get("allowExternalTraffic") else private_ip)
+    ctx.memory.setdefault("gke_versions", {})[path] = version
     endpoints["dnsEndpointConfig"] = dns_config
     return path, {
         "name": name,
@@ -112,7 +120,57 @@ def _cluster(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
 def _node_pool(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
     name = _name(args, ctx)
     cluster = str(args.inputs.get("cluster"))
+    _check_shutdown(args.inputs.get("nodeConfig") or {}, ctx.memory.get("gke_versions", {}).get(cluster, ""))
     return f"{cluster}/nodePools/{name}", {"name": name, "instanceGroupUrls": [], "operation": ""}
+
+
+def _check_shutdown(node_config: dict[str, Any], version: str) -> None:
+    """GKE's rules for a pool's graceful node shutdown: spot or preemptible pools only, on 1.35 and later, a total
+    of 0, 30 or 120 seconds, of which the critical pods' share is no more."""
+    kubelet = node_config.get("kubeletConfig") or {}
+    total, critical = kubelet.get("shutdownGracePeriodSeconds"), kubelet.get("shutdownGracePeriodCriticalPodsSeconds")
+    if total is None and critical is None:
+        return
+    field = "nodePool.config.kubeletConfig.shutdownGracePeriodSeconds"
+    if not (node_config.get("spot") or node_config.get("preemptible")):
+        raise CloudError(f"Error 400: {field} can only be set on node pools of Spot or preemptible VMs., badRequest")
+    if version and tuple(int(p) for p in version.split(".")[:2]) < (1, 35):
+        raise CloudError(f"Error 400: {field} requires GKE version 1.35.0-gke.1171000 or later (the cluster runs "
+                         f"{version})., badRequest")
+    if total not in SPOT_SHUTDOWN_SECONDS:
+        raise CloudError(f"Error 400: Invalid value for {field}: {total}; allowed: "
+                         f"{', '.join(map(str, SPOT_SHUTDOWN_SECONDS))}., badRequest")
+    if critical is not None and critical > total:
+        raise CloudError(f"Error 400: {field}CriticalPods ({critical}) must not exceed {field} ({total}).,"
+                         " badRequest")
+
+
+def _custom_role(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    role_id = str(args.inputs.get("roleId"))
+    if not re.fullmatch(r"[a-zA-Z0-9_.]{3,64}", role_id):
+        raise CloudError(f"Error 400: The role_id ({role_id}) contains invalid characters or is not 3 to 64 "
+                         "characters long., badRequest")
+    path = f"projects/{_project(args, ctx)}/roles/{role_id}"
+    return path, {"name": path, "stage": "GA", "deleted": False}
+
+
+def _managed_zone(project: str, name: str) -> dict[str, str]:
+    zone = MANAGED_ZONES.get(name)
+    if zone is None:
+        raise CloudError(f"Error when reading or editing DNS Managed Zone \"projects/{project}/managedZones/{name}\": "
+                         f"googleapi: Error 404: The 'parameters.managedZone' resource named '{name}' does not exist., "
+                         "notFound")
+    return zone
+
+
+def _record_set(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """A record set, refused as Cloud DNS refuses a change: a name without its final dot, or outside the zone."""
+    project, zone_name = _project(args, ctx), str(args.inputs.get("managedZone"))
+    zone = _managed_zone(project, zone_name)["dnsName"]
+    name, kind = str(args.inputs.get("name")), str(args.inputs.get("type"))
+    if not name.endswith(".") or not (name == zone or name.endswith(f".{zone}")):
+        raise CloudError(f"Error 400: Invalid value for 'entity.change.additions[0].name': '{name}', invalid")
+    return f"projects/{project}/managedZones/{zone_name}/rrsets/{name}/{kind}", {}
 
 
 def _repository(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
@@ -152,6 +210,16 @@ def _get_project(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
             "id": f"projects/{project}"}
 
 
+def _get_managed_zone(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    project = str(args.args.get("project") or ctx.config.get("gcp:project"))
+    name = str(args.args.get("name"))
+    zone = _managed_zone(project, name)
+    return {"id": f"projects/{project}/managedZones/{name}", "name": name, "project": project,
+            "dnsName": zone["dnsName"], "visibility": zone["visibility"], "description": "",
+            "managedZoneId": str(int(ctx.hex("zone", name, length=12), 16)),
+            "nameServers": [f"ns-cloud-a{n}.googledomains.com." for n in range(1, 5)]}
+
+
 RESOURCES: dict[str, ResourceFake] = {
     "gcp:projects/service:Service": _service,
     "gcp:projects/serviceIdentity:ServiceIdentity": _service_identity,
@@ -172,8 +240,12 @@ RESOURCES: dict[str, ResourceFake] = {
     "gcp:storage/bucket:Bucket": _bucket,
     "gcp:kms/keyRing:KeyRing": _key_ring,
     "gcp:kms/cryptoKey:CryptoKey": _crypto_key,
+    "gcp:projects/iAMCustomRole:IAMCustomRole": _custom_role,
+    "gcp:dns/dnsManagedZoneIamMember:DnsManagedZoneIamMember": _iam_member,
+    "gcp:dns/recordSet:RecordSet": _record_set,
 }
 
 CALLS: dict[str, CallFake] = {
     "gcp:organizations/getProject:getProject": _get_project,
+    "gcp:dns/getManagedZone:getManagedZone": _get_managed_zone,
 }
