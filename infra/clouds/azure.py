@@ -13,15 +13,21 @@ One component, `servestack:azure:GpuCluster`, declares:
 - ACR (no admin user) that the kubelet identity may pull from; a storage account (Entra ID only, HTTPS,
   TLS 1.2, firewalled to the node subnet) with a private `models` container;
 - a user-assigned identity for the serving service account, federated with exactly that account, that
-  may read the models container and nothing else.
+  may read the models container and nothing else;
+- with the gateway and an Azure DNS zone (servestack:gateway.dnsZone): a user-assigned identity for cert-manager,
+  federated with its service account, that may read, write and delete TXT record sets in that zone and nothing
+  else (ACME DNS-01), and the hostname's A record there.
 
-Role definitions are Azure's built-in ones; their GUIDs are the same in every tenant.
+Role definitions are Azure's built-in ones, whose GUIDs are the same in every tenant, except cert-manager's: the
+narrowest built-in role for DNS records, DNS Zone Contributor, may change every record set of the zone and the zone
+itself, where DNS-01 needs the challenge's TXT record set alone.
 """
 
 from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +36,11 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 import yaml
 from pulumi_azure_native import (
+    Provider,
     authorization,
     containerregistry,
     containerservice,
+    dns,
     managedidentity,
     network,
     resources,
@@ -41,13 +49,17 @@ from pulumi_azure_native import (
 from pulumi_command import local
 
 from infra import commands
+from infra.clouds import dns as zones
 from infra.config import (
     AZURE_DNS_SERVICE_IP,
     AZURE_POD_CIDR,
     AZURE_SERVICE_CIDR,
     DEFAULT_IMAGE_REPOSITORY,
+    NAMESPACE,
+    ConfigError,
     StackConfig,
 )
+from infra.gateway import CERT_MANAGER_NAMESPACE, CERT_MANAGER_SERVICE_ACCOUNT
 from infra.platform import (
     GPU_POOL_LABEL,
     GPU_POOL_VALUE,
@@ -55,6 +67,7 @@ from infra.platform import (
     GPU_TAINT_KEY,
     GPU_TAINT_VALUE,
     GPU_TOLERATION,
+    AcmeDns,
     Platform,
     Toleration,
     Upload,
@@ -66,6 +79,9 @@ MODELS_CONTAINER = "models"
 
 GPU_TAINT = f"{GPU_TAINT_KEY}={GPU_TAINT_VALUE}:{GPU_TAINT_EFFECT}"
 SYSTEM_TAINT = "CriticalAddonsOnly=true:NoSchedule"
+# The system pool's nodes, by the label AKS gives every node of a System-mode pool, and its taint's toleration.
+SYSTEM_NODE_SELECTOR = {"kubernetes.azure.com/mode": "system"}
+SYSTEM_TOLERATION = Toleration(key="CriticalAddonsOnly", operator="Exists", effect="NoSchedule")
 # AKS puts this taint on every spot node whether asked or not; declaring it keeps plans free of drift.
 SPOT_TAINT_KEY = "kubernetes.azure.com/scalesetpriority"
 SPOT_TAINT = f"{SPOT_TAINT_KEY}=spot:NoSchedule"
@@ -97,6 +113,12 @@ LB_IDLE_TIMEOUT = "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeo
 LB_IDLE_TIMEOUT_MINUTES = 10
 INTERNAL_LB = "service.beta.kubernetes.io/azure-load-balancer-internal"
 INTERNAL_LB_SUBNET = "service.beta.kubernetes.io/azure-load-balancer-internal-subnet"
+# What cert-manager's Azure DNS solver does with the zone it is given (hostedZoneName, so no zone lookup): read the
+# challenge's TXT record set, write it, and delete it after.
+ACME_DNS_ACTIONS = ("Microsoft.Network/dnszones/TXT/read", "Microsoft.Network/dnszones/TXT/write",
+                    "Microsoft.Network/dnszones/TXT/delete")
+DNS_ZONE_ID = re.compile(r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroups/(?P<group>[^/]+)/providers/"
+                         r"Microsoft\.Network/dnszones/(?P<zone>[^/]+)$", re.IGNORECASE)
 
 NODE_SUBNET = "nodes"
 FLOW_LOG_RETENTION_DAYS = 30
@@ -129,15 +151,17 @@ def nsg_rules(config: StackConfig) -> list[network.SecurityRuleArgs]:
     rules = []
     # The load balancer is IPv4 only: IPv6 clients could never reach it.
     clients = [c for c in config.access.endpoint_cidrs if ipaddress.ip_network(c).version == 4]
+    ports = [str(port) for port in config.entry_ports]
     if clients:
         rules.append(network.SecurityRuleArgs(
             name="allow-serving-load-balancer",
-            description=f"Clients in servestack:access.endpointCidrs to the serving load balancer's port "
-                        f"{config.serving.port}",
+            description=f"Clients in servestack:access.endpointCidrs to the serving load balancer's ports "
+                        f"{', '.join(ports)}",
             priority=PRIORITY_SERVING, direction="Inbound", access="Allow", protocol="Tcp",
             source_address_prefixes=clients, source_port_range="*",
-            # AKS load balancer rules use floating IP: packets arrive addressed to the frontend IP.
-            destination_address_prefix="*", destination_port_range=str(config.serving.port),
+            # AKS load balancer rules use floating IP: packets reach whichever node runs the Envoy (or serving)
+            # pods addressed to the frontend IP and the entry's own ports.
+            destination_address_prefix="*", destination_port_ranges=ports,
         ))
     rules += [
         network.SecurityRuleArgs(
@@ -208,6 +232,7 @@ class GpuCluster(pulumi.ComponentResource):
             scope=container.id, opts=self._child)
         uploads_account = pulumi.Output.all(account.name, model_uploads.id).apply(_first)
         serving_identity, serving_access = self._serving_identity(net, cluster, container)
+        acme = self._acme_dns(net, cluster) if config.gateway.enabled and config.gateway.dns_zone else None
 
         login = config.azure.deployer_login
         self.kubeconfig = pulumi.Output.secret(
@@ -253,6 +278,9 @@ class GpuCluster(pulumi.ComponentResource):
             kubeconfig=self.kubeconfig,
             image_upload=lambda tag: acr_upload(registry.name, self.registry_url, tag),
             model_upload=lambda model, revision: blob_upload(uploads_account, MODELS_CONTAINER, model, revision),
+            system_node_selector=SYSTEM_NODE_SELECTOR,
+            system_tolerations=(SYSTEM_TOLERATION,),
+            acme_dns=acme,
         )
         self.register_outputs({
             "cluster_name": cluster.name,
@@ -473,6 +501,76 @@ class GpuCluster(pulumi.ComponentResource):
             role_definition_id=role_definition(self._client.subscription_id, STORAGE_BLOB_DATA_READER),
             scope=container.id, opts=self._child)
         return identity, (federation, model_reader)
+
+    def _acme_dns(self, net: _Network, cluster: containerservice.ManagedCluster) -> AcmeDns:
+        """cert-manager's identity, federated with its service account and allowed the TXT record sets of the stack's
+        DNS zone (ACME DNS-01), and the hostname's A record there."""
+        name, config = self._name, self._config
+        dns_zone, stack = str(config.gateway.dns_zone), config.stack
+        subscription, group, zone_name = dns_zone_parts(stack, dns_zone)
+        # The zone's name is part of its id: a hostname outside it fails here, before anything is created.
+        zones.name_in_zone(stack, str(config.gateway.hostname), dns_zone, zone_name)
+        group_id = f"/subscriptions/{subscription}/resourceGroups/{group}"
+        # The zone may live in another subscription than the stack: its lookup and its record go through a provider
+        # of that subscription (signed in as the default one is: the Azure CLI or the ARM_* variables).
+        zone_provider = Provider(f"{name}-dns-zone", subscription_id=subscription, opts=self._child)
+        zone = dns.get_zone_output(resource_group_name=group, zone_name=zone_name,
+                                   opts=pulumi.InvokeOutputOptions(parent=self, provider=zone_provider))
+        zone_id = zone.apply(lambda found: _public_zone_id(stack, dns_zone, found))
+
+        identity = managedidentity.UserAssignedIdentity(
+            f"{name}-cert-manager-identity", resource_group_name=net.resource_group.name, location=config.region,
+            resource_name_=f"{self._prefix}-cert-manager", opts=self._child)
+        federation = managedidentity.FederatedIdentityCredential(
+            f"{name}-cert-manager-federation", resource_group_name=net.resource_group.name,
+            resource_name_=identity.name, federated_identity_credential_resource_name="servestack-cert-manager",
+            issuer=cluster.oidc_issuer_profile.apply(_issuer_url), audiences=[WORKLOAD_IDENTITY_AUDIENCE],
+            subject=f"system:serviceaccount:{CERT_MANAGER_NAMESPACE}:{CERT_MANAGER_SERVICE_ACCOUNT}",
+            opts=self._child)
+        # A custom role is assignable no lower than a resource group: defined on the zone's group, assigned on the
+        # zone alone. Its name must be unique in the tenant.
+        role = authorization.RoleDefinition(
+            f"{name}-acme-dns01-role", scope=group_id, assignable_scopes=[group_id],
+            role_name=pulumi.Output.concat(f"servestack ACME DNS-01 ({self._prefix}-", self._suffix, ")"),
+            description="cert-manager's DNS-01 solver: the TXT record sets of the DNS zone it is assigned on",
+            permissions=[authorization.PermissionArgs(actions=list(ACME_DNS_ACTIONS))], opts=self._child)
+        grant = authorization.RoleAssignment(
+            f"{name}-cert-manager-dns01", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+            role_definition_id=role_definition(subscription, role.name), scope=zone_id, opts=self._child)
+
+        def record(resource_name: str, host: str, address: pulumi.Output[str],
+                   opts: pulumi.ResourceOptions) -> pulumi.Resource:
+            return dns.RecordSet(
+                resource_name, resource_group_name=group, zone_name=zone.name, record_type="A",
+                relative_record_set_name=zones.name_in_zone(stack, host, dns_zone, zone_name) or "@",
+                ttl=zones.RECORD_TTL, a_records=[dns.ARecordArgs(ipv4_address=address)],
+                opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=zone_provider)))
+
+        return AcmeDns(
+            solver={"azureDNS": {"subscriptionID": subscription, "resourceGroupName": group,
+                                 "hostedZoneName": zone_name, "environment": "AzurePublicCloud",
+                                 "managedIdentity": {"clientID": identity.client_id}}},
+            service_account_annotations={WORKLOAD_IDENTITY_CLIENT_ID: identity.client_id},
+            pod_labels={WORKLOAD_IDENTITY_USE: "true"},
+            ready=(federation, grant),
+            record=record,
+        )
+
+
+def dns_zone_parts(stack: str, dns_zone: str) -> tuple[str, str, str]:
+    """The subscription, resource group and name of the DNS zone servestack:gateway.dnsZone names by its id."""
+    match = DNS_ZONE_ID.match(dns_zone)
+    if match is None:  # the config's own check names the form
+        raise ConfigError(stack, [f"{NAMESPACE}:gateway.dnsZone: {dns_zone!r} is not an Azure DNS zone's resource id"])
+    return match["subscription"], match["group"], match["zone"].lower()
+
+
+def _public_zone_id(stack: str, dns_zone: str, zone: Any) -> str:
+    if (zone.zone_type or "Public") != "Public":
+        raise ConfigError(stack, [
+            f"{NAMESPACE}:gateway.dnsZone: {dns_zone!r} is a {zone.zone_type} zone; the ACME server and the "
+            "endpoint's clients resolve the hostname in public DNS: name a public DNS zone"])
+    return str(zone.id)
 
 
 def service_account_subject(namespace: str) -> str:

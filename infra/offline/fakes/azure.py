@@ -24,6 +24,12 @@ TENANT_ID = "00000000-0000-4000-8000-000000000002"
 DEPLOYER_OBJECT_ID = "00000000-0000-4000-8000-000000000003"
 # The deployer signed in with the Azure CLI (`az login`): its tokens carry the CLI's application id.
 DEPLOYER_CLIENT_ID = "04b07795-8ddb-461a-bbee-02f9e1bf7b46"
+# The public DNS zones the tenant holds (the stacks' servestack:gateway.dnsZone), by resource id: one in another
+# subscription than the deployer's, as a shared DNS subscription would hold it.
+DNS_ZONES: dict[str, str] = {
+    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dns/providers/Microsoft.Network/dnszones/"
+    "servestack.example.com": "Public",
+}
 # Any base64 will do for a CA bundle nobody verifies offline.
 FAKE_CA = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nservestack offline plan\n-----END CERTIFICATE-----\n")
 
@@ -153,6 +159,61 @@ def _flow_log(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, 
     return resource_id, outputs
 
 
+def _provider(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """An explicit provider: remembered, for the subscription its resources and invokes go to."""
+    provider_id = _guid(ctx, "provider", args.name)
+    ctx.memory.setdefault("azure_subscriptions", {})[provider_id] = str(args.inputs.get("subscriptionId")
+                                                                        or SUBSCRIPTION_ID)
+    return provider_id, {}
+
+
+def _subscription(provider: str | None, ctx: FakeContext) -> str:
+    """The subscription of the provider a resource or invoke names (`urn::id`); the deployer's by default."""
+    provider_id = (provider or "").rsplit("::", 1)[-1]
+    return str(ctx.memory.get("azure_subscriptions", {}).get(provider_id, SUBSCRIPTION_ID))
+
+
+def _dns_zone_id(subscription: str, group: str, zone: str) -> str:
+    """A DNS zone's id as ARM spells it, or ARM's answer for a zone that is not there."""
+    wanted = f"/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.Network/dnszones/{zone}"
+    for zone_id in DNS_ZONES:
+        if zone_id.lower() == wanted.lower():  # ARM ids are case-insensitive
+            return zone_id
+    raise CloudError(f"(ResourceNotFound) The Resource 'Microsoft.Network/dnszones/{zone}' under resource group "
+                     f"'{group}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix")
+
+
+def _get_zone(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
+    group, zone = str(args.args.get("resourceGroupName")), str(args.args.get("zoneName"))
+    zone_id = _dns_zone_id(_subscription(args.provider, ctx), group, zone)
+    return {"id": zone_id, "name": zone_id.rsplit("/", 1)[-1], "location": "global",
+            "type": "Microsoft.Network/dnszones", "zoneType": DNS_ZONES[zone_id], "etag": _guid(ctx, "etag", zone_id),
+            "maxNumberOfRecordSets": 10000.0, "maxNumberOfRecordsPerRecordSet": 20.0, "numberOfRecordSets": 2.0,
+            "nameServers": [f"ns{n}-0{n}.azure-dns.{tld}." for n, tld in ((1, "com"), (2, "net"), (3, "org"),
+                                                                           (4, "info"))],
+            "azureApiVersion": "2023-07-01-preview"}
+
+
+def _record_set(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    group, zone = str(args.inputs.get("resourceGroupName")), str(args.inputs.get("zoneName"))
+    zone_id = _dns_zone_id(_subscription(args.provider, ctx), group, zone)
+    kind, relative = str(args.inputs.get("recordType")), str(args.inputs.get("relativeRecordSetName"))
+    resource_id = f"{zone_id}/{kind}/{relative}"
+    fqdn = f"{zone_id.rsplit('/', 1)[-1]}." if relative == "@" else f"{relative}.{zone_id.rsplit('/', 1)[-1]}."
+    return resource_id, {"id": resource_id, "name": relative, "type": f"Microsoft.Network/dnszones/{kind}",
+                         "fqdn": fqdn, "provisioningState": "Succeeded", "etag": _guid(ctx, "etag", resource_id)}
+
+
+def _role_definition(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """A custom role: ARM ids it by its subscription, whichever scope it was written at."""
+    name = str(args.inputs.get("roleDefinitionId") or _guid(ctx, "role-definition", args.name))
+    scope = str(args.inputs.get("scope", ""))
+    subscription = scope.split("/")[2] if scope.startswith("/subscriptions/") else SUBSCRIPTION_ID
+    resource_id = f"/subscriptions/{subscription}/providers/Microsoft.Authorization/roleDefinitions/{name}"
+    return resource_id, {"id": resource_id, "name": name, "roleType": "CustomRole",
+                         "type": "Microsoft.Authorization/roleDefinitions"}
+
+
 def _client_config(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
     return {"clientId": DEPLOYER_CLIENT_ID, "objectId": DEPLOYER_OBJECT_ID, "subscriptionId": SUBSCRIPTION_ID,
             "tenantId": TENANT_ID}
@@ -207,6 +268,9 @@ RESOURCES: dict[str, ResourceFake] = {
     "azure-native:storage:BlobContainer": _arm(
         "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers", "containerName"),
     "azure-native:authorization:RoleAssignment": _role_assignment,
+    "azure-native:authorization:RoleDefinition": _role_definition,
+    "azure-native:dns:RecordSet": _record_set,
+    "pulumi:providers:azure-native": _provider,
 }
 
 def _network_watcher(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
@@ -220,4 +284,5 @@ CALLS: dict[str, CallFake] = {
     "azure-native:network:getNetworkWatcher": _network_watcher,
     "azure-native:authorization:getClientConfig": _client_config,
     "azure-native:containerservice:listManagedClusterUserCredentials": _user_credentials,
+    "azure-native:dns:getZone": _get_zone,
 }
