@@ -11,12 +11,14 @@ from pulumi_policy import Policy
 from policies.rules.budget import BUDGET_RULES
 from policies.rules.cluster import CLUSTER_RULES
 from policies.rules.common import Rule
+from policies.rules.identity import IDENTITY_RULES
 from policies.rules.kubernetes import KUBERNETES_RULES
 from policies.rules.lifecycle import LIFECYCLE_RULES
 from policies.rules.network import NETWORK_RULES
 
 PACK_NAME = "servestack"
-RULES: list[Rule] = [*NETWORK_RULES, *CLUSTER_RULES, *KUBERNETES_RULES, *BUDGET_RULES, *LIFECYCLE_RULES]
+RULES: list[Rule] = [*NETWORK_RULES, *CLUSTER_RULES, *KUBERNETES_RULES, *BUDGET_RULES, *LIFECYCLE_RULES,
+                     *IDENTITY_RULES]
 
 
 def build_policies() -> list[Policy]:
