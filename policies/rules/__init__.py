@@ -16,11 +16,12 @@ from policies.rules.kubernetes import KUBERNETES_RULES
 from policies.rules.lifecycle import LIFECYCLE_RULES
 from policies.rules.network import NETWORK_RULES
 from policies.rules.rbac import RBAC_RULES
+from policies.rules.registry import REGISTRY_RULES
 from policies.rules.storage import STORAGE_RULES
 
 PACK_NAME = "servestack"
 RULES: list[Rule] = [*NETWORK_RULES, *CLUSTER_RULES, *KUBERNETES_RULES, *BUDGET_RULES, *LIFECYCLE_RULES,
-                     *IDENTITY_RULES, *STORAGE_RULES, *RBAC_RULES]
+                     *IDENTITY_RULES, *STORAGE_RULES, *RBAC_RULES, *REGISTRY_RULES]
 
 
 def build_policies() -> list[Policy]:

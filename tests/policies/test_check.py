@@ -53,9 +53,14 @@ def test_committed_policy_config_matches_the_stack(stack: str) -> None:
 
 
 def test_pack_config_from_stack_config() -> None:
+    prod_only = ["world-ingress-allowlist", "registry-immutable-tags", "ecr-scan-on-push"]
     assert pack_config({"servestack:environment": "prod", "servestack:budgetPerHour": "12.5"}) == {
-        "world-ingress-allowlist": {"enforcementLevel": "mandatory"}, "gpu-budget": {"budgetPerHour": 12.5}}
-    assert pack_config({})["world-ingress-allowlist"] == {"enforcementLevel": "advisory"}
+        **{rule: {"enforcementLevel": "mandatory"} for rule in prod_only}, "gpu-budget": {"budgetPerHour": 12.5}}
+    assert pack_config({}) == {rule: {"enforcementLevel": "advisory"} for rule in prod_only}
+    from policies.rules import RULES
+
+    defaults = {r.name: r.enforcement.value for r in RULES}
+    assert all(defaults[rule] == "advisory" for rule in prod_only)  # mandatory everywhere needs no prod switch
     with pytest.raises(StackConfigError, match="servestack:environment: 'qa' is not allowed"):
         pack_config({"servestack:environment": "qa"})
     with pytest.raises(StackConfigError, match="servestack:budgetPerHour: 'lots' is not a number"):
@@ -119,9 +124,9 @@ def test_regenerating_keeps_hand_written_entries() -> None:
                 "gpu-budget": {"budgetPerHour": 1.0, "failClosed": True}}
     derived = pack_config({"servestack:environment": "prod", "servestack:budgetPerHour": 9})
     assert merged(existing, derived) == {
+        **derived,
         "k8s-no-privileged": {"exemptions": [{"namespace": "gpu-operator", "reason": "driver"}]},
-        "gpu-budget": {"budgetPerHour": 9.0, "failClosed": True},
-        "world-ingress-allowlist": {"enforcementLevel": "mandatory"}}
+        "gpu-budget": {"budgetPerHour": 9.0, "failClosed": True}}
 
 
 def test_readme_lists_every_rule_with_its_default_enforcement() -> None:
