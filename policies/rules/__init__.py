@@ -11,6 +11,7 @@ from pulumi_policy import Policy
 from policies.rules.budget import BUDGET_RULES
 from policies.rules.cluster import CLUSTER_RULES
 from policies.rules.common import Rule
+from policies.rules.endpoint import ENDPOINT_RULES
 from policies.rules.identity import IDENTITY_RULES
 from policies.rules.kubernetes import KUBERNETES_RULES
 from policies.rules.lifecycle import LIFECYCLE_RULES
@@ -21,7 +22,7 @@ from policies.rules.storage import STORAGE_RULES
 
 PACK_NAME = "servestack"
 RULES: list[Rule] = [*NETWORK_RULES, *CLUSTER_RULES, *KUBERNETES_RULES, *BUDGET_RULES, *LIFECYCLE_RULES,
-                     *IDENTITY_RULES, *STORAGE_RULES, *RBAC_RULES, *REGISTRY_RULES]
+                     *IDENTITY_RULES, *STORAGE_RULES, *RBAC_RULES, *REGISTRY_RULES, *ENDPOINT_RULES]
 
 
 def build_policies() -> list[Policy]:

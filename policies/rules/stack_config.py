@@ -3,7 +3,7 @@
 Policies cannot read stack config, so what they need from it travels as policy-pack config: the
 GPU budget, and the enforcement level of the rules that are advisory elsewhere and mandatory where the
 stack's environment is prod (`PROD_MANDATORY`: the public-port allow-list, immutable image tags, scans on
-push). `pulumi preview --policy-pack policies --policy-pack-config
+push, TLS on public endpoints, the serving API key). `pulumi preview --policy-pack policies --policy-pack-config
 policies/config/<stack>.json` uses the committed files; `servestack check` derives the same from
 the plan (over the file's own entries, such as exemptions). Regenerate the files after changing a
 stack's environment or budget; entries written by hand are kept:
@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "policies" / "config"
 ENVIRONMENTS = ("dev", "staging", "prod")
 # Advisory rules that a prod stack must pass.
-PROD_MANDATORY = ("world-ingress-allowlist", "registry-immutable-tags", "ecr-scan-on-push")
+PROD_MANDATORY = ("world-ingress-allowlist", "registry-immutable-tags", "ecr-scan-on-push", "public-endpoint-tls",
+                  "serving-api-key-required")
 
 
 class StackConfigError(ValueError):
