@@ -23,8 +23,9 @@ A patch (`ServicePatch`, `IngressPatch`) is judged on what it sets: where the ou
 the live object keeps, the rule reports "cannot verify".
 
 `serving-api-key-required` finds the serving server's containers (by image, or by the server's own
-environment variables) and requires SERVESTACK_API_KEY from a Secret: present, non-empty, not optional,
-and not overridden by a later entry. The server reads its settings without regard to case.
+environment variables) and requires API keys: a keys file (SERVESTACK_API_KEYS_FILE) inside a volume
+mounted from a Secret that is not optional, or else SERVESTACK_API_KEY from a Secret: present, non-empty,
+not optional, and not overridden by a later entry. The server reads its settings without regard to case.
 
 Both are advisory; the stack's policy config makes them mandatory in prod (`stack_config.py`).
 """
@@ -540,6 +541,7 @@ def check_public_endpoint_tls(resources: list[Resource], config: dict[str, Any],
 # --- the serving server's API key ------------------------------------------------------------------
 
 API_KEY = "servestack_api_key"
+API_KEYS_FILE = "servestack_api_keys_file"
 # The server's own settings (serving/settings.py): a container that sets them runs the server.
 SERVER_ENV = ("model_path", "servestack_")
 SERVING_IMAGES = ["servestack-serving"]
@@ -602,6 +604,36 @@ def _key_problem(env: list[Any], env_from: Any, patch: bool) -> str | Unknown | 
     return "; ".join(problems) or None
 
 
+def _keys_file_problem(env: list[Any], container: dict[str, Any], spec: dict[str, Any]) -> str | Unknown | None:
+    """What is wrong with the keys file a container names (SERVESTACK_API_KEYS_FILE), or None when it is read
+    from a Secret volume that must exist; "" when the container names no keys file."""
+    entries = [e for e in env if isinstance(e, dict) and isinstance(e.get("name"), str)
+               and _name(e["name"]) == API_KEYS_FILE]
+    if not entries:
+        return ""
+    value = entries[-1].get("value")
+    if isinstance(value, Unknown):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        return f"{entries[-1]['name']} is empty, which turns authentication off"
+    mounts = [m for m in v.items(container.get("volumeMounts")) if isinstance(m, dict)
+              and isinstance(m.get("mountPath"), str) and value.startswith(m["mountPath"].rstrip("/") + "/")]
+    if not mounts:
+        return f"{entries[-1]['name']} names {value}, which no volume of a Secret provides"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    volume = next((x for x in v.items(spec.get("volumes")) if isinstance(x, dict)
+                   and x.get("name") == mount.get("name")), None)
+    secret = v.dig(volume, "secret") if volume is not None else None
+    if isinstance(secret, Unknown):
+        return secret
+    if not isinstance(secret, dict):
+        return f"{entries[-1]['name']} names {value}, from volume {mount.get('name')}, which is not a Secret"
+    if v.truthy(secret.get("optional")) is True:
+        return (f"{entries[-1]['name']} names {value}, from secret {secret.get('secretName')} with optional: true, "
+                "so the pod starts without keys")
+    return None
+
+
 def check_serving_api_key(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
     path, spec = pod_spec(resource)
     if isinstance(spec, Unknown):
@@ -618,12 +650,17 @@ def check_serving_api_key(resource: Resource, config: dict[str, Any], judge: Jud
             continue
         if not _runs_server(c, images):
             continue
-        problem = _key_problem(v.items(env), env_from, patch)
+        keys_file = _keys_file_problem(v.items(env), c, spec)
+        has_key = any(isinstance(e, dict) and _name(e.get("name") or "") == API_KEY for e in v.items(env))
+        # A keys file from a Secret is enough; a single key, where there is one, must come from a Secret too.
+        problem = keys_file if keys_file != "" and (keys_file is not None or not has_key) else (
+            _key_problem(v.items(env), env_from, patch))
         if isinstance(problem, Unknown):
             judge.unknown_value(problem, f"{where}.env")
         elif problem:
-            judge.violation(f"{where} runs the serving server, but {problem}. Set SERVESTACK_API_KEY from a Secret "
-                            "(valueFrom.secretKeyRef, not optional), as servestack:serving.apiKey does.")
+            judge.violation(f"{where} runs the serving server, but {problem}. Mount the API keys file from a Secret "
+                            "(SERVESTACK_API_KEYS_FILE, as servestack:serving.apiKeys does), or set "
+                            "SERVESTACK_API_KEY from a Secret (valueFrom.secretKeyRef, not optional).")
 
 
 ENDPOINT_RULES = [
@@ -645,11 +682,12 @@ ENDPOINT_RULES = [
     ),
     Rule(
         name="serving-api-key-required",
-        description="The serving server's containers read SERVESTACK_API_KEY from a Secret: set, non-empty, not "
-                    "optional.",
+        description="The serving server's containers require API keys: a keys file (SERVESTACK_API_KEYS_FILE) "
+                    "mounted from a Secret, or SERVESTACK_API_KEY from a Secret; set, non-empty, not optional.",
         severity=Severity.HIGH,
         enforcement=EnforcementLevel.ADVISORY,  # the prod stacks' policy config makes it mandatory
-        remediation="Keep servestack:serving.apiKey on; it puts the key in a Secret and the env entry in the pod.",
+        remediation="Keep servestack:serving.auth on; it puts the clients' key hashes in a Secret mounted into "
+                    "the pod.",
         types=WORKLOADS,
         check=check_serving_api_key,
         config={"servingImages": {

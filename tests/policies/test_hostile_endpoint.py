@@ -262,6 +262,18 @@ def server(*env: dict[str, Any], image: str = IMAGE, command: list[str] | None =
             "spec": {"template": {"spec": {"containers": [container]}}}}
 
 
+def keys_file(path: str = "/etc/servestack/api-keys/api-keys.json", optional: bool | None = None,
+              volume: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A server reading its keys file from a volume, as servestack's pods do (a Secret volume by default)."""
+    secret: dict[str, Any] = {"secretName": "servestack-api-keys"}
+    if optional is not None:
+        secret["optional"] = optional
+    spec = server({"name": "SERVESTACK_API_KEYS_FILE", "value": path}, *([extra] if extra else []),
+                  volumeMounts=[{"name": "api-keys", "mountPath": "/etc/servestack/api-keys", "readOnly": True}])
+    spec["spec"]["template"]["spec"]["volumes"] = [{"name": "api-keys", **(volume or {"secret": secret})}]
+    return spec
+
+
 FROM_SECRET = {"name": "SERVESTACK_API_KEY",
                "valueFrom": {"secretKeyRef": {"name": "servestack-api-key", "key": "api-key"}}}
 
@@ -291,6 +303,16 @@ CASES = [
     Case("key-may-come-from-env-from", KEY, DEPLOYMENT, server(envFrom=[{"secretRef": {"name": "settings"}}]),
          "unknown", "envFrom"),
     Case("key-from-secret", KEY, DEPLOYMENT, server(FROM_SECRET), "pass"),
+    Case("keys-file-from-a-secret-volume", KEY, DEPLOYMENT, keys_file(), "pass"),
+    Case("keys-file-from-an-optional-secret", KEY, DEPLOYMENT, keys_file(optional=True), "violation",
+         "optional: true"),
+    Case("keys-file-from-a-config-map", KEY, DEPLOYMENT, keys_file(volume={"configMap": {"name": "keys"}}),
+         "violation", "not a Secret"),
+    Case("keys-file-outside-any-volume", KEY, DEPLOYMENT, keys_file(path="/tmp/api-keys.json"), "violation",
+         "no volume of a Secret provides"),
+    Case("keys-file-empty", KEY, DEPLOYMENT, keys_file(path=""), "violation", "empty"),
+    Case("keys-file-beside-a-plain-text-key", KEY, DEPLOYMENT,
+         keys_file(extra={"name": "SERVESTACK_API_KEY", "value": "s3cr3t"}), "violation", "plain text"),
     Case("deployment-patch-leaves-env-alone", KEY, "kubernetes:apps/v1:DeploymentPatch",
          server({"name": "SERVESTACK_MAX_BATCH_SIZE", "value": "8"}), "pass"),
     Case("fetch-init-style-container", KEY, "kubernetes:batch/v1:Job",
