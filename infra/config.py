@@ -440,7 +440,8 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     for secret in ("tlsCertificate", "tlsPrivateKey"):
         root._raw(secret)  # read by _gateway
     root.reject_unknown()
-    _check_release(root, environment, model, serving, gateway)
+    if cloud is not None:
+        _check_release(root, environment, model, serving, gateway)
     serving = _fit_drain(root, cloud, serving, gateway.enabled, gpu.spot and gpu.type is not None,
                          explicit=root.object("serving").has("drainSeconds"))
     if cloud in versions.RELEASES:
@@ -675,7 +676,7 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
     cpu = r.text("cpu", "2")
     memory = r.text("memory", "8Gi")
     if r.has("apiKey"):
-        r.text("apiKey", None)
+        r._raw("apiKey")
         r.problem("apiKey", f"replaced by {r.key('auth')} (true or false) and {r.key('apiKeys')} (one key per "
                             "client, each with its limits); remove it")
     auth = r.flag("auth", True)

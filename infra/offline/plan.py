@@ -286,7 +286,7 @@ async def _resolve_outputs(outputs: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in outputs.items():
         output = pulumi.Output.from_input(value)
         plain = await output.future()
-        resolved[key] = SECRET if await output.is_secret() else _plain(plain)
+        resolved[key] = _masked(_plain(plain)) if await output.is_secret() else _plain(plain)
     return resolved
 
 

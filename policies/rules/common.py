@@ -10,6 +10,7 @@ reported; with the policy's `failClosed` setting it is reported as a violation i
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,15 +93,26 @@ class Resource:
 
 
 class Judge:
-    """Collects one rule's verdict on one resource or on the stack."""
+    """Collects one rule's verdict on one resource or on the stack.
 
-    def __init__(self, report: ReportViolation, config: Mapping[str, Any]) -> None:
+    A stack rule's judge knows which resources are exempt (`exempt`): what it reports at their URNs is
+    dropped.
+    """
+
+    def __init__(self, report: ReportViolation, config: Mapping[str, Any],
+                 exempt: frozenset[str] = frozenset()) -> None:
         self._report = report
         self._fail_closed = bool(config.get("failClosed", False))
+        self._exempt = exempt
         self.violations: list[str] = []
         self.unknowns: list[str] = []
 
+    def exempt(self, urn: str) -> bool:
+        return urn in self._exempt
+
     def violation(self, message: str, urn: str | None = None) -> None:
+        if urn is not None and urn in self._exempt:
+            return
         self.violations.append(message)
         self._report(message, urn)
 
@@ -120,8 +132,12 @@ class Judge:
         raise CannotVerify(self.unknowns)
 
 
-def exemption(config: Mapping[str, Any], resource: Resource, judge: Judge) -> str | None:
-    """The reason this resource is exempt from the rule, or None. Entries without a reason do not count."""
+def exemption(config: Mapping[str, Any], resource: Resource, judge: Judge, at: str | None = None) -> str | None:
+    """The reason this resource is exempt from the rule, or None. Entries without a reason do not count.
+
+    An entry that names the resource without a reason is reported, at `at` (a stack rule reports at the
+    resource's URN).
+    """
     for i, entry in enumerate(config.get("exemptions") or []):
         if not isinstance(entry, dict):
             continue
@@ -135,7 +151,7 @@ def exemption(config: Mapping[str, Any], resource: Resource, judge: Judge) -> st
         if isinstance(reason, str) and reason.strip():
             return reason.strip()
         judge.violation(f"exemptions[{i}] names this resource but gives no reason, so it does not apply; "
-                        "add a reason reviewers can read")
+                        "add a reason reviewers can read", at)
     return None
 
 
@@ -156,10 +172,19 @@ class Rule:
     check: Any  # ResourceCheck or StackCheck
     stack: bool = False
     config: Mapping[str, dict[str, Any]] = field(default_factory=dict)
+    # More types by their token, for families too large to list (GCP has hundreds of IAM member, binding
+    # and policy kinds).
+    type_pattern: re.Pattern[str] | None = None
+    # Whether a stack rule's findings at a resource can be exempted (resource rules always can).
+    exemptible: bool = False
+
+    def applies_to(self, resource_type: str) -> bool:
+        return resource_type in self.types or (
+            self.type_pattern is not None and self.type_pattern.search(resource_type) is not None)
 
     def schema(self) -> PolicyConfigSchema:
         properties = {**self.config, **FAIL_CLOSED}
-        if not self.stack:
+        if not self.stack or self.exemptible:
             properties.update(EXEMPTIONS)
         return PolicyConfigSchema(properties=dict(properties))
 
@@ -174,13 +199,16 @@ class Rule:
                                         validate=self._resource_validator(schema), **common)  # type: ignore[arg-type]
 
     def _tags(self) -> set[str]:
-        return {t.split(":", 1)[0] for t in self.types}
+        tags = {t.split(":", 1)[0] for t in self.types}
+        if self.type_pattern is not None:
+            tags.add(self.type_pattern.pattern.removeprefix("^").split(":", 1)[0])
+        return tags
 
     def _resource_validator(self, schema: PolicyConfigSchema) -> Callable[..., None]:
         check: ResourceCheck = self.check
 
         def validate(args: ResourceValidationArgs, report: ReportViolation) -> None:
-            if args.resource_type not in self.types:
+            if not self.applies_to(args.resource_type):
                 return
             config = settings(args.get_config(), schema)
             resource = Resource(args.resource_type, args.urn, args.name, plain(args.props),
@@ -208,7 +236,11 @@ class Rule:
                          provider=r.provider.urn if r.provider is not None else None)
                 for r in args.resources
             ]
-            judge = Judge(report, config)
+            exempt: set[str] = set()
+            if self.exemptible:
+                finder = Judge(report, config)
+                exempt = {r.urn for r in resources if exemption(config, r, finder, r.urn) is not None}
+            judge = Judge(report, config, frozenset(exempt))
             check(resources, config, judge)
             judge.finish()
 

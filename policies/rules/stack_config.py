@@ -1,8 +1,9 @@
 """The policy pack's config for one stack, derived from the stack's own config.
 
 Policies cannot read stack config, so what they need from it travels as policy-pack config: the
-GPU budget, and the enforcement level of the public-port allow-list (mandatory where the stack's
-environment is prod). `pulumi preview --policy-pack policies --policy-pack-config
+GPU budget, and the enforcement level of the rules that are advisory elsewhere and mandatory where the
+stack's environment is prod (`PROD_MANDATORY`: the public-port allow-list, immutable image tags, scans on
+push, TLS on public endpoints, the serving API key). `pulumi preview --policy-pack policies --policy-pack-config
 policies/config/<stack>.json` uses the committed files; `servestack check` derives the same from
 the plan (over the file's own entries, such as exemptions). Regenerate the files after changing a
 stack's environment or budget; entries written by hand are kept:
@@ -21,6 +22,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = ROOT / "policies" / "config"
 ENVIRONMENTS = ("dev", "staging", "prod")
+# Advisory rules that a prod stack must pass.
+PROD_MANDATORY = ("world-ingress-allowlist", "registry-immutable-tags", "ecr-scan-on-push", "public-endpoint-tls",
+                  "serving-api-key-required")
 
 
 class StackConfigError(ValueError):
@@ -33,9 +37,8 @@ def pack_config(stack_config: Mapping[str, Any]) -> dict[str, Any]:
     if environment not in ENVIRONMENTS:
         raise StackConfigError(f"servestack:environment: {environment!r} is not allowed; "
                                f"allowed: {', '.join(ENVIRONMENTS)}")
-    config: dict[str, Any] = {
-        "world-ingress-allowlist": {"enforcementLevel": "mandatory" if environment == "prod" else "advisory"},
-    }
+    level = "mandatory" if environment == "prod" else "advisory"
+    config: dict[str, Any] = {rule: {"enforcementLevel": level} for rule in PROD_MANDATORY}
     budget = stack_config.get("servestack:budgetPerHour")
     if budget is not None:
         try:

@@ -1,13 +1,16 @@
-"""Exact readings of the values that firewall, cluster and workload rules are written with.
+"""Exact readings of the values that firewall, cluster, workload and identity rules are written with.
 
-Everything here is pure: addresses, ports and protocols in every spelling the three clouds accept,
-and resource inputs turned into plain Python values in which a value unknown during preview becomes
-an `Unknown` marker instead of an exception, so that a rule can still judge everything it does know.
+Everything here is pure: addresses, ports and protocols in every spelling the three clouds accept; AWS
+IAM policy documents (JSON text or objects, statements as a list or one object, element names in any
+case) and their conditions; and resource inputs turned into plain Python values in which a value
+unknown during preview becomes an `Unknown` marker instead of an exception, so that a rule can still
+judge everything it does know.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -325,3 +328,290 @@ def protocol(value: Any) -> str:
     if text.lstrip("-").isdigit():
         return _NUMBERS.get(str(int(text)), str(int(text)))
     return text
+
+
+# --- names and wildcards -----------------------------------------------------------------------------
+
+
+def wildcard_only(text: str) -> bool:
+    """True for a pattern that matches every name: "*", "**", "?*" (at least one "*", nothing but "*" and "?")."""
+    text = text.strip()
+    return bool(text) and "*" in text and set(text) <= {"*", "?"}
+
+
+def has_wildcard(text: str) -> bool:
+    return "*" in text or "?" in text
+
+
+def folded(text: str) -> str:
+    """A name compared without case and without inner spacing: " User  Access Administrator " -> "user access
+    administrator"."""
+    return " ".join(text.split()).lower()
+
+
+# --- IAM policy documents (AWS identity, trust and resource policies) --------------------------------
+
+Items = tuple[Any, ...]  # an element's values as written: strings, and `Unknown` where one is unknown during preview
+
+# What an Allow statement's principal can say, normalised: ("*", "*") for `"Principal": "*"`, else the
+# principal type in lowercase ("aws", "service", "federated", "canonicaluser") and one value.
+Principal = tuple[str, Any]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test of a statement's Condition block: `"StringEquals": {"aws:PrincipalOrgID": "o-1"}`.
+
+    `operator` and `key` are in lowercase. `binding` is False when a request without the key passes the
+    test anyway (an `...IfExists` operator, a `ForAllValues:` set operator, `Null`) or when the test
+    negates (`StringNotEquals`, `ArnNotLike`, `NotIpAddress`, ...): such a test restricts nobody.
+    """
+
+    operator: str
+    key: str
+    values: Items
+    binding: bool
+
+
+# Operators whose test, when a request lacks the key, fails: the ones that can restrict who gets in.
+_BINDING_OPERATORS = frozenset({
+    "stringequals", "stringequalsignorecase", "stringlike", "arnequals", "arnlike", "bool", "numericequals",
+    "numericlessthan", "numericlessthanequals", "numericgreaterthan", "numericgreaterthanequals", "dateequals",
+    "datelessthan", "datelessthanequals", "dategreaterthan", "dategreaterthanequals", "ipaddress", "binaryequals",
+})
+# Operators that read "*" and "?" in a value as wildcards (StringEquals reads them as characters).
+WILDCARD_OPERATORS = frozenset({"stringlike", "arnlike", "arnequals"})
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One statement of a policy document, each element as written (None where the statement leaves it out)."""
+
+    where: str
+    effect: str | Unknown  # "allow" or "deny" in lowercase, or what else the statement says
+    action: Items | Unknown | None
+    not_action: Items | Unknown | None
+    resource: Items | Unknown | None
+    not_resource: Items | Unknown | None
+    principal: tuple[Principal, ...] | Unknown | None
+    not_principal: tuple[Principal, ...] | Unknown | None
+    conditions: tuple[Condition, ...] | Unknown
+
+    @property
+    def allows(self) -> bool | Unknown:
+        return self.effect if isinstance(self.effect, Unknown) else self.effect == "allow"
+
+
+def key_of(mapping: Mapping[str, Any], name: str) -> Any:
+    """`mapping[name]`, matching the key in any case when no key is spelled exactly so."""
+    if name in mapping:
+        return mapping[name]
+    lower = name.lower()
+    return next((value for key, value in mapping.items() if str(key).lower() == lower), None)
+
+
+def _items(value: Any) -> Items | Unknown | None:
+    if value is None or isinstance(value, Unknown):
+        return value
+    values = value if isinstance(value, list) else [value]
+    return tuple(item if isinstance(item, Unknown) else str(item) for item in values)
+
+
+def _principals(value: Any) -> tuple[Principal, ...] | Unknown | None:
+    if value is None or isinstance(value, Unknown):
+        return value
+    if isinstance(value, dict):
+        found: list[Principal] = []
+        for kind, names in value.items():
+            found.extend((str(kind).strip().lower(), name) for name in items(names))
+        return tuple(found)
+    return tuple(("*", "*") if isinstance(p, str) and p.strip() == "*" else ("aws", p) for p in items(value))
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return value if isinstance(value, Unknown) else str(value)
+
+
+def _conditions(value: Any, where: str) -> tuple[Condition, ...] | Unknown:
+    if value is None:
+        return ()
+    if isinstance(value, Unknown):
+        return value
+    if not isinstance(value, dict):
+        raise BadValue(f"{where}.Condition is not an object")
+    found: list[Condition] = []
+    for raw_operator, tests in value.items():
+        if isinstance(tests, Unknown):
+            return tests
+        operator = str(raw_operator).strip().lower()
+        qualifier, _, operator = operator.rpartition(":")
+        if_exists = operator.endswith("ifexists")
+        operator = operator.removesuffix("ifexists")
+        binding = operator in _BINDING_OPERATORS and not if_exists and qualifier != "forallvalues"
+        for key, values in (tests.items() if isinstance(tests, dict) else ()):
+            found.append(Condition(operator, str(key).strip().lower(),
+                                   tuple(_scalar(x) for x in items(values)), binding))
+    return tuple(found)
+
+
+def policy_document(value: Any, what: str) -> list[Statement | Unknown]:
+    """The statements of an IAM policy document, given as JSON text or as an object.
+
+    The Statement element may be a list or one object; element names are read in any case. A document that
+    is unknown during preview comes back as one `Unknown`; text that is not a policy document raises BadValue.
+    """
+    if isinstance(value, Unknown):
+        return [value]
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return []
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise BadValue(f"{what} is not JSON ({e})") from e
+    if not isinstance(value, dict):
+        raise BadValue(f"{what} is not a policy document (a JSON object with a Statement)")
+    raw = key_of(value, "Statement")
+    if isinstance(raw, Unknown):
+        return [raw]
+    single = isinstance(raw, dict)
+    found: list[Statement | Unknown] = []
+    for i, entry in enumerate(items(raw)):
+        where = "Statement" if single else f"Statement[{i}]"
+        if isinstance(entry, Unknown):
+            found.append(entry)
+            continue
+        if not isinstance(entry, dict):
+            raise BadValue(f"{what} {where} is not an object")
+        sid = key_of(entry, "Sid")
+        if isinstance(sid, str) and sid:
+            where += f" ({sid})"
+        effect = key_of(entry, "Effect")
+        found.append(Statement(
+            where=where,
+            effect=effect if isinstance(effect, Unknown) else str(effect or "").strip().lower(),
+            action=_items(key_of(entry, "Action")),
+            not_action=_items(key_of(entry, "NotAction")),
+            resource=_items(key_of(entry, "Resource")),
+            not_resource=_items(key_of(entry, "NotResource")),
+            principal=_principals(key_of(entry, "Principal")),
+            not_principal=_principals(key_of(entry, "NotPrincipal")),
+            conditions=_conditions(key_of(entry, "Condition"), where),
+        ))
+    return found
+
+
+def action_scope(action: str) -> str | None:
+    """What an Action pattern grants when it covers a whole service or more, else None.
+
+    "*", "*:*", "?*" -> every action of every service; "s3:*", "S3:?*" -> every action of s3;
+    "s*:*" -> every action of every service matching s*. "s3:Get*" and "iam:PassRole" are not service-wide.
+    """
+    text = action.strip()
+    if wildcard_only(text):
+        return "every action of every service"
+    service, sep, name = text.partition(":")
+    if not sep or not wildcard_only(name):
+        return None
+    if wildcard_only(service):
+        return "every action of every service"
+    if has_wildcard(service):
+        return f"every action of every service matching {service.lower()}"
+    return f"every action of {service.lower()}"
+
+
+def every_resource(resource: str) -> bool:
+    """Whether a Resource pattern matches every resource ("*") or every resource of a service
+    ("arn:aws:s3:::*", "arn:aws:iam::123456789012:*", "arn:*:*:*:*:*")."""
+    text = resource.strip()
+    if wildcard_only(text):
+        return True
+    parts = text.split(":", 5)
+    return len(parts) == 6 and parts[0].lower() == "arn" and wildcard_only(parts[5])
+
+
+def condition_restricts(conditions: tuple[Condition, ...], keys: Iterable[str],
+                        accept: Any = None) -> bool | Unknown:
+    """Whether a binding test on one of `keys` (lowercase; a key ending in "/" is a prefix) limits who passes.
+
+    A test limits when it binds (see `Condition`) and none of its values matches everything (a StringLike "*").
+    `accept(condition)` may refuse more tests. A candidate test with a value unknown during preview makes the
+    answer unknown unless another test already limits.
+    """
+    wanted = tuple(keys)
+    unknown: Unknown | None = None
+    for c in conditions:
+        if not c.binding or not any(c.key == k or (k.endswith("/") and c.key.startswith(k)) for k in wanted):
+            continue
+        if not c.values:
+            continue
+        pending = next((x for x in c.values if isinstance(x, Unknown)), None)
+        if pending is not None:
+            unknown = unknown or pending
+            continue
+        if c.operator in WILDCARD_OPERATORS and any(wildcard_only(x) for x in c.values):
+            continue
+        if accept is not None and not accept(c):
+            continue
+        return True
+    return unknown if unknown is not None else False
+
+
+def anyone(principal: Principal) -> bool:
+    """A principal that names everybody: "*", {"AWS": "*"} or a wildcard in an AWS principal."""
+    kind, name = principal
+    return kind == "*" or (kind == "aws" and isinstance(name, str) and has_wildcard(name))
+
+
+# Condition keys that limit a statement open to "*" to one organisation, account, principal, network or
+# calling service: what makes a resource policy with Principal "*" private.
+SCOPING_KEYS = (
+    "aws:principalorgid", "aws:principalorgpaths", "aws:principalaccount", "aws:principalarn", "aws:userid",
+    "aws:sourceaccount", "aws:sourcearn", "aws:sourceorgid", "aws:sourceorgpaths", "aws:sourcevpc",
+    "aws:sourcevpce", "aws:sourceip", "aws:resourceorgid", "aws:principalservicename",
+)
+
+
+def _not_world_ip(c: Condition) -> bool:
+    """An aws:SourceIp test limits only when its ranges do not add up to the whole internet."""
+    if c.key != "aws:sourceip":
+        return True
+    try:
+        return world_sources(list(c.values)) is False
+    except BadValue:
+        return False
+
+
+def open_to_anyone(statement: Statement) -> bool | Unknown:
+    """Whether an Allow statement of a resource policy lets anybody in: Principal "*" (or a NotPrincipal,
+    which means everybody else) without a condition that limits the caller's organisation, account,
+    principal, network or calling service."""
+    allow = statement.allows
+    if allow is False:
+        return False
+    principals, excluded = statement.principal, statement.not_principal
+    if isinstance(principals, Unknown):
+        return principals
+    if isinstance(excluded, Unknown):
+        return excluded
+    everybody: bool | Unknown = True
+    if excluded is None:
+        found = principals or ()
+        pending = next((name for _, name in found if isinstance(name, Unknown)), None)
+        everybody = any(anyone(p) for p in found) or (pending if pending is not None else False)
+    if everybody is False:
+        return False
+    conditions = statement.conditions
+    if isinstance(conditions, Unknown):
+        return conditions
+    limited = condition_restricts(conditions, SCOPING_KEYS, accept=_not_world_ip)
+    if limited is True:
+        return False
+    for part in (allow, everybody, limited):
+        if isinstance(part, Unknown):
+            return part
+    return True

@@ -12,23 +12,32 @@ from infra.config import ConfigError, parse_config
 # The day the version windows are judged on in these tests (infra/versions.py).
 TODAY = date(2026, 11, 29)
 API = {"apiCidrs": ["198.51.100.0/24"]}
+MODEL = {"name": "tiny", "source": "bucket", "revision": "r1"}
+AZURE_ZONE = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/dns/providers/Microsoft.Network/"
+              "dnszones/servestack.example.com")
+ACME = {"hostname": "api.servestack.example.com", "tls": "acme", "acmeEmail": "ops@servestack.example.com"}
 VALID_AWS: dict[str, Any] = {
     "servestack:cloud": "aws",
     "aws:region": "us-east-1",
     "servestack:environment": "prod",
     "servestack:gpu": {"type": "nvidia-l4", "minNodes": 1, "maxNodes": 8},
     "servestack:access": {"endpointCidrs": ["203.0.113.0/24"], **API},
+    "servestack:model": MODEL,
+    "servestack:gateway": {**ACME, "dnsZone": "Z0SERVESTACKEXAMPLE0"},
 }
 VALID_GCP: dict[str, Any] = {
     "servestack:cloud": "gcp", "gcp:project": "servestack-prod", "gcp:region": "us-central1",
     "servestack:environment": "prod", "servestack:gpu": {"type": "nvidia-l4", "minNodes": 1, "maxNodes": 8},
     "servestack:access": {"endpointCidrs": ["203.0.113.0/24"]},
+    "servestack:model": MODEL,
+    "servestack:gateway": {**ACME, "dnsZone": "servestack-example"},
 }
 VALID_LOCAL: dict[str, Any] = {
     "servestack:cloud": "local",
     "servestack:local": {"kubeContext": "kind-servestack"},
     "servestack:access": {"endpointCidrs": ["10.0.0.0/8"]},
     "servestack:serving": {"image": "servestack-serving:0.1.0"},
+    "servestack:model": {"name": "tiny", "source": "image", "revision": "r1"},
 }
 
 
@@ -174,7 +183,9 @@ BAD_CONFIGS = [
         ["aws:region: missing; the aws stacks need a region (pulumi config set aws:region <region>)"],
         id="missing-aws-region"),
     pytest.param(
-        VALID_AWS, {"servestack:cloud": "azure", "aws:region": None},
+        VALID_AWS, {"servestack:cloud": "azure", "aws:region": None,
+                    "servestack:azure": {"storageCidrs": API["apiCidrs"]},
+                    "servestack:gateway": {**ACME, "dnsZone": AZURE_ZONE}},
         ["azure-native:location: missing; the azure stacks need a region "
          "(pulumi config set azure-native:location <region>)",
          "servestack:gpu.type: 'nvidia-l4' is not a GPU type known on azure; allowed: nvidia-a10, "
@@ -182,8 +193,8 @@ BAD_CONFIGS = [
         id="missing-azure-location"),
     pytest.param(
         VALID_AWS, {"servestack:gpus": {"type": "nvidia-l4"}},
-        ["servestack:gpus: unknown key; known: access, aws, azure, budgetPerHour, cloud, environment, gcp, "
-         "gpu, kubernetesVersion, local, model, serving"],
+        ["servestack:gpus: unknown key; known: access, aws, azure, budgetPerHour, cloud, environment, gateway, "
+         "gcp, gpu, kubernetesVersion, local, model, serving, tlsCertificate, tlsPrivateKey"],
         id="unknown-key"),
     pytest.param(
         VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "minNodes": "x", "maxNodes": 2, "spot": "yes"},
@@ -212,7 +223,8 @@ BAD_CONFIGS = [
         id="version-out-of-gke-window"),
     pytest.param(
         {**VALID_AWS, "servestack:cloud": "azure", "azure-native:location": "eastus",
-         "servestack:gpu": {"type": "nvidia-t4", "maxNodes": 2}},
+         "servestack:gpu": {"type": "nvidia-t4", "maxNodes": 2}, "servestack:gateway": {**ACME, "dnsZone": AZURE_ZONE},
+         "servestack:azure": {"storageCidrs": API["apiCidrs"]}},
         {"servestack:kubernetesVersion": "1.37"},
         ["servestack:kubernetesVersion: '1.37' is not supported on azure; supported on azure on 2026-11-29: "
          "1.34 (until 2026-11-30), 1.35 (until 2027-03-31), 1.36 (until 2027-06-30)"],
@@ -247,7 +259,7 @@ BAD_CONFIGS = [
          "pool holds at most 8 (8 nodes x 1); raise servestack:gpu.maxNodes or lower maxReplicas"],
         id="more-pods-than-gpus"),
     pytest.param(
-        VALID_AWS, {"servestack:model": {"name": "GLM 4", "source": "http://example.com/model"}},
+        VALID_AWS, {"servestack:model": {"name": "GLM 4", "source": "http://example.com/model", "revision": "r1"}},
         ["servestack:model.name: 'GLM 4' is not a model name; use lower-case letters, digits, '.', '_' and "
          "'-' (at most 63 characters)",
          "servestack:model.source: 'http://example.com/model' is not a model source; allowed: image, bucket, "
@@ -267,12 +279,112 @@ BAD_CONFIGS = [
          "kubeconfig context"],
         id="local-without-image-or-context"),
     pytest.param(
-        VALID_LOCAL, {"servestack:model": {"source": "bucket"}, "servestack:gpu": {"machineType": "g6.xlarge"}},
+        VALID_LOCAL, {"servestack:model": {"source": "bucket", "revision": "r1"},
+                      "servestack:gpu": {"machineType": "g6.xlarge"}},
         ["servestack:gpu.machineType: 'g6.xlarge' is set but the local stack uses the nodes of an existing "
          "cluster; remove it",
          "servestack:model.source: 'bucket' needs the stack's model bucket, and the local stack has none; use "
          "image or a URI"],
         id="local-bucket-and-machine"),
+    pytest.param(
+        VALID_AWS, {"servestack:gateway": {**ACME, "dnsZone": "Z0SERVESTACKEXAMPLE0", "tls": "none"}},
+        ["servestack:gateway.tls: 'none' (plain HTTP), but a prod stack serves HTTPS only: the API keys, the "
+         "prompts and the answers would cross the network in clear text; use acme or secret"],
+        id="prod-plain-http"),
+    pytest.param(
+        VALID_AWS, {"servestack:gateway": {"enabled": False}},
+        ["servestack:gateway.enabled: false, but a prod stack serves HTTPS only, which the gateway terminates; "
+         "remove the key or set it to true"],
+        id="prod-without-gateway"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"auth": False}},
+        ["servestack:serving.auth: false, but a prod stack always requires API keys; remove the key, and list the "
+         "clients in serving.apiKeys"],
+        id="prod-without-auth"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"apiKey": True}},
+        ["servestack:serving.apiKey: replaced by servestack:serving.auth (true or false) and "
+         "servestack:serving.apiKeys (one key per client, each with its limits); remove it"],
+        id="the-single-key-of-old"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"apiKeys": [
+            {"client": "Team A", "requestsPerMinute": -1}, {"client": "web"}, {"client": "web", "tokens": 5}]}},
+        ["servestack:serving.apiKeys[0].requestsPerMinute: -1 is less than 0; it must be at least 0",
+         "servestack:serving.apiKeys[0].client: 'Team A' is not a client id; use lower-case letters, digits and "
+         "'-' (at most 63 characters)",
+         "servestack:serving.apiKeys[2].tokens: unknown key; known: client, requestsPerMinute, rotation, "
+         "tokensPerMinute",
+         "servestack:serving.apiKeys[2].client: 'web' is listed twice; each client has one key"],
+        id="api-keys"),
+    pytest.param(
+        VALID_AWS, {"servestack:model": {**MODEL, "revision": "R1/../x"},
+                    "servestack:serving": {"canary": {"revision": "r1", "weight": 150}}},
+        ["servestack:model.revision: 'R1/../x' is not a revision; use lower-case letters, digits, '.', '_' and '-', "
+         "starting and ending with a letter or digit (at most 63 characters)",
+         "servestack:serving.canary.weight: 150 is greater than 100; it must be at most 100"],
+        id="revisions"),
+    pytest.param(
+        VALID_AWS, {"servestack:model": {**MODEL, "source": "image"},
+                    "servestack:serving": {"canary": {"revision": "r1", "weight": 10}}},
+        ["servestack:serving.canary.revision: 'r1' is the stable revision (model.revision); a canary serves "
+         "another one",
+         "servestack:serving.canary: set, but model.source is image: an image carries one revision; serve the "
+         "model from the bucket or a URI to run a canary"],
+        id="canary-of-the-same-revision-from-an-image"),
+    pytest.param(
+        VALID_AWS, {"servestack:serving": {"maxReplicas": 6, "canary": {"revision": "r2", "weight": 25}}},
+        ["servestack:serving.maxReplicas: 6 pods, 2 canary pod(s), plus the extra pod of a rolling update, need 9 "
+         "GPUs but the GPU pool holds at most 8 (8 nodes x 1); raise servestack:gpu.maxNodes or lower maxReplicas"],
+        id="canary-pods-need-gpus-too"),
+    pytest.param(
+        VALID_AWS, {"servestack:gateway": {"hostname": "API.example.com", "tls": "acme", "acmeEmail": "ops",
+                                           "acmeServer": "http://acme.example.com", "dnsZone": "servestack-example"}},
+        ["servestack:gateway.hostname: 'API.example.com' is not a DNS name such as api.example.com (lower case, "
+         "no wildcard)",
+         "servestack:gateway.dnsZone: 'servestack-example' is not a Route 53 hosted zone id such as "
+         "Z0123456789ABCDEFGHIJ",
+         "servestack:gateway.acmeEmail: 'ops' is not an e-mail address; the ACME server sends expiry notices there",
+         "servestack:gateway.acmeServer: 'http://acme.example.com' is not an ACME server; allowed: letsencrypt, "
+         "letsencrypt-staging or an https:// directory URL"],
+        id="gateway-values"),
+    pytest.param(
+        VALID_AWS, {"servestack:gateway": {"hostname": "api.servestack.example.com", "tls": "acme",
+                                           "acmeEmail": "ops@servestack.example.com"}},
+        ["servestack:gateway.dnsZone: missing; ACME proves the hostname through a DNS record (DNS-01: the endpoint "
+         "admits only access.endpointCidrs, so an HTTP challenge could not reach it); name a Route 53 hosted zone "
+         "id such as Z0123456789ABCDEFGHIJ, or set servestack:gateway.tls to secret"],
+        id="acme-without-a-zone"),
+    pytest.param(
+        VALID_AWS, {"servestack:gateway": {"hostname": "api.servestack.example.com", "tls": "secret"}},
+        ["servestack:tlsCertificate: missing, but servestack:gateway.tls is secret; set it from a PEM file: pulumi "
+         "config set --secret servestack:tlsCertificate < FILE.pem",
+         "servestack:tlsPrivateKey: missing, but servestack:gateway.tls is secret; set it from a PEM file: pulumi "
+         "config set --secret servestack:tlsPrivateKey < FILE.pem"],
+        id="secret-tls-without-the-certificate"),
+    pytest.param(
+        VALID_LOCAL, {"servestack:gateway": {"enabled": True, "hostname": "llm.example.test", "tls": "acme",
+                                             "acmeEmail": "ops@example.test", "dnsZone": "zone"}},
+        ["servestack:gateway.dnsZone: set, but the local stack manages no DNS zone; remove it",
+         "servestack:gateway.tls: 'acme', but the local stack has no DNS zone for the ACME challenge; use secret "
+         "(a certificate in the stack config) or none"],
+        id="acme-on-local"),
+    pytest.param(
+        {**VALID_AWS, "servestack:environment": "dev"},
+        {"servestack:gpu": {"type": "nvidia-t4", "maxNodes": 2, "spot": True}, "servestack:cloud": "azure",
+         "aws:region": None, "azure-native:location": "eastus", "servestack:azure": {"storageCidrs": API["apiCidrs"]},
+         "servestack:gateway": {"enabled": False}, "servestack:serving": {"drainSeconds": 20}},
+        ["servestack:gpu.spot: true, but azure's preemption notice (30 s) leaves no time to drain after the 20 s "
+         "pause for the load balancer and the 10 s shutdown; enable the gateway (servestack:gateway), or use "
+         "on-demand nodes"],
+        id="azure-spot-without-the-gateway"),
+    pytest.param(
+        {**VALID_AWS, "servestack:environment": "dev"},
+        {"servestack:gpu": {"type": "nvidia-t4", "maxNodes": 2, "spot": True}, "servestack:cloud": "azure",
+         "aws:region": None, "azure-native:location": "eastus", "servestack:azure": {"storageCidrs": API["apiCidrs"]},
+         "servestack:gateway": {**ACME, "dnsZone": AZURE_ZONE}, "servestack:serving": {"drainSeconds": 20}},
+        ["servestack:serving.drainSeconds: 20 does not fit azure's spot preemption notice (30 s, of which 5 s pause "
+         "and 10 s shutdown); at most 15 on spot nodes"],
+        id="azure-spot-drain-too-long"),
 ]
 
 
@@ -296,3 +408,40 @@ def test_gcp_needs_a_project_and_a_region() -> None:
         "gcp:region: missing; the gcp stacks need a region (pulumi config set gcp:region <region>)",
         "gcp:project: missing; the gcp stacks need a project (pulumi config set gcp:project <project-id>)",
     ]
+
+
+def test_a_prod_stack_has_https_and_keys_by_default() -> None:
+    config = parse_config("aws-prod", VALID_AWS, TODAY)
+    assert config.gateway.enabled and config.gateway.https and config.gateway.tls == "acme"
+    assert config.gateway.acme_server == "https://acme-v02.api.letsencrypt.org/directory"
+    assert config.entry_ports == (80, 443)
+    assert config.serving.auth
+    assert [(k.client, k.requests_per_minute, k.tokens_per_minute) for k in config.serving.api_keys] == [
+        ("default", 600, 1_000_000)]
+
+
+def test_the_local_stack_has_no_gateway_unless_asked() -> None:
+    config = parse_config("local", VALID_LOCAL, TODAY)
+    assert not config.gateway.enabled and config.entry_ports == (80,)
+
+
+@pytest.mark.parametrize(("weight", "pods", "stable", "canary_max"), [(0, False, "r1", 0), (10, True, "r1", 1),
+                                                                     (40, True, "r1", 2), (100, False, "r2", 0)])
+def test_canary_weights(weight: int, pods: bool, stable: str, canary_max: int) -> None:
+    values = {**VALID_AWS, "servestack:serving": {"maxReplicas": 5, "canary": {"revision": "r2", "weight": weight}}}
+    config = parse_config("aws-prod", values, TODAY)
+    assert config.serving.canary_pods is pods
+    assert config.stable_revision == stable
+    assert config.serving.canary_max_replicas == canary_max
+
+
+@pytest.mark.parametrize(("cloud", "gateway", "drain"), [("aws", True, 30), ("gcp", True, 30), ("azure", True, 15)])
+def test_spot_stacks_drain_within_the_preemption_notice_by_default(cloud: str, gateway: bool, drain: int) -> None:
+    base = {"aws": VALID_AWS, "gcp": VALID_GCP, "azure": {
+        **VALID_AWS, "servestack:cloud": "azure", "aws:region": None, "azure-native:location": "eastus",
+        "servestack:azure": {"storageCidrs": API["apiCidrs"]}, "servestack:gateway": {**ACME, "dnsZone": AZURE_ZONE}}}
+    gpu = {"type": "nvidia-t4" if cloud == "azure" else "nvidia-l4", "maxNodes": 2, "spot": True}
+    values = {k: v for k, v in {**base[cloud], "servestack:environment": "dev", "servestack:gpu": gpu}.items()
+              if v is not None}
+    assert parse_config(f"{cloud}-dev", values, TODAY).serving.drain_seconds == drain
+

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pulumi_policy import (
     Policy,
@@ -82,3 +82,44 @@ def check_stack(policy: str, resources: list[PolicyResource], config: Mapping[st
     except UnknownValueError as e:
         verdict.cannot_verify = e.message
     return verdict
+
+
+class Case(NamedTuple):
+    """One hostile case: a minimal resource and the verdict one policy must reach on it."""
+
+    id: str
+    policy: str
+    type: str
+    props: dict[str, Any]
+    expect: str  # "violation", "pass" or "unknown" (reported as cannot verify)
+    snippet: str = ""  # a part the violation message must contain
+    config: dict[str, Any] | None = None
+
+
+def assert_case(case: Case) -> None:
+    verdict = check_resource(case.policy, case.type, case.props, case.config)
+    assert verdict.kind == case.expect, (verdict.messages, verdict.cannot_verify)
+    if case.expect == "violation" and case.snippet:
+        assert any(case.snippet in m for m in verdict.messages), verdict.messages
+    if case.expect == "unknown":
+        assert verdict.cannot_verify is not None and verdict.cannot_verify.startswith("cannot verify")
+        if case.snippet:
+            assert case.snippet in verdict.cannot_verify, verdict.cannot_verify
+
+
+class StackCase(NamedTuple):
+    """One hostile case of a stack rule: the resources of a minimal stack and the verdict the rule must reach."""
+
+    id: str
+    resources: Callable[[], list[PolicyResource]]
+    expect: str
+    snippet: str = ""
+    config: dict[str, Any] | None = None
+
+
+def assert_stack_case(policy: str, case: StackCase) -> None:
+    verdict = check_stack(policy, case.resources(), case.config)
+    assert verdict.kind == case.expect, (verdict.messages, verdict.cannot_verify)
+    if case.snippet:
+        found = verdict.messages if case.expect == "violation" else [verdict.cannot_verify or ""]
+        assert any(case.snippet in m for m in found), found

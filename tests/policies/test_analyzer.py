@@ -9,6 +9,7 @@ gRPC channel on 127.0.0.1.
 
 from __future__ import annotations
 
+import json
 import runpy
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,92 @@ def test_the_servicer_answers_over_a_real_grpc_channel(launched: tuple[Any, _Ser
                        for d in response.diagnostics)
     finally:
         server.stop(0)
+
+
+# --- the same rules as `servestack check`, on the shipped stacks -------------------------------------
+
+LEVELS = {"advisory": proto.ADVISORY, "mandatory": proto.MANDATORY, "disabled": proto.DISABLED}
+NAMES = {proto.ADVISORY: "advisory", proto.MANDATORY: "mandatory"}
+
+
+def _configure_from_file(servicer: Any, config: dict[str, Any]) -> None:
+    """What `pulumi preview --policy-pack-config FILE` sends: every policy, with the file's enforcement level (else
+    the policy's own) and the file's other settings as its properties."""
+    info = servicer.GetAnalyzerInfo(empty_pb2.Empty(), None)
+    request = proto.ConfigureAnalyzerRequest()
+    for policy in info.policies:
+        settings = dict(config.get(policy.name) or {})
+        level = settings.pop("enforcementLevel", None)
+        request.policyConfig[policy.name].CopyFrom(proto.PolicyConfig(
+            enforcementLevel=LEVELS[level] if level else policy.enforcementLevel, properties=_struct(settings)))
+    servicer.Configure(request, None)
+
+
+def _after_description(servicer: Any, diagnostic: Any) -> str:
+    message: str = diagnostic.message
+    if message.startswith("can't run policy"):
+        return message.split(" during preview: ", 1)[1]
+    return message.removeprefix(diagnostic.description + "\n")
+
+
+def _preview(servicer: Any, plan: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    """The diagnostics of a preview of the plan: Analyze per resource, then AnalyzeStack, as the engine calls them."""
+    stack_urn = f"urn:pulumi:{plan['stack']}::{plan['project']}::pulumi:pulumi:Stack::{plan['project']}-{plan['stack']}"
+    by_urn = {r["urn"]: r for r in plan["resources"]}
+    found: set[tuple[str, str, str, str]] = set()
+
+    def provider(r: dict[str, Any]) -> Any:
+        p = by_urn.get(r.get("provider") or "")
+        return None if p is None else proto.AnalyzerProviderResource(
+            type=p["type"], urn=p["urn"], name=p["name"], properties=_struct(p["inputs"]))
+
+    resources = []
+    for r in plan["resources"]:
+        options = proto.AnalyzerResourceOptions(parent=r.get("parent") or "")
+        request = proto.AnalyzeRequest(type=r["type"], urn=r["urn"], name=r["name"], properties=_struct(r["inputs"]),
+                                       options=options, provider=provider(r))
+        for d in servicer.Analyze(request, None).diagnostics:
+            found.add((d.policyName, d.urn or r["urn"], NAMES[d.enforcementLevel], _after_description(servicer, d)))
+        resources.append(proto.AnalyzerResource(
+            type=r["type"], urn=r["urn"], name=r["name"], properties=_struct(r["inputs"]), options=options,
+            provider=provider(r), parent=r.get("parent") or "", dependencies=r.get("dependencies") or [],
+            propertyDependencies={k: proto.AnalyzerPropertyDependencies(urns=v)
+                                  for k, v in (r.get("propertyDependencies") or {}).items()}))
+    for d in servicer.AnalyzeStack(proto.AnalyzeStackRequest(resources=resources), None).diagnostics:
+        found.add((d.policyName, d.urn or stack_urn, NAMES[d.enforcementLevel], _after_description(servicer, d)))
+    return found
+
+
+@pytest.mark.parametrize("stack", ["aws-prod", "gcp-dev", "azure-prod"])
+def test_preview_with_the_committed_config_finds_what_servestack_check_finds(
+        launched: tuple[Any, _ServerStandIn, bytes], stack: str, stack_plan: Any) -> None:
+    from infra import check
+    from policies.rules.stack_config import CONFIG_DIR
+
+    config = json.loads((CONFIG_DIR / f"{stack}.json").read_text())
+    servicer = launched[0]
+    _configure_from_file(servicer, config)
+    try:
+        plan = stack_plan(stack)
+        preview = _preview(servicer, plan)
+        offline = {(v.policy, v.urn, v.level, v.message) for v in check.check_plan(plan)}
+        assert preview == offline
+        assert not any(level == "mandatory" for _, _, level, _ in preview)
+        # Without the stated exemption, the prod stacks' plain-HTTP endpoint fails the preview too.
+        if stack.endswith("-prod"):
+            bare = {**config, "public-endpoint-tls": {"enforcementLevel": "mandatory"}}
+            _configure_from_file(servicer, bare)
+            failing = {(p, u.rsplit("::", 1)[-1]) for p, u, level, _ in _preview(servicer, plan)
+                       if level == "mandatory"}
+            assert failing == {("public-endpoint-tls", "servestack-service")}
+    finally:
+        _configure(servicer, {})
+
+
+def test_exemptible_stack_rules_declare_exemptions_in_their_schema(
+        launched: tuple[Any, _ServerStandIn, bytes]) -> None:
+    info = launched[0].GetAnalyzerInfo(empty_pb2.Empty(), None)
+    by_name = {p.name: p for p in info.policies}
+    for rule in RULES:
+        properties = by_name[rule.name].configSchema.properties
+        assert ("exemptions" in properties) == (not rule.stack or rule.exemptible), rule.name

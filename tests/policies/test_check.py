@@ -13,7 +13,7 @@ from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE
 
 from infra import check
 from infra.offline.plan import STACKS_DIR, stack_names
-from policies.rules.stack_config import CONFIG_DIR, StackConfigError, merged, pack_config, render
+from policies.rules.stack_config import CONFIG_DIR, StackConfigError, committed, merged, pack_config, render
 
 STACKS = stack_names(STACKS_DIR)
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -53,9 +53,15 @@ def test_committed_policy_config_matches_the_stack(stack: str) -> None:
 
 
 def test_pack_config_from_stack_config() -> None:
+    prod_only = ["world-ingress-allowlist", "registry-immutable-tags", "ecr-scan-on-push", "public-endpoint-tls",
+                 "serving-api-key-required"]
     assert pack_config({"servestack:environment": "prod", "servestack:budgetPerHour": "12.5"}) == {
-        "world-ingress-allowlist": {"enforcementLevel": "mandatory"}, "gpu-budget": {"budgetPerHour": 12.5}}
-    assert pack_config({})["world-ingress-allowlist"] == {"enforcementLevel": "advisory"}
+        **{rule: {"enforcementLevel": "mandatory"} for rule in prod_only}, "gpu-budget": {"budgetPerHour": 12.5}}
+    assert pack_config({}) == {rule: {"enforcementLevel": "advisory"} for rule in prod_only}
+    from policies.rules import RULES
+
+    defaults = {r.name: r.enforcement.value for r in RULES}
+    assert all(defaults[rule] == "advisory" for rule in prod_only)  # mandatory everywhere needs no prod switch
     with pytest.raises(StackConfigError, match="servestack:environment: 'qa' is not allowed"):
         pack_config({"servestack:environment": "qa"})
     with pytest.raises(StackConfigError, match="servestack:budgetPerHour: 'lots' is not a number"):
@@ -116,12 +122,16 @@ def test_policy_config_file_overrides(tmp_path: Path) -> None:
 
 def test_regenerating_keeps_hand_written_entries() -> None:
     existing = {"k8s-no-privileged": {"exemptions": [{"namespace": "gpu-operator", "reason": "driver"}]},
-                "gpu-budget": {"budgetPerHour": 1.0, "failClosed": True}}
+                "gpu-budget": {"budgetPerHour": 1.0, "failClosed": True},
+                "public-endpoint-tls": {"enforcementLevel": "advisory",
+                                        "exemptions": [{"resource": "web", "reason": "TLS comes next"}]}}
     derived = pack_config({"servestack:environment": "prod", "servestack:budgetPerHour": 9})
     assert merged(existing, derived) == {
+        **derived,
         "k8s-no-privileged": {"exemptions": [{"namespace": "gpu-operator", "reason": "driver"}]},
         "gpu-budget": {"budgetPerHour": 9.0, "failClosed": True},
-        "world-ingress-allowlist": {"enforcementLevel": "mandatory"}}
+        "public-endpoint-tls": {"enforcementLevel": "mandatory",
+                                "exemptions": [{"resource": "web", "reason": "TLS comes next"}]}}
 
 
 def test_readme_lists_every_rule_with_its_default_enforcement() -> None:
@@ -167,3 +177,37 @@ def test_servestack_check_command_end_to_end(tmp_path: Path) -> None:
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 1, result.stderr
     assert json.loads(out.read_text())["violations"][0]["policy"] == "no-world-admin-ports"
+
+
+def _exemptions(stack: str) -> list[tuple[str, dict[str, Any]]]:
+    return [(policy, entry) for policy, settings in committed(stack).items() if isinstance(settings, dict)
+            for entry in settings.get("exemptions") or []]
+
+
+EXEMPTING_STACKS = [s for s in STACKS if _exemptions(s)]
+
+
+@pytest.mark.parametrize("stack", EXEMPTING_STACKS)
+def test_every_committed_exemption_still_exempts_a_finding(stack: str,
+                                                           stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    """An exemption the stack no longer needs (the TLS gateway landed, the device plugin runs as non-root) fails
+    here, so that it is removed rather than left to hide the next problem."""
+    plan = stack_plan(stack)
+    namespaces = {r["urn"]: (r.get("inputs") or {}).get("metadata", {}).get("namespace") for r in plan["resources"]}
+    config = merged(committed(stack), pack_config(plan.get("config") or {}))
+    for policy, entry in _exemptions(stack):
+        without = json.loads(json.dumps(config))
+        without[policy]["exemptions"].remove(entry)
+        hits = [v for v in check.check_plan(plan, without) if v.policy == policy and (
+            v.urn == entry.get("resource") or v.urn.endswith(f"::{entry.get('resource')}")
+            or (entry.get("namespace") is not None and namespaces.get(v.urn) == entry["namespace"]))]
+        assert hits, f"policies/config/{stack}.json: the {policy} exemption {entry} exempts nothing; remove it"
+        assert entry.get("reason", "").strip(), entry
+
+
+def test_cloud_stacks_exempt_only_the_plain_http_service_of_the_public_endpoint_rule() -> None:
+    for stack in ("aws-prod", "gcp-prod", "azure-prod", "aws-dev", "gcp-dev", "azure-dev"):
+        config = committed(stack)["public-endpoint-tls"]
+        assert config["enforcementLevel"] == ("mandatory" if stack.endswith("-prod") else "advisory")
+        assert [e["resource"] for e in config["exemptions"]] == ["servestack-service"]
+        assert "issue 8" in config["exemptions"][0]["reason"]

@@ -7,12 +7,12 @@ standalone rule resources, ICMP types read as ports), and the legitimate cases t
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import pytest
 from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_STRING_VALUE
 
-from tests.policies.harness import check_resource
+from tests.policies.harness import Case, assert_case, check_resource
 
 SG = "aws:ec2/securityGroup:SecurityGroup"
 SGR = "aws:ec2/securityGroupRule:SecurityGroupRule"
@@ -37,16 +37,6 @@ SERVICE = "kubernetes:core/v1:Service"
 
 ADMIN, ALL, DATA, ALLOW = "no-world-admin-ports", "no-world-all-ports", "no-world-data-ports", "world-ingress-allowlist"
 ENDPOINT, NODES = "cluster-endpoint-restricted", "nodes-no-public-ip"
-
-
-class Case(NamedTuple):
-    id: str
-    policy: str
-    type: str
-    props: dict[str, Any]
-    expect: str  # "violation", "pass" or "unknown" (reported as cannot verify)
-    snippet: str = ""  # a part the violation message must contain
-    config: dict[str, Any] | None = None
 
 
 def sg(protocol: Any, from_port: Any, to_port: Any, **sources: Any) -> dict[str, Any]:
@@ -404,12 +394,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_hostile_case(case: Case) -> None:
-    verdict = check_resource(case.policy, case.type, case.props, case.config)
-    assert verdict.kind == case.expect, (verdict.messages, verdict.cannot_verify)
-    if case.expect == "violation" and case.snippet:
-        assert any(case.snippet in m for m in verdict.messages), verdict.messages
-    if case.expect == "unknown":
-        assert verdict.cannot_verify is not None and verdict.cannot_verify.startswith("cannot verify")
+    assert_case(case)
 
 
 def test_case_ids_are_unique() -> None:

@@ -80,3 +80,101 @@ def test_protocol(raw: Any, name: str) -> None:
 def test_plain_reads_through_the_proxy_and_marks_unknowns() -> None:
     props = unknown_checking_proxy({"a": {"b": [1.0, UNKNOWN_STRING_VALUE]}, "c": UNKNOWN_ARRAY_VALUE})
     assert v.plain(props) == {"a": {"b": [1.0, v.Unknown("a.b[1]")]}, "c": v.Unknown("c")}
+
+
+# --- IAM policy documents ----------------------------------------------------------------------------
+
+
+def test_policy_document_as_text_or_object_one_statement_or_a_list_any_case() -> None:
+    text = '{"Version": "2012-10-17", "Statement": {"Sid": "All", "Effect": "Allow", "Action": "*", "Resource": "*"}}'
+    (one,) = v.policy_document(text, "policy")
+    assert isinstance(one, v.Statement)
+    assert (one.where, one.effect, one.action, one.resource) == ("Statement (All)", "allow", ("*",), ("*",))
+    (lower,) = v.policy_document({"statement": [{"effect": "DENY", "notaction": ["s3:*"], "notresource": "x"}]}, "p")
+    assert isinstance(lower, v.Statement)
+    assert (lower.where, lower.allows, lower.not_action, lower.not_resource) == (
+        "Statement[0]", False, ("s3:*",), ("x",))
+
+
+def test_policy_document_principals_and_conditions() -> None:
+    (s,) = v.policy_document({"Statement": [{
+        "Effect": "Allow",
+        "Principal": {"AWS": ["*", "arn:aws:iam::210987654321:root"], "Service": "ec2.amazonaws.com"},
+        "Condition": {"StringEqualsIfExists": {"aws:PrincipalOrgID": "o-1"},
+                      "ForAllValues:StringEquals": {"aws:TagKeys": ["a"]},
+                      "ForAnyValue:StringLike": {"aws:PrincipalArn": ["arn:aws:iam::1:role/x"]},
+                      "Bool": {"aws:SecureTransport": True}, "StringNotEquals": {"aws:SourceVpce": "vpce-1"}}}]}, "p")
+    assert isinstance(s, v.Statement)
+    assert s.principal == (("aws", "*"), ("aws", "arn:aws:iam::210987654321:root"), ("service", "ec2.amazonaws.com"))
+    assert isinstance(s.conditions, tuple)
+    binding = {(c.operator, c.key): c.binding for c in s.conditions}
+    assert binding == {("stringequals", "aws:principalorgid"): False, ("stringequals", "aws:tagkeys"): False,
+                       ("stringlike", "aws:principalarn"): True, ("bool", "aws:securetransport"): True,
+                       ("stringnotequals", "aws:sourcevpce"): False}
+    assert next(c for c in s.conditions if c.key == "aws:securetransport").values == ("true",)
+    (star,) = v.policy_document('{"Statement": [{"Effect": "Allow", "Principal": "*"}]}', "p")
+    assert isinstance(star, v.Statement) and star.principal == (("*", "*"),)
+
+
+def test_policy_document_unknowns_and_bad_text() -> None:
+    assert v.policy_document(v.Unknown("policy"), "policy") == [v.Unknown("policy")]
+    (s,) = v.policy_document({"Statement": [{"Effect": "Allow", "Action": ["s3:GetObject", v.Unknown("a")]}]}, "p")
+    assert isinstance(s, v.Statement) and s.action == ("s3:GetObject", v.Unknown("a"))
+    with pytest.raises(v.BadValue, match="policy is not JSON"):
+        v.policy_document("{not json", "policy")
+    with pytest.raises(v.BadValue, match="not a policy document"):
+        v.policy_document("[1, 2]", "policy")
+    assert v.policy_document("", "policy") == []
+
+
+@pytest.mark.parametrize(("action", "scope"), [
+    ("*", "every action of every service"), ("*:*", "every action of every service"),
+    ("?*", "every action of every service"), ("s3:*", "every action of s3"), ("S3:?*", "every action of s3"),
+    ("s*:*", "every action of every service matching s*"), ("iam:**", "every action of iam"),
+    ("s3:Get*", None), ("iam:PassRole", None), ("s3:?", None),
+], ids=str)
+def test_action_scope(action: str, scope: str | None) -> None:
+    assert v.action_scope(action) == scope
+
+
+@pytest.mark.parametrize(("resource", "every"), [
+    ("*", True), ("arn:aws:s3:::*", True), ("arn:aws:iam::123456789012:*", True), ("arn:*:*:*:*:*", True),
+    ("arn:aws:s3:::models", False), ("arn:aws:s3:::models/*", False), ("arn:aws:s3:::model-*", False),
+], ids=str)
+def test_every_resource(resource: str, every: bool) -> None:
+    assert v.every_resource(resource) is every
+
+
+def _statement(condition: dict[str, Any], principal: Any = "*") -> v.Statement:
+    (s,) = v.policy_document({"Statement": {"Effect": "Allow", "Principal": principal, "Action": "s3:GetObject",
+                                            "Condition": condition}}, "p")
+    assert isinstance(s, v.Statement)
+    return s
+
+
+@pytest.mark.parametrize(("condition", "opened"), [
+    ({}, True),
+    ({"StringEquals": {"aws:PrincipalOrgID": "o-abc"}}, False),
+    ({"stringequals": {"AWS:SOURCEVPCE": ["vpce-1"]}}, False),
+    ({"StringEqualsIfExists": {"aws:PrincipalOrgID": "o-abc"}}, True),
+    ({"ForAllValues:StringEquals": {"aws:PrincipalOrgID": "o-abc"}}, True),
+    ({"StringNotEquals": {"aws:PrincipalOrgID": "o-abc"}}, True),
+    ({"StringLike": {"aws:PrincipalArn": "*"}}, True),
+    ({"Null": {"aws:PrincipalOrgID": "false"}}, True),
+    ({"IpAddress": {"aws:SourceIp": ["203.0.113.0/24"]}}, False),
+    ({"IpAddress": {"aws:SourceIp": ["0.0.0.0/1", "128.0.0.0/1"]}}, True),
+    ({"Bool": {"aws:SecureTransport": "true"}}, True),
+    ({"StringEquals": {"aws:PrincipalOrgID": v.Unknown("org")}}, v.Unknown("org")),
+], ids=str)
+def test_open_to_anyone(condition: dict[str, Any], opened: Any) -> None:
+    assert v.open_to_anyone(_statement(condition)) == opened
+
+
+def test_open_to_anyone_principals() -> None:
+    assert v.open_to_anyone(_statement({}, {"AWS": "*"})) is True
+    assert v.open_to_anyone(_statement({}, {"AWS": ["arn:aws:iam::210987654321:root"]})) is False
+    (excluded,) = v.policy_document({"Statement": {"Effect": "Allow", "NotPrincipal": {"AWS": "arn:aws:iam::1:root"},
+                                                   "Action": "s3:GetObject"}}, "p")
+    assert isinstance(excluded, v.Statement) and v.open_to_anyone(excluded) is True
+    (deny,) = v.policy_document({"Statement": {"Effect": "Deny", "Principal": "*", "Action": "s3:*"}}, "p")
+    assert isinstance(deny, v.Statement) and v.open_to_anyone(deny) is False

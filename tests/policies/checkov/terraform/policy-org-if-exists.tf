@@ -1,0 +1,21 @@
+resource "aws_s3_bucket_policy" "org_if_exists" {
+  bucket = "models"
+  policy = <<POLICY
+{
+  "Version": "2012-10-17",
+  "Statement": [
+    {
+      "Effect": "Allow",
+      "Principal": "*",
+      "Action": "s3:GetObject",
+      "Resource": "arn:aws:s3:::models/*",
+      "Condition": {
+        "StringEqualsIfExists": {
+          "aws:PrincipalOrgID": "o-1"
+        }
+      }
+    }
+  ]
+}
+POLICY
+}
