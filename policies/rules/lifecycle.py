@@ -2,6 +2,11 @@
 `pulumi destroy` delete each cloud load balancer before what its controller needs to delete it, and are
 the names a cloud keeps after deletion new in each life of the stack.
 
+A Gateway's load balancer is the one case where the stack does not declare the object that makes it: the gateway
+controller (Envoy Gateway) makes a LoadBalancer Service for the Gateway, and deletes it only after the Gateway is
+gone, while `pulumi destroy` goes on. The stack then waits for that deletion in a command's delete step, which the
+Gateway depends on and which depends on everything the deletion needs.
+
 All three read the stack's dependency graph the way the Pulumi engine orders a destroy: a resource is
 deleted before everything it depends on (its explicit and property dependencies, its parent and its
 provider), and resources with no dependency between them are deleted in the same wave.
@@ -22,12 +27,15 @@ SERVICE = "kubernetes:core/v1:Service"
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+COMMAND = "command:local:Command"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
 AKS_CLUSTER = "azure-native:containerservice:ManagedCluster"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
 KEY_RING = "gcp:kms/keyRing:KeyRing"
 CRYPTO_KEY = "gcp:kms/cryptoKey:CryptoKey"
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
 KEY_VAULT = "azure-native:keyvault:Vault"
 AWS_PEERING = "aws:ec2/vpcPeeringConnection:VpcPeeringConnection"
 AWS_TGW_ATTACHMENT = "aws:ec2transitgateway/vpcAttachment:VpcAttachment"
@@ -47,8 +55,10 @@ NETWORK_PLUMBING = frozenset({
     "azure-native:network:NatGateway", "azure-native:network:RouteTable", "azure-native:network:Route",
     "azure-native:network:SecurityRule", AZURE_PEERING, AZURE_DNS_LINK,
 })
-# Helm charts of the in-cluster controllers that create and delete cloud load balancers.
+# Helm charts (by name, without their repository) of the in-cluster controllers that create and delete cloud load
+# balancers, and of the gateway controllers that create and delete a Gateway's LoadBalancer Service.
 LOAD_BALANCER_CONTROLLER_CHARTS = frozenset({"aws-load-balancer-controller"})
+GATEWAY_CONTROLLER_CHARTS = frozenset({"gateway-helm"})
 # Where a name is reserved after deletion: EKS writes /aws/eks/<cluster>/cluster again while it deletes
 # a cluster, GCP never deletes key rings and keeps destroyed keys' names, Azure soft-deletes key vaults.
 RETAINED_NAMES: dict[str, tuple[str, str]] = {
@@ -58,6 +68,7 @@ RETAINED_NAMES: dict[str, tuple[str, str]] = {
                         "being deleted"),
     KEY_RING: ("name", "GCP never deletes a key ring, so its name stays taken"),
     CRYPTO_KEY: ("name", "GCP keeps a destroyed key's name in its key ring"),
+    CUSTOM_ROLE: ("roleId", "GCP keeps a deleted custom role's id for up to 37 days"),
     KEY_VAULT: ("vaultName", "Azure keeps a deleted vault, and its name, for its soft-delete retention"),
 }
 
@@ -92,16 +103,43 @@ def outlives(resource: Resource, by_urn: Mapping[str, Resource]) -> set[str]:
     return seen
 
 
-def _makes_load_balancer(resource: Resource) -> bool:
+def _makes_load_balancer(resource: Resource, resources: list[Resource]) -> bool:
     if resource.type == SERVICE:
         return v.dig(resource.props, "spec", "type") == "LoadBalancer"
-    return resource.type in (INGRESS, GATEWAY)
+    if resource.type == GATEWAY:
+        return _gateway_service_type(resource, resources) == "LoadBalancer"
+    return resource.type == INGRESS
 
 
-def _needed_by_controllers(resource: Resource) -> bool:
+def _gateway_service_type(gateway: Resource, resources: list[Resource]) -> Any:
+    """The type of the Service the gateway controller makes for a Gateway: what the EnvoyProxy its infrastructure
+    names says, LoadBalancer (Envoy Gateway's default) otherwise."""
+    ref = v.dig(gateway.props, "spec", "infrastructure", "parametersRef")
+    if not isinstance(ref, dict) or ref.get("kind") != "EnvoyProxy":
+        return "LoadBalancer"
+    for proxy in resources:
+        if (proxy.type == ENVOY_PROXY and v.dig(proxy.props, "metadata", "name") == ref.get("name")
+                and proxy.namespace in (None, gateway.namespace)):
+            return v.dig(proxy.props, "spec", "provider", "kubernetes", "envoyService", "type") or "LoadBalancer"
+    return "LoadBalancer"
+
+
+def _chart(resource: Resource) -> str:
+    """A Helm release's chart by name (`oci://docker.io/envoyproxy/gateway-helm` is gateway-helm)."""
+    chart = resource.props.get("chart")
+    return chart.rstrip("/").rsplit("/", 1)[-1] if isinstance(chart, str) else ""
+
+
+def _needed_by_controllers(resource: Resource, gateway: bool) -> bool:
     if resource.type in NETWORK_PLUMBING:
         return True
-    return resource.type == HELM_RELEASE and resource.props.get("chart") in LOAD_BALANCER_CONTROLLER_CHARTS
+    charts = LOAD_BALANCER_CONTROLLER_CHARTS | (GATEWAY_CONTROLLER_CHARTS if gateway else frozenset())
+    return resource.type == HELM_RELEASE and _chart(resource) in charts
+
+
+def _waits_on_delete(resource: Resource) -> bool:
+    """A command with a delete step (unknown during preview is still one)."""
+    return resource.type == COMMAND and resource.props.get("delete") not in (None, "")
 
 
 def _names(resources: Iterable[Resource], limit: int = 6) -> str:
@@ -112,8 +150,11 @@ def _names(resources: Iterable[Resource], limit: int = 6) -> str:
 
 def check_destroy_order(resources: list[Resource], config: dict[str, Any], judge: Judge) -> None:
     by_urn = {r.urn: r for r in resources}
-    needed = [r for r in resources if _needed_by_controllers(r)]
-    for lb in (r for r in resources if _makes_load_balancer(r)):
+    for lb in (r for r in resources if _makes_load_balancer(r, resources)):
+        needed = [r for r in resources if _needed_by_controllers(r, gateway=lb.type == GATEWAY)]
+        if lb.type == GATEWAY:
+            _check_gateway_destroy_order(lb, needed, by_urn, judge)
+            continue
         kept = outlives(lb, by_urn)
         missing = [r for r in needed if r.urn not in kept]
         if missing:
@@ -123,6 +164,31 @@ def check_destroy_order(resources: list[Resource], config: dict[str, Any], judge
                 "balancer loses its routes, rules or itself first, leaving the load balancer (and the network "
                 "it sits in) behind. Make the cluster depend on the network plumbing and the load balancer on "
                 "its controller.", lb.urn)
+
+
+def _check_gateway_destroy_order(gateway: Resource, needed: list[Resource], by_urn: Mapping[str, Resource],
+                                 judge: Judge) -> None:
+    """The Gateway's load balancer goes while a command the Gateway depends on waits in its delete step: that
+    command must outlive nothing the deletion needs (the gateway controller, the cloud's load balancer controller,
+    the network plumbing)."""
+    waits = [by_urn[urn] for urn in outlives(gateway, by_urn) if urn in by_urn and _waits_on_delete(by_urn[urn])]
+    if not waits:
+        judge.violation(
+            f"{gateway.name} makes a cloud load balancer through its gateway controller, which deletes it only "
+            "after the Gateway is gone, but nothing in the stack waits for that: `pulumi destroy` goes on to delete "
+            "the controller, the cluster and the network while the load balancer is still there, and leaves it "
+            "behind. Make the Gateway depend on a command whose delete step waits until the load balancer Service "
+            "is gone, and that command on the gateway controller and the network plumbing.", gateway.urn)
+        return
+    missing = min(([r for r in needed if r.urn not in outlives(wait, by_urn)] for wait in waits), key=len)
+    if missing:
+        names = ", ".join(sorted(w.name for w in waits))
+        judge.violation(
+            f"{gateway.name}'s load balancer is deleted while {names} waits for it, but that wait does not depend on "
+            f"{_names(missing)}: `pulumi destroy` deletes them in the same wave as the wait, and the controllers "
+            "lose their routes, rules or themselves before the load balancer is gone, leaving it behind. Make the "
+            "waiting command depend on the gateway controller and the cluster, and the cluster on the network "
+            "plumbing.", gateway.urn)
 
 
 # --- reaching the Kubernetes API -------------------------------------------------------------------
@@ -242,19 +308,22 @@ LIFECYCLE_RULES: list[Rule] = [
     Rule(
         name="load-balancer-destroy-order",
         description="Every Kubernetes object that makes a cloud load balancer depends on the network plumbing and "
-                    "the controller its deletion needs, so `pulumi destroy` deletes the load balancer first.",
+                    "the controller its deletion needs, so `pulumi destroy` deletes the load balancer first; a "
+                    "Gateway, whose controller deletes its load balancer after it, on a command that waits for that.",
         severity=Severity.HIGH,
         enforcement=EnforcementLevel.MANDATORY,
         remediation="Make the cluster depend on routes, NAT, gateways and firewall rules, and the Service on the "
-                    "load balancer controller.",
+                    "load balancer controller; make a Gateway depend on a command whose delete step waits for its "
+                    "load balancer Service to be gone, and that command on the gateway controller.",
         types=frozenset({SERVICE, INGRESS, GATEWAY}),
         check=check_destroy_order,
         stack=True,
     ),
     Rule(
         name="retained-names-unique",
-        description="Names a cloud keeps after deletion (EKS clusters' log groups, KMS key rings and keys, "
-                    "soft-deleted key vaults) are built from a random resource, so new in each life of the stack.",
+        description="Names a cloud keeps after deletion (EKS clusters' log groups, KMS key rings and keys, GCP "
+                    "custom roles, soft-deleted key vaults) are built from a random resource, so new in each life "
+                    "of the stack.",
         severity=Severity.HIGH,
         enforcement=EnforcementLevel.MANDATORY,
         remediation="Build the name with a suffix from a pulumi-random resource.",

@@ -16,7 +16,7 @@ import yaml
 
 from infra.check import check_plan
 from infra.offline.plan import PlanError, plan_in_subprocess
-from policies.rules.lifecycle import LOAD_BALANCER_CONTROLLER_CHARTS, NETWORK_PLUMBING
+from policies.rules.lifecycle import GATEWAY_CONTROLLER_CHARTS, LOAD_BALANCER_CONTROLLER_CHARTS, NETWORK_PLUMBING
 from tests.infra.plans import inputs, one, plan_unmasked, resources, run_plan_script, stack_variant
 
 CLOUD_STACKS = ("aws-dev", "aws-prod", "gcp-dev", "gcp-prod", "azure-dev", "azure-prod")
@@ -92,33 +92,45 @@ def destroy_waves(plan: Mapping[str, Any]) -> dict[str, int]:
     return waves
 
 
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+LOAD_BALANCER_GONE = "servestack-load-balancer-gone"
+
+
 def _needed_while_deleting_a_load_balancer(plan: Mapping[str, Any]) -> list[dict[str, Any]]:
+    charts = LOAD_BALANCER_CONTROLLER_CHARTS | GATEWAY_CONTROLLER_CHARTS
     return [r for r in plan["resources"] if r["type"] in NETWORK_PLUMBING or (
-        r["type"] == "kubernetes:helm.sh/v3:Release" and r["inputs"].get("chart") in LOAD_BALANCER_CONTROLLER_CHARTS)]
+        r["type"] == "kubernetes:helm.sh/v3:Release" and str(r["inputs"].get("chart")).rsplit("/", 1)[-1] in charts)]
 
 
 def test_destroy_deletes_each_load_balancer_before_what_its_controller_needs(plan: dict[str, Any]) -> None:
+    """The one load balancer is the gateway's: Envoy Gateway deletes its Service once the Gateway is gone, and a
+    command waits in its delete step until the cloud has deleted the load balancer. The Gateway goes before that
+    wait, and everything the deletion needs (the gateway controller, the cloud's load balancer controller, the
+    network) only after it."""
     waves = destroy_waves(plan)
-    (service,) = [r for r in resources(plan, "kubernetes:core/v1:Service") if r["inputs"]["spec"]["type"] ==
-                  "LoadBalancer"]
+    assert [r["name"] for r in resources(plan, "kubernetes:core/v1:Service")
+            if r["inputs"]["spec"]["type"] == "LoadBalancer"] == []
+    wait = one(plan, "command:local:Command", LOAD_BALANCER_GONE)
+    assert waves[one(plan, GATEWAY)["urn"]] < waves[wait["urn"]]
     needed = _needed_while_deleting_a_load_balancer(plan)
-    assert needed  # routes or NAT, firewall rules, the controller: every cloud stack has some
-    late = [r["name"] for r in needed if waves[r["urn"]] <= waves[service["urn"]]]
+    assert needed  # routes or NAT, firewall rules, the controllers: every cloud stack has some
+    late = [r["name"] for r in needed if waves[r["urn"]] <= waves[wait["urn"]]]
     assert late == [], f"deleted with or before the load balancer: {late}"
 
 
 def test_destroy_order_check_catches_a_route_the_cluster_no_longer_waits_for(
         stack_plan: Callable[[str], dict[str, Any]]) -> None:
     """The same graph with one route cut loose from the cluster, as the network was before: the route is
-    deleted in the first wave, beside the Service."""
+    deleted in the first wave, while the load balancer is still being deleted."""
     plan = json.loads(json.dumps(stack_plan("aws-dev")))
     route = one(plan, "aws:ec2/route:Route", "aws-network-private-0-default-route")
     for r in plan["resources"]:
         r["dependencies"] = [u for u in r["dependencies"] if u != route["urn"]]
     waves = destroy_waves(plan)
-    assert waves[route["urn"]] == 0 == waves[one(plan, "kubernetes:core/v1:Service")["urn"]]
-    assert [v.policy for v in check_plan(plan) if v.policy == "load-balancer-destroy-order"] == [
-        "load-balancer-destroy-order"]
+    assert waves[route["urn"]] == 0 < waves[one(plan, "command:local:Command", LOAD_BALANCER_GONE)["urn"]]
+    found = [v for v in check_plan(plan) if v.policy == "load-balancer-destroy-order"]
+    assert [v.policy for v in found] == ["load-balancer-destroy-order"]
+    assert "aws-network-private-0-default-route (aws:ec2/route:Route)" in found[0].message
 
 
 # --- `up` again after `destroy` --------------------------------------------------------------------
@@ -129,7 +141,8 @@ RETAINED: dict[str, list[tuple[str, str, str | None]]] = {
     "aws-prod": [("aws:eks/cluster:Cluster", "name", None),
                  ("aws:cloudwatch/logGroup:LogGroup", "name", "aws-eks-control-plane-logs"),
                  ("aws:cloudwatch/logGroup:LogGroup", "name", "aws-network-flow-logs")],
-    "gcp-prod": [("gcp:kms/keyRing:KeyRing", "name", None), ("gcp:kms/cryptoKey:CryptoKey", "name", None)],
+    "gcp-prod": [("gcp:kms/keyRing:KeyRing", "name", None), ("gcp:kms/cryptoKey:CryptoKey", "name", None),
+                 ("gcp:projects/iAMCustomRole:IAMCustomRole", "roleId", None)],
     "azure-prod": [("azure-native:containerregistry:Registry", "registryName", None),
                    ("azure-native:storage:StorageAccount", "accountName", "servestack-models")],
 }

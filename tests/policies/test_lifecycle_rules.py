@@ -20,7 +20,15 @@ PROVIDER = "pulumi:providers:kubernetes"
 RANDOM = "random:index/randomString:RandomString"
 LOG_GROUP = "aws:cloudwatch/logGroup:LogGroup"
 KEY_RING = "gcp:kms/keyRing:KeyRing"
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+COMMAND = "command:local:Command"
 LB_SERVICE = {"spec": {"type": "LoadBalancer", "loadBalancerSourceRanges": ["203.0.113.0/24"]}}
+GATEWAY_SPEC = {"metadata": {"name": "servestack", "namespace": "servestack"},
+                "spec": {"gatewayClassName": "servestack",
+                         "infrastructure": {"parametersRef": {"group": "gateway.envoyproxy.io", "kind": "EnvoyProxy",
+                                                              "name": "servestack"}}}}
 
 
 def _on(resource: PolicyResource, provider: PolicyResource) -> PolicyResource:
@@ -111,6 +119,56 @@ def test_a_load_balancer_that_depends_on_the_network_through_its_provider_and_th
     assert "route (aws:ec2/route:Route)" not in verdict.messages[0]  # the provider still leads to the network
 
 
+def _gateway_stack(wait_on_controller: bool = True, waits: bool = True,
+                   service_type: str = "LoadBalancer") -> list[PolicyResource]:
+    """A cluster on its network, Envoy Gateway on the cluster, and a Gateway whose load balancer Service Envoy
+    Gateway makes, waited for by a command (gateway.py's shape)."""
+    route, rule = stack_resource(ROUTE, "route", {}), stack_resource(RULE, "nodes-from-lb", {})
+    cluster = stack_resource(EKS, "eks", {}, deps=[route, rule])
+    provider = stack_resource(PROVIDER, "k8s", {}, deps=[cluster])
+    lb_controller = _on(stack_resource(HELM, "lb-controller", {"chart": "aws-load-balancer-controller"}), provider)
+    envoy_gateway = _on(stack_resource(HELM, "envoy-gateway", {"chart": "oci://docker.io/envoyproxy/gateway-helm"},
+                                       deps=[lb_controller]), provider)
+    proxy = _on(stack_resource(ENVOY_PROXY, "envoy-proxy", {
+        "metadata": {"name": "servestack", "namespace": "servestack"},
+        "spec": {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"type": service_type}}}}}),
+        provider)
+    wait = stack_resource(COMMAND, "load-balancer-gone", {"create": "true", **({"delete": "wait"} if waits else {})},
+                          deps=[envoy_gateway] if wait_on_controller else [])
+    gateway = _on(stack_resource(GATEWAY, "gateway", GATEWAY_SPEC, deps=[proxy, wait]), provider)
+    return [route, rule, cluster, provider, lb_controller, envoy_gateway, proxy, wait, gateway]
+
+
+def test_a_gateway_whose_load_balancer_deletion_is_waited_for_is_fine() -> None:
+    """The command's delete waits until Envoy Gateway and the cloud have deleted the load balancer, and outlives
+    nothing that needs: the controllers, the cluster (through the controllers' provider) and the network."""
+    assert check_stack("load-balancer-destroy-order", _gateway_stack()).kind == "pass"
+
+
+def test_a_gateway_with_nothing_waiting_for_its_load_balancer_leaves_it_behind() -> None:
+    for resources in (_gateway_stack(waits=False), [r for r in _gateway_stack() if r.resource_type != COMMAND]):
+        verdict = check_stack("load-balancer-destroy-order", resources)
+        assert verdict.kind == "violation" and verdict.urns == [urn(GATEWAY, "gateway")]
+        assert "nothing in the stack waits for that" in verdict.messages[0]
+
+
+def test_a_wait_that_does_not_outlive_the_gateway_controller_is_a_violation() -> None:
+    """Without the edge to Envoy Gateway the controller is deleted beside the wait: nobody deletes the Service,
+    and the wait times out with the load balancer still there."""
+    verdict = check_stack("load-balancer-destroy-order", _gateway_stack(wait_on_controller=False))
+    assert verdict.kind == "violation" and verdict.urns == [urn(GATEWAY, "gateway")]
+    message = verdict.messages[0]
+    assert "while load-balancer-gone waits for it" in message
+    for name in ("envoy-gateway (kubernetes:helm.sh/v3:Release)", "lb-controller (kubernetes:helm.sh/v3:Release)",
+                 "route (aws:ec2/route:Route)"):
+        assert name in message
+
+
+def test_a_gateway_whose_envoy_service_is_cluster_internal_makes_nothing_to_orphan() -> None:
+    resources = _gateway_stack(waits=False, service_type="ClusterIP")
+    assert check_stack("load-balancer-destroy-order", resources).kind == "pass"
+
+
 def test_a_service_without_a_load_balancer_makes_nothing_to_orphan() -> None:
     route = stack_resource(ROUTE, "route", {})
     service = stack_resource(SERVICE, "serving", {"spec": {"type": "ClusterIP"}})
@@ -137,6 +195,15 @@ def test_an_auto_name_in_the_outputs_is_still_a_fixed_name_to_the_rule() -> None
     assert check_stack("retained-names-unique", [auto]).kind == "violation"
     suffix = stack_resource(RANDOM, "kms-suffix", {"result": "x1y2z3"})
     named = stack_resource(KEY_RING, "ring", {"name": "servestack-gcp-prod-x1y2z3"}, property_deps={"name": [suffix]})
+    assert check_stack("retained-names-unique", [suffix, named]).kind == "pass"
+
+
+def test_a_gcp_custom_role_id_is_kept_for_weeks_after_deletion() -> None:
+    fixed = check_stack("retained-names-unique", [stack_resource(CUSTOM_ROLE, "role", {"roleId": "servestack_acme"})])
+    assert fixed.kind == "violation" and "37 days" in fixed.messages[0]
+    suffix = stack_resource(RANDOM, "role-suffix", {"result": "x1y2z3"})
+    named = stack_resource(CUSTOM_ROLE, "role", {"roleId": "servestack_acme_x1y2z3"},
+                           property_deps={"roleId": [suffix]})
     assert check_stack("retained-names-unique", [suffix, named]).kind == "pass"
 
 
