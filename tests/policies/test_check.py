@@ -205,9 +205,8 @@ def test_every_committed_exemption_still_exempts_a_finding(stack: str,
         assert entry.get("reason", "").strip(), entry
 
 
-def test_cloud_stacks_exempt_only_the_plain_http_service_of_the_public_endpoint_rule() -> None:
+def test_cloud_stacks_exempt_nothing_from_the_public_endpoint_rule() -> None:
+    """The gateway terminates TLS on every cloud stack: the plain-HTTP Service the rule once exempted is gone."""
     for stack in ("aws-prod", "gcp-prod", "azure-prod", "aws-dev", "gcp-dev", "azure-dev"):
         config = committed(stack)["public-endpoint-tls"]
-        assert config["enforcementLevel"] == ("mandatory" if stack.endswith("-prod") else "advisory")
-        assert [e["resource"] for e in config["exemptions"]] == ["servestack-service"]
-        assert "issue 8" in config["exemptions"][0]["reason"]
+        assert config == {"enforcementLevel": "mandatory" if stack.endswith("-prod") else "advisory"}
