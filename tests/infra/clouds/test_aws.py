@@ -1,5 +1,5 @@
-"""The aws-dev and aws-prod offline plans: network, firewall, EKS, node groups, registry, bucket, IAM and the
-serving deployment on top; plus the AWS config checks."""
+"""The aws-dev and aws-prod offline plans: network, firewall, EKS, node groups, registry, bucket, IAM, the
+serving deployment and the gateway on top, its certificate through Route 53; plus the AWS config checks."""
 
 from __future__ import annotations
 
@@ -13,13 +13,14 @@ import pytest
 import yaml
 
 from infra.check import check_plan
+from infra.clouds.aws.dns import _record_name
 from infra.clouds.aws.kube import kubeconfig
 from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS, gpu_zones
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes.aws import EKS_ADDON_BUILDS, ZONE_IDS_WITHOUT_GPUS, zone_ids
+from infra.offline.fakes.aws import EKS_ADDON_BUILDS, HOSTED_ZONES, ZONE_IDS_WITHOUT_GPUS, zone_ids
 from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
 from infra.offline.schemas import validate_plan
-from tests.infra.plans import inputs, one, resources
+from tests.infra.plans import inputs, one, resources, stack_variant
 
 STACKS = ("aws-dev", "aws-prod")
 NS = "servestack"
@@ -37,7 +38,13 @@ ROLE_POLICY = "aws:iam/rolePolicy:RolePolicy"
 ATTACHMENT = "aws:iam/rolePolicyAttachment:RolePolicyAttachment"
 HELM = "kubernetes:helm.sh/v3:Release"
 SERVICE = "kubernetes:core/v1:Service"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+ISSUER = "kubernetes:cert-manager.io/v1:ClusterIssuer"
+RECORD = "aws:route53/record:Record"
 LB = "service.beta.kubernetes.io/aws-load-balancer"
+ZONE = "Z0SERVESTACKEXAMPLE0"
+NLB_NAME = r"k8s-envoygat-servesta-[0-9a-f]{10}\.elb\.us-east-1\.amazonaws\.com"
 
 
 @pytest.fixture(scope="module", params=STACKS)
@@ -202,21 +209,19 @@ def test_security_group_and_rule_descriptions_use_only_what_ec2_accepts(plan: di
     assert bad == []
 
 
-def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_on_its_port(
+def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_on_its_ports(
         plan: dict[str, Any]) -> None:
-    config = _stack_config(plan["stack"])
-    clients = config["servestack:access"]["endpointCidrs"]
-    port = float(config["servestack:serving"].get("port", 80))
+    """The gateway's listeners, 80 (redirects to HTTPS) and 443, one rule per port and client range."""
+    clients = _stack_config(plan["stack"])["servestack:access"]["endpointCidrs"]
     lb_group = one(plan, SG, "aws-network-lb-sg")["urn"]
     by_cidr = [r for r in resources(plan, INGRESS) if r["inputs"].get("cidrIpv4") or r["inputs"].get("cidrIpv6")]
-    assert by_cidr, "the load balancer must admit its clients"
+    assert sorted((r["name"], r["inputs"]["cidrIpv4"], r["inputs"]["fromPort"], r["inputs"]["toPort"],
+                   r["inputs"]["ipProtocol"]) for r in by_cidr) == sorted(
+        (f"aws-network-lb-from-clients-{port}-{i}", client, float(port), float(port), "tcp")
+        for port in (80, 443) for i, client in enumerate(clients))
     for rule in by_cidr:
-        source = rule["inputs"].get("cidrIpv4") or rule["inputs"]["cidrIpv6"]
-        assert not _world(source)
-        assert source in clients
+        assert not _world(rule["inputs"]["cidrIpv4"])
         assert lb_group in rule["dependencies"]
-        assert (rule["inputs"]["fromPort"], rule["inputs"]["toPort"], rule["inputs"]["ipProtocol"]) == (
-            port, port, "tcp")
     # Every other ingress rule names a source security group: nothing else reaches in by address.
     others = [r for r in resources(plan, INGRESS) if r not in by_cidr]
     assert all(r["inputs"].get("referencedSecurityGroupId") for r in others)
@@ -515,7 +520,7 @@ def test_model_bucket_is_private_encrypted_versioned_and_tls_only(plan: dict[str
 
 def test_serving_deployment_uses_the_stacks_registry_bucket_and_role(plan: dict[str, Any]) -> None:
     config = _stack_config(plan["stack"])
-    pod = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]["spec"]
+    pod = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["template"]["spec"]
     server = pod["containers"][0]
     registry = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/servestack-{plan['stack']}"
     assert server["image"] == f"{registry}/servestack-serving:{config['servestack:serving']['imageTag']}"
@@ -528,29 +533,102 @@ def test_serving_deployment_uses_the_stacks_registry_bucket_and_role(plan: dict[
     if config["servestack:model"]["source"] == "bucket":
         bucket = one(plan, "aws:s3/bucket:Bucket")["name"]
         fetch = pod["initContainers"][0]["command"]
-        assert fetch[3].startswith("s3://") and bucket in fetch[3] and fetch[3].endswith("/models/tiny")
+        revision = config["servestack:model"]["revision"]
+        assert fetch[3].startswith("s3://") and bucket in fetch[3] and fetch[3].endswith(f"/models/tiny/{revision}")
+
+
+def _envoy_service(plan: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's load balancer Service, as the EnvoyProxy describes it to Envoy Gateway."""
+    service: dict[str, Any] = inputs(plan, ENVOY_PROXY)["spec"]["provider"]["kubernetes"]["envoyService"]
+    return service
 
 
 def test_serving_load_balancer_is_an_nlb_behind_our_security_group(plan: dict[str, Any]) -> None:
-    annotations = inputs(plan, SERVICE)["metadata"]["annotations"]
+    service = _envoy_service(plan)
+    annotations = service["annotations"]
+    assert (service["type"], service["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
     assert annotations[f"{LB}-type"] == "external"
     assert annotations[f"{LB}-nlb-target-type"] == "instance"
     assert annotations[f"{LB}-scheme"] == "internet-facing"
-    # The group by id: the Service depends on it, so `pulumi destroy` deletes the load balancer first.
+    # The group by id: the gateway's proxy depends on it, so `pulumi destroy` deletes the load balancer first.
     lb_group = one(plan, SG, "aws-network-lb-sg")
     assert annotations[f"{LB}-security-groups"].startswith("sg-")
-    assert lb_group["urn"] in one(plan, SERVICE)["propertyDependencies"]["metadata"]
+    assert lb_group["urn"] in one(plan, ENVOY_PROXY)["propertyDependencies"]["spec"]
     assert annotations[f"{LB}-manage-backend-security-group-rules"] == "false"
+    # No serving Service of its own: the servers are ClusterIP behind the gateway.
+    assert [r["name"] for r in resources(plan, SERVICE) if r["inputs"]["spec"].get("type") == "LoadBalancer"] == []
     controller = inputs(plan, HELM, "aws-lb-controller")
     assert controller["chart"] == "aws-load-balancer-controller" and controller["version"] == "1.13.4"
     assert controller["values"]["vpcId"].startswith("vpc-") and controller["values"]["region"] == "us-east-1"
     assert controller["values"]["enableBackendSecurityGroup"] is False
 
 
-def test_the_endpoint_is_the_nlbs_dns_name(plan: dict[str, Any]) -> None:
-    # The load balancer controller reports an NLB by its DNS name, never by an address.
-    assert re.fullmatch(r"http://k8s-servesta-servesta-[0-9a-f]{10}\.elb\.us-east-1\.amazonaws\.com",
-                        plan["outputs"]["endpoint"])
+def test_the_nlb_lets_connections_to_a_terminating_target_finish(plan: dict[str, Any]) -> None:
+    """Kubernetes review H1: an unhealthy target's connections are not reset; they drain for as long as a
+    terminating Envoy pod drains (the route's 330 s), and so does a deregistered one. Cross-zone balancing keeps a
+    zone's address serving while the zone has no ready pod."""
+    annotations = _envoy_service(plan)["annotations"]
+    assert annotations[f"{LB}-target-group-attributes"] == (
+        "target_health_state.unhealthy.connection_termination.enabled=false,"
+        "target_health_state.unhealthy.draining_interval_seconds=330,deregistration_delay.timeout_seconds=330")
+    assert annotations[f"{LB}-attributes"] == "load_balancing.cross_zone.enabled=true"
+
+
+def test_the_endpoint_is_the_hostname_and_its_cname_points_at_the_nlb(plan: dict[str, Any]) -> None:
+    # The load balancer controller reports an NLB by its DNS name, never by an address: the hostname is a CNAME.
+    hostname = _stack_config(plan["stack"])["servestack:gateway"]["hostname"]
+    assert plan["outputs"]["endpoint"] == f"https://{hostname}"
+    assert re.fullmatch(NLB_NAME, plan["outputs"]["address"])
+    record = one(plan, RECORD)
+    assert record["inputs"] == {"zoneId": ZONE, "name": hostname, "type": "CNAME", "ttl": 300.0,
+                                "records": [plan["outputs"]["address"]]}
+    assert one(plan, "kubernetes:gateway.networking.k8s.io/v1:Gateway")["urn"] in record["dependencies"]
+
+
+def test_cert_manager_may_change_only_the_challenge_record_in_the_zone(plan: dict[str, Any]) -> None:
+    hostname = _stack_config(plan["stack"])["servestack:gateway"]["hostname"]
+    policy = json.loads(inputs(plan, ROLE_POLICY, "aws-cert-manager-dns01")["policy"])
+    assert policy["Statement"] == [
+        {"Sid": "ChallengeRecord", "Effect": "Allow", "Action": "route53:ChangeResourceRecordSets",
+         "Resource": f"arn:aws:route53:::hostedzone/{ZONE}",
+         "Condition": {"ForAllValues:StringEquals": {
+             "route53:ChangeResourceRecordSetsNormalizedRecordNames": [f"_acme-challenge.{hostname}"],
+             "route53:ChangeResourceRecordSetsRecordTypes": ["TXT"],
+             "route53:ChangeResourceRecordSetsActions": ["UPSERT", "DELETE"]}}},
+        {"Sid": "ChangeStatus", "Effect": "Allow", "Action": "route53:GetChange",
+         "Resource": "arn:aws:route53:::change/*"}]
+    (statement,) = _trust(plan, "aws-cert-manager-role")["Statement"]
+    subjects = [v for k, v in statement["Condition"]["StringEquals"].items() if k.endswith(":sub")]
+    assert subjects == ["system:serviceaccount:cert-manager:cert-manager"]
+
+
+def test_cert_manager_solves_dns01_in_route53_as_its_role(plan: dict[str, Any]) -> None:
+    release = one(plan, HELM, "servestack-cert-manager")
+    values = release["inputs"]["values"]
+    (annotation,) = values["serviceAccount"]["annotations"].items()
+    assert annotation[0] == "eks.amazonaws.com/role-arn"
+    assert re.fullmatch(r"arn:aws:iam::123456789012:role/aws-cert-manager-role-[0-9a-f]{7}", annotation[1])
+    assert values["podLabels"] == {}
+    # The grant is in place before cert-manager first asks for a certificate.
+    assert one(plan, ROLE_POLICY, "aws-cert-manager-dns01")["urn"] in release["dependencies"]
+    (solver,) = inputs(plan, ISSUER)["spec"]["acme"]["solvers"]
+    assert solver["dns01"] == {"route53": {"region": "us-east-1", "hostedZoneID": ZONE}}
+
+
+def test_the_gateway_and_cert_manager_run_on_the_system_nodes(plan: dict[str, Any]) -> None:
+    system = {"servestack.io/pool": "system"}
+    pod = inputs(plan, ENVOY_PROXY)["spec"]["provider"]["kubernetes"]["envoyDeployment"]["pod"]
+    assert pod["nodeSelector"] == system and "tolerations" not in pod
+    values = inputs(plan, HELM, "servestack-cert-manager")["values"]
+    assert values["nodeSelector"] == values["webhook"]["nodeSelector"] == system
+    assert inputs(plan, HELM, "servestack-envoy-gateway")["values"]["deployment"]["pod"]["nodeSelector"] == system
+    # The system group carries exactly that label.
+    assert inputs(plan, NODE_GROUP, "aws-eks-system-nodes")["labels"] == system
+
+
+def test_the_model_upload_check_waits_for_the_revisions_manifest(prod: dict[str, Any]) -> None:
+    check = inputs(prod, "command:local:Command", "servestack-wait-for-model")["create"]
+    assert re.search(r"s3 ls s3://aws-models-bucket-[0-9a-f]+/models/tiny/r1/manifest\.json", check)
 
 
 def test_bottlerocket_brings_its_device_plugin(plan: dict[str, Any]) -> None:
@@ -580,7 +658,7 @@ def test_plan_outputs(plan: dict[str, Any]) -> None:
     assert outputs["cloud"] == "aws" and outputs["gpu_machine_type"] == "g6.xlarge"
     # the catalog's g6.xlarge: spot in dev, on-demand in prod
     assert outputs["gpu_node_usd_per_hour"] == {"aws-dev": 0.33, "aws-prod": 0.805}[plan["stack"]]
-    assert outputs["api_key"] == "[secret]"
+    assert set(outputs["api_keys"].values()) == {"[secret]"}
 
 
 # --- variants and bad config -----------------------------------------------------------------------
@@ -621,10 +699,11 @@ def test_al2023_nodes_get_the_device_plugin(tmp_path_factory: pytest.TempPathFac
 def test_internal_load_balancer_admits_only_the_vpc(tmp_path_factory: pytest.TempPathFactory) -> None:
     plan = _variant(tmp_path_factory, "aws-internal", access={"internalLoadBalancer": True,
                                                                "apiCidrs": ["198.51.100.0/24"]})
-    annotations = inputs(plan, SERVICE)["metadata"]["annotations"]
-    assert annotations[f"{LB}-scheme"] == "internal"
+    assert _envoy_service(plan)["annotations"][f"{LB}-scheme"] == "internal"
     by_cidr = [r["inputs"] for r in resources(plan, INGRESS) if r["inputs"].get("cidrIpv4")]
-    assert [(r["cidrIpv4"], r["fromPort"]) for r in by_cidr] == [("10.0.0.0/16", 80.0)]
+    assert [(r["cidrIpv4"], r["fromPort"]) for r in by_cidr] == [("10.0.0.0/16", 80.0), ("10.0.0.0/16", 443.0)]
+    # An internal NLB's DNS name, which resolves to addresses inside the VPC: the hostname's CNAME points there.
+    assert re.fullmatch(f"internal-{NLB_NAME}", plan["outputs"]["address"])
     assert check_plan(plan) == []
 
 
@@ -634,7 +713,8 @@ def test_ipv6_clients_get_an_ipv6_rule_on_the_load_balancer_port(tmp_path_factor
     clients = [r["inputs"] for r in resources(plan, INGRESS) if r["name"].startswith("aws-network-lb-from-clients")]
     # EC2 refuses an IPv6 range in cidrIpv4 (and the reverse): each family goes in its own field.
     assert [(r.get("cidrIpv4"), r.get("cidrIpv6"), r["fromPort"]) for r in clients] == [
-        ("203.0.113.0/24", None, 80.0), (None, "2001:db8::/32", 80.0)]
+        ("203.0.113.0/24", None, 80.0), (None, "2001:db8::/32", 80.0),
+        ("203.0.113.0/24", None, 443.0), (None, "2001:db8::/32", 443.0)]
 
 
 def test_ipv6_api_ranges_fail_the_plan_by_name(tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -643,6 +723,42 @@ def test_ipv6_api_ranges_fail_the_plan_by_name(tmp_path_factory: pytest.TempPath
                                                            "apiCidrs": ["2001:db8::/32"]})
     assert ("servestack:access.apiCidrs[0]: '2001:db8::/32' is an IPv6 range; the public endpoint of an IPv4 "
             "EKS cluster admits IPv4 ranges only") in str(error.value)
+
+
+@pytest.mark.parametrize(("gateway", "problem"), [
+    ({"hostname": "api.other.example.org"},
+     "servestack:gateway.hostname: 'api.other.example.org' is not inside the DNS zone 'servestack.example.com' that "
+     "servestack:gateway.dnsZone ('Z0SERVESTACKEXAMPLE0') names"),
+    ({"dnsZone": "Z0UNKNOWNZONE"},
+     "`pulumi up` would fail: invoking aws:route53/getZone:getZone: NoSuchHostedZone: No hosted zone found with ID: "
+     "Z0UNKNOWNZONE"),
+], ids=["hostname-outside-the-zone", "unknown-zone"])
+def test_a_hostname_the_zone_cannot_hold_fails_the_plan_by_name(tmp_path_factory: pytest.TempPathFactory,
+                                                                 gateway: dict[str, Any], problem: str) -> None:
+    config = _stack_config("aws-dev")["servestack:gateway"]
+    stacks = stack_variant(tmp_path_factory.mktemp("zone"), "aws-dev", "aws-zone",
+                           **{"servestack:gateway": {**config, **gateway}})
+    with pytest.raises(PlanError) as error:
+        plan_in_subprocess("aws-zone", stacks_dir=stacks)
+    assert problem in str(error.value)
+
+
+def test_the_zone_apex_and_a_private_zone_are_refused_by_name() -> None:
+    class Zone:
+        def __init__(self, private: bool) -> None:
+            self.name, self.private_zone = HOSTED_ZONES[ZONE]["name"], private
+
+    with pytest.raises(ConfigError) as apex:
+        _record_name("aws-dev", "servestack.example.com", ZONE, Zone(private=False))
+    assert apex.value.problems == [
+        "servestack:gateway.hostname: 'servestack.example.com' is the apex of the zone 'Z0SERVESTACKEXAMPLE0'; the "
+        "hostname points at the load balancer's DNS name with a CNAME, which DNS allows only below the apex: use a "
+        "name such as api.servestack.example.com"]
+    with pytest.raises(ConfigError) as private:
+        _record_name("aws-dev", "api.servestack.example.com", ZONE, Zone(private=True))
+    assert "'Z0SERVESTACKEXAMPLE0' is a private hosted zone (servestack.example.com)" in private.value.problems[0]
+    assert _record_name("aws-dev", "api.servestack.example.com", ZONE, Zone(private=False)) == \
+        "api.servestack.example.com"
 
 
 def test_kubeconfig_gets_its_token_from_the_aws_cli() -> None:
