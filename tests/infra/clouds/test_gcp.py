@@ -6,6 +6,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Mapping
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,22 @@ import pytest
 import yaml
 
 from infra.check import check_plan
-from infra.clouds.gcp import NODE_PORTS, SERVING_SERVICE_ACCOUNT, workload_identity_member
+from infra.clouds.gcp import (
+    ACME_DNS_PERMISSIONS,
+    NODE_PORTS,
+    SERVING_SERVICE_ACCOUNT,
+    build,
+    workload_identity_member,
+)
 from infra.clouds.gcp.kubeconfig import kubeconfig
 from infra.clouds.gcp.zones import GPU_ZONES, gpu_zones
 from infra.config import ConfigError, parse_config
-from infra.offline.plan import STACKS_DIR, read_stack_config
+from infra.offline.fakes import CloudError
+from infra.offline.fakes import gcp as fake_gcp
+from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess, read_stack_config
 from infra.offline.schemas import validate_plan
 from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE
-from tests.infra.plans import inputs, one, plan_unmasked, resources
+from tests.infra.plans import inputs, one, plan_unmasked, resources, stack_variant
 
 STACKS = ("gcp-dev", "gcp-prod")
 API = "gcp:projects/service:Service"
@@ -41,15 +50,24 @@ REPOSITORY = "gcp:artifactregistry/repository:Repository"
 BUCKET = "gcp:storage/bucket:Bucket"
 KEY_RING = "gcp:kms/keyRing:KeyRing"
 KEY = "gcp:kms/cryptoKey:CryptoKey"
-IAM_TYPES = (SA_IAM, PROJECT_IAM, BUCKET_IAM, REPO_IAM, KEY_IAM)
+CUSTOM_ROLE = "gcp:projects/iAMCustomRole:IAMCustomRole"
+ZONE_IAM = "gcp:dns/dnsManagedZoneIamMember:DnsManagedZoneIamMember"
+RECORD = "gcp:dns/recordSet:RecordSet"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+HELM = "kubernetes:helm.sh/v3:Release"
+IAM_TYPES = (SA_IAM, PROJECT_IAM, BUCKET_IAM, REPO_IAM, KEY_IAM, ZONE_IAM)
 HEALTH_CHECK_RANGES = ["35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22"]
 
+# cert-manager's: one more account and workload identity binding, the custom role, its grant on the zone, and the
+# hostname's record.
+ACME = {CUSTOM_ROLE: 1, ZONE_IAM: 1, RECORD: 1}
 GCP_COUNTS = {
-    "gcp-dev": {API: 10, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
-                SA_IAM: 1, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, REPOSITORY: 1, BUCKET: 1},
-    "gcp-prod": {API: 11, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 2,
-                 SA_IAM: 1, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, KEY_IAM: 1, REPOSITORY: 1, BUCKET: 1,
-                 KEY_RING: 1, KEY: 1, "gcp:projects/serviceIdentity:ServiceIdentity": 1},
+    "gcp-dev": {API: 10, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 3,
+                SA_IAM: 2, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, REPOSITORY: 1, BUCKET: 1, **ACME},
+    "gcp-prod": {API: 11, NETWORK: 1, SUBNET: 1, ROUTER: 1, NAT: 1, FIREWALL: 7, CLUSTER: 1, POOL: 2, ACCOUNT: 3,
+                 SA_IAM: 2, PROJECT_IAM: 1, BUCKET_IAM: 1, REPO_IAM: 1, KEY_IAM: 1, REPOSITORY: 1, BUCKET: 1,
+                 KEY_RING: 1, KEY: 1, "gcp:projects/serviceIdentity:ServiceIdentity": 1, **ACME},
 }
 
 
@@ -93,11 +111,13 @@ def test_plan_declares_every_gcp_resource_once(plan: dict[str, Any]) -> None:
 
 
 def test_every_gcp_resource_is_a_child_of_the_gpu_cluster_component(plan: dict[str, Any]) -> None:
+    """All but the hostname's record, which the gateway makes once its load balancer has an address."""
     component = one(plan, "servestack:gcp:GpuCluster")
     assert not component["custom"]
     for r in plan["resources"]:
-        if r["type"].startswith("gcp:") or r["type"] == "pulumi:providers:kubernetes":
+        if (r["type"].startswith("gcp:") and r["type"] != RECORD) or r["type"] == "pulumi:providers:kubernetes":
             assert r["parent"] == component["urn"], r["name"]
+    assert one(plan, RECORD)["parent"] == one(plan, "servestack:kubernetes:EntryGateway")["urn"]
 
 
 def test_apis_are_enabled_and_stay_enabled_on_destroy(plan: dict[str, Any]) -> None:
@@ -166,7 +186,7 @@ def world_openings(plan: Mapping[str, Any]) -> list[str]:
     ports. Documentation ranges such as 203.0.113.0/24 count as outside, as any client's would."""
     config = _config(plan)
     own = [ipaddress.ip_network(c) for c in (config.gcp.network_cidr, config.gcp.pods_cidr, config.gcp.master_cidr)]
-    lb = {"protocol": "tcp", "ports": [str(config.serving.port)]}
+    lb = {"protocol": "tcp", "ports": [str(port) for port in config.entry_ports]}
     found = []
     for name, rule in _rules(plan).items():
         if rule.get("direction", "INGRESS") != "INGRESS" or not rule.get("allows"):
@@ -208,7 +228,7 @@ def test_the_world_check_catches_a_rule_opening_another_port() -> None:
         {"type": FIREWALL, "name": "internal", "inputs": {"sourceRanges": ["10.10.0.0/20", "10.64.0.0/14"],
                                                           "allows": [{"protocol": "tcp"}]}},
         {"type": FIREWALL, "name": "clients-lb", "inputs": {"sourceRanges": ["203.0.113.0/24"],
-                                                            "allows": [{"protocol": "tcp", "ports": ["80"]}]}},
+                                                            "allows": [{"protocol": "tcp", "ports": ["80", "443"]}]}},
     ]}
     assert [f.split(":")[0] for f in world_openings(plan)] == ["ssh", "no-source", "hc-ssh", "clients-all-ports"]
 
@@ -227,10 +247,12 @@ def test_every_firewall_rule_is_explicit_with_description_priority_and_node_targ
     assert inputs(plan, POOL, "servestack-system-pool")["nodeConfig"]["tags"] == [tag]
 
 
-def test_load_balancer_clients_reach_only_the_serving_port(plan: dict[str, Any]) -> None:
+def test_load_balancer_clients_reach_only_the_entry_ports(plan: dict[str, Any]) -> None:
+    """The gateway's listeners: 443, and 80, which only redirects to it. The passthrough load balancer delivers
+    to whichever node runs the Envoy pods (the system pool, which carries the same node tag)."""
     rule = _rules(plan)["servestack-allow-lb-clients"]
     assert rule["sourceRanges"] == ["203.0.113.0/24"]
-    assert rule["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+    assert rule["allows"] == [{"protocol": "tcp", "ports": ["80", "443"]}]
 
 
 def test_health_checks_reach_only_the_node_ports(plan: dict[str, Any]) -> None:
@@ -280,7 +302,7 @@ def test_ipv4_and_ipv6_clients_get_only_the_load_balancer_port(tmp_path: Path) -
     assert rules["servestack-allow-lb-clients"]["sourceRanges"] == ["198.51.100.0/24"]
     assert rules["servestack-allow-lb-clients-v6"]["sourceRanges"] == ["2001:db8::/32"]
     for name in ("servestack-allow-lb-clients", "servestack-allow-lb-clients-v6"):
-        assert rules[name]["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+        assert rules[name]["allows"] == [{"protocol": "tcp", "ports": ["80", "443"]}]
     assert world_openings(plan) == []
     assert [v.message for v in check_plan(plan) if v.type == FIREWALL and v.level == "mandatory"] == []
 
@@ -292,14 +314,17 @@ def test_internal_load_balancer_admits_only_the_vpc(tmp_path: Path) -> None:
     plan = plan_unmasked("gcp-dev", tmp_path)
     rule = _rules(plan)["servestack-allow-lb-clients"]
     assert rule["sourceRanges"] == ["10.10.0.0/20"]
-    assert rule["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
-    # GKE gives an internal load balancer an address in the VPC.
-    assert plan["outputs"]["endpoint"].startswith("http://10.")
+    assert rule["allows"] == [{"protocol": "tcp", "ports": ["80", "443"]}]
+    # GKE gives an internal load balancer an address in the VPC: the hostname's A record points there.
+    assert plan["outputs"]["address"].startswith("10.")
+    assert inputs(plan, RECORD)["rrdatas"] == [plan["outputs"]["address"]]
     # An internal passthrough load balancer's health checks come from other ranges.
     assert _rules(plan)["servestack-allow-health-checks"]["sourceRanges"] == ["35.191.0.0/16", "130.211.0.0/22"]
-    service = inputs(plan, "kubernetes:core/v1:Service")
-    assert service["metadata"]["annotations"] == {"networking.gke.io/load-balancer-type": "Internal"}
-    assert "loadBalancerSourceRanges" not in service["spec"]
+    service = _envoy_service(plan)
+    # GKE ignores the backend-service annotation on an internal load balancer.
+    assert service["annotations"] == {"cloud.google.com/l4-rbs": "enabled",
+                                      "networking.gke.io/load-balancer-type": "Internal"}
+    assert "loadBalancerSourceRanges" not in service
 
 
 # --- cluster ---------------------------------------------------------------------------------------
@@ -441,6 +466,46 @@ def test_gpu_pool_accelerator_taint_labels_and_identity(plan: dict[str, Any]) ->
     assert system["urn"] in pool["dependencies"]
 
 
+def test_spot_gpu_nodes_give_the_serving_pods_time_to_drain(dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    """Kubernetes review M3, GCP review F6: GKE's graceful node shutdown on a spot pool, extended to the 120 s GKE
+    allows (15 s of it for system-critical pods), which the drain timeline counts on; on-demand pools keep
+    GKE's own settings (the field is for spot and preemptible pools only)."""
+    assert inputs(dev, POOL, "servestack-gpu-pool")["nodeConfig"]["kubeletConfig"] == {
+        "shutdownGracePeriodSeconds": 120.0, "shutdownGracePeriodCriticalPodsSeconds": 15.0}
+    assert "kubeletConfig" not in inputs(prod, POOL, "servestack-gpu-pool")["nodeConfig"]
+    assert "kubeletConfig" not in inputs(dev, POOL, "servestack-system-pool")["nodeConfig"]
+
+
+def test_a_spot_pool_on_a_gke_without_the_longer_shutdown_is_refused_by_name() -> None:
+    values = {**VALID_GCP, "servestack:kubernetesVersion": "1.34",
+              "servestack:gpu": {**VALID_GCP["servestack:gpu"], "spot": True}}
+    with pytest.raises(ConfigError) as error:
+        build(parse_config("gcp-dev", values, date(2026, 11, 29)))
+    assert error.value.problems == [
+        "servestack:kubernetesVersion: '1.34', but the spot GPU pool's graceful node shutdown (120 s, which the "
+        "serving pods' drain counts on) needs GKE 1.35.0-gke.1171000 or later: use 1.35 or later, or on-demand nodes "
+        "(servestack:gpu.spot false)"]
+
+
+@pytest.mark.parametrize(("node_config", "version", "refusal"), [
+    ({"spot": True, "kubeletConfig": {"shutdownGracePeriodSeconds": 60}}, "1.35",
+     "Invalid value for nodePool.config.kubeletConfig.shutdownGracePeriodSeconds: 60; allowed: 0, 30, 120"),
+    ({"kubeletConfig": {"shutdownGracePeriodSeconds": 120}}, "1.35", "can only be set on node pools of Spot or "
+                                                                      "preemptible VMs"),
+    ({"spot": True, "kubeletConfig": {"shutdownGracePeriodSeconds": 120}}, "1.34", "requires GKE version "
+                                                                                   "1.35.0-gke.1171000 or later"),
+    ({"spot": True, "kubeletConfig": {"shutdownGracePeriodSeconds": 30,
+                                      "shutdownGracePeriodCriticalPodsSeconds": 45}}, "1.35", "must not exceed"),
+], ids=["not-offered", "on-demand", "old-gke", "critical-over-total"])
+def test_the_fake_gke_refuses_a_graceful_shutdown_gke_does_not_offer(node_config: dict[str, Any], version: str,
+                                                                     refusal: str) -> None:
+    with pytest.raises(CloudError) as error:
+        fake_gcp._check_shutdown(node_config, version)
+    assert refusal in str(error.value)
+    fake_gcp._check_shutdown({"spot": True, "kubeletConfig": {"shutdownGracePeriodSeconds": 120,
+                                                              "shutdownGracePeriodCriticalPodsSeconds": 15}}, "1.35")
+
+
 def test_gpu_pool_autoscaling_and_spot(dev: dict[str, Any], prod: dict[str, Any]) -> None:
     dev_pool, prod_pool = inputs(dev, POOL, "servestack-gpu-pool"), inputs(prod, POOL, "servestack-gpu-pool")
     assert dev_pool["autoscaling"] == {"totalMinNodeCount": 0.0, "totalMaxNodeCount": 2.0, "locationPolicy": "ANY"}
@@ -466,10 +531,10 @@ def test_node_service_account_has_only_the_node_role_and_registry_read(plan: dic
 
 def test_workload_identity_binds_exactly_the_serving_service_account(plan: dict[str, Any]) -> None:
     project, namespace = plan["config"]["gcp:project"], "servestack"
-    binding = one(plan, SA_IAM)
+    binding = one(plan, SA_IAM, "servestack-serving-workload-identity")
     assert binding["inputs"]["role"] == "roles/iam.workloadIdentityUser"
     assert binding["inputs"]["member"] == f"serviceAccount:{project}.svc.id.goog[servestack/servestack]"
-    assert binding["inputs"]["member"] == workload_identity_member(project, namespace)
+    assert binding["inputs"]["member"] == workload_identity_member(project, namespace, SERVING_SERVICE_ACCOUNT)
     email = _email(plan, "serving")
     assert binding["inputs"]["serviceAccountId"] == f"projects/{project}/serviceAccounts/{email}"
     # The workload pool exists only once the cluster does.
@@ -478,7 +543,7 @@ def test_workload_identity_binds_exactly_the_serving_service_account(plan: dict[
     k8s_sa = inputs(plan, "kubernetes:core/v1:ServiceAccount")
     assert (k8s_sa["metadata"]["namespace"], k8s_sa["metadata"]["name"]) == (namespace, SERVING_SERVICE_ACCOUNT)
     assert k8s_sa["metadata"]["annotations"] == {"iam.gke.io/gcp-service-account": email}
-    pod = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]["spec"]
+    pod = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == SERVING_SERVICE_ACCOUNT
 
 
@@ -500,7 +565,7 @@ def test_registry_is_a_regional_docker_repository_the_deployment_pulls_from(plan
     assert repo["format"] == "DOCKER" and repo["location"] == "us-central1"
     assert repo["repositoryId"] == f"servestack-{stack}"
     assert repo["dockerConfig"] == {"immutableTags": stack == "gcp-prod"}
-    image = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    image = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == f"us-central1-docker.pkg.dev/{project}/servestack-{stack}/servestack-serving:0.1.0"
 
 
@@ -515,17 +580,20 @@ def test_model_bucket_is_private_uniform_and_versioned(plan: dict[str, Any]) -> 
 
 def test_prod_fetches_the_model_from_the_stack_bucket(prod: dict[str, Any]) -> None:
     bucket = one(prod, BUCKET)
-    pod = inputs(prod, "kubernetes:apps/v1:Deployment")["spec"]["template"]["spec"]
+    pod = inputs(prod, DEPLOYMENT, "servestack-deployment")["spec"]["template"]["spec"]
     fetch = pod["initContainers"][0]
     assert fetch["command"][:3] == ["python", "-m", "serving.fetch"]
-    assert fetch["command"][3].startswith(f"gs://{bucket['name']}-") and fetch["command"][3].endswith("/models/tiny")
+    assert fetch["command"][3].startswith(f"gs://{bucket['name']}-") and fetch["command"][3].endswith("/models/tiny/r1")
+    # `up` waits until the revision's manifest (uploaded last) is in the bucket.
+    check = inputs(prod, "command:local:Command", "servestack-wait-for-model")["create"]
+    assert re.search(rf"storage ls gs://{bucket['name']}-[0-9a-f]+/models/tiny/r1/manifest\.json", check)
 
 
 # --- Kubernetes access and serving -----------------------------------------------------------------
 
 
 def test_serving_pods_select_and_tolerate_the_gpu_pool(plan: dict[str, Any]) -> None:
-    pod = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]["spec"]
+    pod = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {GPU_POOL_LABEL: GPU_POOL_VALUE}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Equal", "value": "present",
                                    "effect": "NoSchedule"}]
@@ -544,7 +612,94 @@ def test_kubernetes_objects_use_the_cluster_provider_with_a_secret_kubeconfig(pl
     assert set(pools) <= set(namespace["dependencies"]), [by_urn[u]["name"] for u in namespace["dependencies"]]
     # The serving pods fetch the model as their Google account at first start: the Workload Identity
     # binding and the bucket grant come first.
-    assert {one(plan, SA_IAM)["urn"], one(plan, BUCKET_IAM)["urn"]} <= set(namespace["dependencies"])
+    assert {one(plan, SA_IAM, "servestack-serving-workload-identity")["urn"],
+            one(plan, BUCKET_IAM)["urn"]} <= set(namespace["dependencies"])
+
+
+# --- the gateway: its load balancer, its hostname, its certificate ------------------------------------
+
+
+def _envoy_service(plan: Mapping[str, Any]) -> dict[str, Any]:
+    service: dict[str, Any] = inputs(plan, ENVOY_PROXY)["spec"]["provider"]["kubernetes"]["envoyService"]
+    return service
+
+
+def test_the_gateway_is_a_backend_service_load_balancer_on_the_system_nodes(plan: dict[str, Any]) -> None:
+    """Kubernetes review M10: GKE's backend-service passthrough NLB (GKE recommends it over target pools); its
+    health checks come from the ranges the health-check rule admits, to the health-check node port."""
+    service = _envoy_service(plan)
+    assert service["annotations"] == {"cloud.google.com/l4-rbs": "enabled"}
+    assert (service["type"], service["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
+    assert service["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+    assert _rules(plan)["servestack-allow-health-checks"]["sourceRanges"] == HEALTH_CHECK_RANGES
+    system = {GPU_POOL_LABEL: "system"}
+    pod = inputs(plan, ENVOY_PROXY)["spec"]["provider"]["kubernetes"]["envoyDeployment"]["pod"]
+    assert pod["nodeSelector"] == system and "tolerations" not in pod
+    assert inputs(plan, HELM, "servestack-cert-manager")["values"]["nodeSelector"] == system
+    assert inputs(plan, POOL, "servestack-system-pool")["nodeConfig"]["labels"] == system
+
+
+def test_the_hostname_is_an_a_record_for_the_load_balancer_in_the_zone(plan: dict[str, Any]) -> None:
+    hostname = plan["config"]["servestack:gateway"]["hostname"]
+    assert plan["outputs"]["endpoint"] == f"https://{hostname}"
+    assert re.fullmatch(r"203\.0\.113\.\d+", plan["outputs"]["address"])
+    record = one(plan, RECORD)
+    assert record["inputs"] == {"project": plan["config"]["gcp:project"], "managedZone": "servestack-example",
+                                "name": f"{hostname}.", "type": "A", "ttl": 300.0,
+                                "rrdatas": [plan["outputs"]["address"]]}
+
+
+def test_cert_manager_may_change_record_sets_of_the_zone_and_nothing_else(plan: dict[str, Any]) -> None:
+    """What cert-manager's Cloud DNS solver calls with the zone given (no zone lookup), in a custom role granted
+    on the one managed zone: Cloud DNS has no grant narrower than a zone."""
+    project, email = plan["config"]["gcp:project"], _email(plan, "acme")
+    member = f"serviceAccount:{email}"
+    role = one(plan, CUSTOM_ROLE)
+    assert role["inputs"]["permissions"] == list(ACME_DNS_PERMISSIONS) == [
+        "dns.changes.create", "dns.changes.get", "dns.resourceRecordSets.create", "dns.resourceRecordSets.delete",
+        "dns.resourceRecordSets.list", "dns.resourceRecordSets.update"]
+    # A deleted custom role's id stays taken for weeks: each life of the stack has its own.
+    assert re.fullmatch(rf"servestack_{plan['stack'].replace('-', '_')}_acme_dns01_[a-z0-9]{{6}}",
+                        role["inputs"]["roleId"])
+    grants = [(r["type"], r["inputs"]) for t in IAM_TYPES for r in resources(plan, t)
+              if r["inputs"]["member"] == member]
+    assert grants == [(ZONE_IAM, {"project": project, "managedZone": "servestack-example", "member": member,
+                                  "role": f"projects/{project}/roles/{role['inputs']['roleId']}"})]
+    binding = inputs(plan, SA_IAM, "servestack-cert-manager-workload-identity")
+    assert binding["member"] == workload_identity_member(project, "cert-manager", "cert-manager")
+    assert binding["serviceAccountId"] == f"projects/{project}/serviceAccounts/{email}"
+
+
+def test_cert_manager_solves_dns01_in_cloud_dns_as_its_google_account(plan: dict[str, Any]) -> None:
+    release = one(plan, HELM, "servestack-cert-manager")
+    values = release["inputs"]["values"]
+    assert values["serviceAccount"]["annotations"] == {"iam.gke.io/gcp-service-account": _email(plan, "acme")}
+    assert values["podLabels"] == {}
+    # The binding and the grant are in place before cert-manager first asks for a certificate.
+    for name in ("servestack-cert-manager-workload-identity", "servestack-cert-manager-dns01"):
+        assert one(plan, SA_IAM if "identity" in name else ZONE_IAM, name)["urn"] in release["dependencies"]
+    issuer = inputs(plan, "kubernetes:cert-manager.io/v1:ClusterIssuer")
+    (solver,) = issuer["spec"]["acme"]["solvers"]
+    assert solver["dns01"] == {"cloudDNS": {"project": plan["config"]["gcp:project"],
+                                            "hostedZoneName": "servestack-example"}}
+
+
+@pytest.mark.parametrize(("gateway", "problem"), [
+    ({"hostname": "api.other.example.org"},
+     "servestack:gateway.hostname: 'api.other.example.org' is not inside the DNS zone 'servestack.example.com' that "
+     "servestack:gateway.dnsZone ('servestack-example') names"),
+    ({"dnsZone": "no-such-zone"},
+     "`pulumi up` would fail: invoking gcp:dns/getManagedZone:getManagedZone: Error when reading or editing DNS "
+     "Managed Zone \"projects/servestack-dev/managedZones/no-such-zone\": googleapi: Error 404: The "
+     "'parameters.managedZone' resource named 'no-such-zone' does not exist., notFound"),
+], ids=["hostname-outside-the-zone", "unknown-zone"])
+def test_a_hostname_the_zone_cannot_hold_fails_the_plan_by_name(tmp_path: Path, gateway: dict[str, Any],
+                                                                 problem: str) -> None:
+    config = read_stack_config("gcp-dev")["servestack:gateway"]
+    stacks = stack_variant(tmp_path, "gcp-dev", "gcp-zone", **{"servestack:gateway": {**config, **gateway}})
+    with pytest.raises(PlanError) as error:
+        plan_in_subprocess("gcp-zone", stacks_dir=stacks)
+    assert problem in str(error.value)
 
 
 @pytest.mark.parametrize("stack", STACKS)
@@ -588,6 +743,9 @@ VALID_GCP: dict[str, Any] = {
     "gcp:region": "us-central1",
     "servestack:gpu": {"type": "nvidia-l4", "machineType": "g2-standard-4", "minNodes": 0, "maxNodes": 2},
     "servestack:access": {"endpointCidrs": ["203.0.113.0/24"]},
+    "servestack:model": {"name": "tiny", "source": "image", "revision": "r1"},
+    "servestack:gateway": {"hostname": "api.servestack.example.com", "dnsZone": "servestack-example",
+                           "acmeEmail": "ops@servestack.example.com"},
 }
 
 
