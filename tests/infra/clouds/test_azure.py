@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,11 @@ from infra.clouds import azure
 from infra.config import ConfigError, parse_config
 from infra.offline.fakes import FakeContext
 from infra.offline.fakes import azure as fakes
-from infra.offline.plan import STACKS_DIR, plan_in_subprocess, read_stack_config
+from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess, read_stack_config
 from infra.offline.schemas import validate_plan
 from serving.fetch import parse_source
 from serving.settings import Settings
-from tests.infra.plans import inputs, one, resources
+from tests.infra.plans import inputs, one, resources, stack_variant
 
 STACKS = ("azure-dev", "azure-prod")
 RG = "azure-native:resources:ResourceGroup"
@@ -39,13 +40,23 @@ CONTAINER = "azure-native:storage:BlobContainer"
 IDENTITY = "azure-native:managedidentity:UserAssignedIdentity"
 FEDERATION = "azure-native:managedidentity:FederatedIdentityCredential"
 ROLE = "azure-native:authorization:RoleAssignment"
+ROLE_DEFINITION = "azure-native:authorization:RoleDefinition"
+RECORD = "azure-native:dns:RecordSet"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+HELM = "kubernetes:helm.sh/v3:Release"
 WORLD = {"*", "internet", "any", "0.0.0.0/0", "::/0"}
 SUBSCRIPTION = f"/subscriptions/{fakes.SUBSCRIPTION_ID}"
+# The stacks' DNS zone, in a subscription of its own.
+DNS_SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+DNS_GROUP = f"/subscriptions/{DNS_SUBSCRIPTION}/resourceGroups/dns"
+DNS_ZONE = f"{DNS_GROUP}/providers/Microsoft.Network/dnszones/servestack.example.com"
 
-# Every Azure resource each plan declares, by type.
+# Every Azure resource each plan declares, by type: with cert-manager's identity, its federation, its custom role
+# and grant on the zone, and the hostname's record.
 DEV_INVENTORY = {RG: 1, VNET: 1, SUBNET: 1, NSG: 1, PUBLIC_IP: 1, NAT: 1, CLUSTER: 1, POOL: 1, REGISTRY: 1,
-                 ACCOUNT: 1, CONTAINER: 1, IDENTITY: 2, FEDERATION: 1, ROLE: 5}
-PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 3, ROLE: 6}
+                 ACCOUNT: 1, CONTAINER: 1, IDENTITY: 3, FEDERATION: 2, ROLE: 6, ROLE_DEFINITION: 1, RECORD: 1}
+PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 4, ROLE: 7}
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +98,11 @@ def test_each_stack_declares_exactly_its_azure_resources(
         if r["type"].startswith("azure-native:"):
             found[r["type"]] = found.get(r["type"], 0) + 1
     assert found == expected
+    # All under the cluster's component but the hostname's record, which the gateway makes for its address.
     component = one(plan, "servestack:azure:GpuCluster")
-    assert all(r["parent"] == component["urn"] for r in plan["resources"] if r["type"].startswith("azure-native:"))
+    assert all(r["parent"] == component["urn"] for r in plan["resources"]
+               if r["type"].startswith("azure-native:") and r["type"] != RECORD)
+    assert one(plan, RECORD)["parent"] == one(plan, "servestack:kubernetes:EntryGateway")["urn"]
 
 
 def test_network_is_a_vnet_with_a_node_subnet_behind_the_nsg_and_nat(plan: dict[str, Any]) -> None:
@@ -148,7 +162,9 @@ def test_nsg_rules_are_inline_explicit_and_ordered(plan: dict[str, Any]) -> None
     vnet = _config(plan).azure.vnet_cidr
 
     serving = rules["allow-serving-load-balancer"]
-    assert (serving["access"], serving["protocol"], serving["destinationPortRange"]) == ("Allow", "Tcp", "80")
+    # The gateway's listeners: floating IP delivers to whichever node runs the Envoy pods, on the entry's ports.
+    assert (serving["access"], serving["protocol"], serving["destinationPortRanges"],
+            serving["destinationAddressPrefix"]) == ("Allow", "Tcp", ["80", "443"], "*")
     assert serving["sourceAddressPrefixes"] == ["198.51.100.0/24"]
     probes = rules["allow-azure-load-balancer-probes"]
     assert (probes["sourceAddressPrefix"], probes["destinationAddressPrefix"]) == ("AzureLoadBalancer", vnet)
@@ -169,8 +185,8 @@ def test_the_clients_reach_only_the_load_balancer_port() -> None:
                                    "endpointCidrs": ["198.51.100.0/24", "192.0.2.0/24", "2001:db8::/32"]}
     rules = azure.nsg_rules(parse_config("azure-dev", values))
     clients = [r for r in rules if r.source_address_prefixes and "198.51.100.0/24" in r.source_address_prefixes]
-    assert [(r.name, r.protocol, r.destination_port_range) for r in clients] == [
-        ("allow-serving-load-balancer", "Tcp", "80")]
+    assert [(r.name, r.protocol, r.destination_port_ranges) for r in clients] == [
+        ("allow-serving-load-balancer", "Tcp", ["80", "443"])]
     # The load balancer is IPv4 only: an IPv6 range has nothing to reach.
     assert clients[0].source_address_prefixes == ["198.51.100.0/24", "192.0.2.0/24"]
 
@@ -250,7 +266,7 @@ def test_a_rolling_update_at_full_scale_finds_a_gpu_node(plan: dict[str, Any]) -
     replicas hold; without it the rollout waits forever and `pulumi up` times out."""
     pool = inputs(plan, POOL)
     hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")["spec"]
-    rollout = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["strategy"]["rollingUpdate"]
+    rollout = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["strategy"]["rollingUpdate"]
     gpus_per_pod = float(_pod(plan)["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     assert gpus_per_pod == 1.0  # one pod per node on these one-GPU machines
     assert pool["maxCount"] >= hpa["maxReplicas"] + rollout["maxSurge"]
@@ -312,7 +328,7 @@ def test_model_storage_is_entra_only_https_and_firewalled(plan: dict[str, Any]) 
 
 def test_serving_identity_is_federated_with_exactly_the_service_account(plan: dict[str, Any]) -> None:
     identity = inputs(plan, IDENTITY, "servestack-serving-identity")
-    federation = inputs(plan, FEDERATION)
+    federation = inputs(plan, FEDERATION, "servestack-serving-federation")
     assert federation["subject"] == "system:serviceaccount:servestack:servestack"
     assert federation["audiences"] == ["api://AzureADTokenExchange"]
     assert federation["resourceName"] == identity["resourceName"]
@@ -325,7 +341,8 @@ def test_kubernetes_objects_wait_for_everything_the_pods_need(plan: dict[str, An
     deployer's cluster access and the kubelet's pull grant."""
     waits_for = set(one(plan, "kubernetes:core/v1:Namespace")["dependencies"])
     access_wait = one(plan, "command:local:Command", "servestack-deployer-access-wait")
-    needed = {one(plan, FEDERATION)["urn"], one(plan, POOL)["urn"], access_wait["urn"]} | {
+    needed = {one(plan, FEDERATION, "servestack-serving-federation")["urn"], one(plan, POOL)["urn"],
+              access_wait["urn"]} | {
         one(plan, ROLE, name)["urn"] for name in ("servestack-serving-model-reader", "servestack-kubelet-acr-pull")}
     assert needed <= waits_for
     # The deployer's grant reaches the API server minutes after it exists: the wait polls for it.
@@ -361,7 +378,11 @@ def test_role_assignments_are_scoped_to_single_resources(plan: dict[str, Any]) -
         expected["servestack-flow-logs-writer"] = (
             azure.STORAGE_BLOB_DATA_CONTRIBUTOR, f"{providers}/Microsoft.Storage/storageAccounts/{logs}")
     found = {r["name"]: (r["inputs"]["roleDefinitionId"], r["inputs"]["scope"]) for r in resources(plan, ROLE)}
-    assert found == {n: (_role(role), scope) for n, (role, scope) in expected.items()}
+    # cert-manager's custom role, on the one DNS zone (in the zone's own subscription).
+    custom = f"/subscriptions/{DNS_SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/" + \
+        fakes._guid(FakeContext(stack, plan["config"]), "role-definition", "servestack-acme-dns01-role")
+    assert found == {**{n: (_role(role), scope) for n, (role, scope) in expected.items()},
+                     "servestack-cert-manager-dns01": (custom, DNS_ZONE)}
     # The fake deployer signed in with the Azure CLI: a user.
     for name in ("servestack-deployer-cluster-admin", "servestack-deployer-model-uploads"):
         grant = inputs(plan, ROLE, name)
@@ -412,13 +433,19 @@ def test_kubeconfig_keeps_the_cluster_and_logs_in_as_the_deployer(login: str, ex
 
 
 def _pod(plan: dict[str, Any]) -> dict[str, Any]:
-    spec: dict[str, Any] = inputs(plan, "kubernetes:apps/v1:Deployment")["spec"]["template"]
+    spec: dict[str, Any] = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["template"]
     return spec
+
+
+def _envoy_service(plan: dict[str, Any]) -> dict[str, Any]:
+    """The gateway's load balancer Service, as the EnvoyProxy describes it to Envoy Gateway."""
+    service: dict[str, Any] = inputs(plan, ENVOY_PROXY)["spec"]["provider"]["kubernetes"]["envoyService"]
+    return service
 
 
 def test_serving_pods_use_workload_identity_and_the_gpu_pool(plan: dict[str, Any]) -> None:
     client_id = fakes._guid(FakeContext(plan["stack"], plan["config"]), "client", f"servestack-{plan['stack']}-serving")
-    account = inputs(plan, "kubernetes:core/v1:ServiceAccount")["metadata"]
+    account = inputs(plan, "kubernetes:core/v1:ServiceAccount", "servestack-service-account")["metadata"]
     assert account["name"] == "servestack" and account["namespace"] == "servestack"
     assert account["annotations"] == {"azure.workload.identity/client-id": client_id}
     pod = _pod(plan)
@@ -437,7 +464,7 @@ def test_serving_pods_use_workload_identity_and_the_gpu_pool(plan: dict[str, Any
 def test_load_balancer_keeps_a_silent_request_open_until_the_server_times_it_out(plan: dict[str, Any]) -> None:
     """Azure's default idle timeout (4 minutes) would reset a non-streaming request before the server's
     own timeout answers it with a 504."""
-    annotations = inputs(plan, "kubernetes:core/v1:Service")["metadata"]["annotations"]
+    annotations = _envoy_service(plan)["annotations"]
     idle_minutes = int(annotations["service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout"])
     server_timeout = Settings.model_fields["request_timeout_seconds"].default
     env = {e["name"] for e in _pod(plan)["spec"]["containers"][0]["env"]}
@@ -457,14 +484,19 @@ def test_prod_fetches_the_model_from_its_container_in_a_form_fetch_accepts(prod:
     (init,) = _pod(prod)["spec"]["initContainers"]
     source = init["command"][3]
     account = inputs(prod, ACCOUNT, "servestack-models")["accountName"]
-    assert source == f"abfs://models@{account}.blob.core.windows.net/models/tiny"
+    assert source == f"abfs://models@{account}.blob.core.windows.net/models/tiny/r1"
     parsed = parse_source(source)
-    assert (parsed.protocol, parsed.account, parsed.root) == ("az", account, "models/models/tiny")
+    assert (parsed.protocol, parsed.account, parsed.root) == ("az", account, "models/models/tiny/r1")
+    # `up` waits until the revision's manifest (uploaded last) is in the container.
+    check = inputs(prod, "command:local:Command", "servestack-wait-for-model")["create"]
+    assert f"az storage blob exists --account-name {account} --container-name models --auth-mode login " \
+           "--name models/tiny/r1/manifest.json" in check
 
 
 def test_kubernetes_objects_validate(plan: dict[str, Any]) -> None:
     results = validate_plan(plan, "1.35")
-    assert len(results) == 9
+    assert {"ClusterIssuer", "Certificate", "EnvoyProxy", "Gateway", "Deployment"} <= {
+        r.kind for r in results if not r.skipped}
     assert [(r.kind, r.error) for r in results if r.error] == []
 
 
@@ -473,17 +505,106 @@ def test_internal_load_balancer_takes_a_node_subnet_address_and_admits_the_vnet(
     document["config"]["servestack:access"] = {"internalLoadBalancer": True, "apiCidrs": ["203.0.113.0/24"]}
     (tmp_path / "Pulumi.azure-dev.yaml").write_text(yaml.safe_dump(document))
     plan = plan_in_subprocess("azure-dev", stacks_dir=tmp_path)
-    service = inputs(plan, "kubernetes:core/v1:Service")
-    assert service["metadata"]["annotations"] == {
+    service = _envoy_service(plan)
+    assert service["annotations"] == {
         "service.beta.kubernetes.io/azure-load-balancer-tcp-idle-timeout": "10",
         "service.beta.kubernetes.io/azure-load-balancer-internal": "true",
         "service.beta.kubernetes.io/azure-load-balancer-internal-subnet": "nodes"}
     assert inputs(plan, SUBNET)["subnetName"] == "nodes"
-    assert "loadBalancerSourceRanges" not in service["spec"]
-    # Clients inside the VNet keep their addresses (externalTrafficPolicy Local): the policy admits the VNet.
-    clients, _scraper = inputs(plan, "kubernetes:networking.k8s.io/v1:NetworkPolicy")["spec"]["ingress"]
-    assert [peer["ipBlock"]["cidr"] for peer in clients["from"]] == ["10.20.0.0/16"]
+    assert "loadBalancerSourceRanges" not in service
+    # An address in the VNet, which the hostname's A record names.
+    assert plan["outputs"]["address"].startswith("10.")
+    assert inputs(plan, RECORD)["aRecords"] == [{"ipv4Address": plan["outputs"]["address"]}]
     assert "allow-serving-load-balancer" not in {r["name"] for r in inputs(plan, NSG)["securityRules"]}
+
+
+# --- the gateway's hostname and certificate -------------------------------------------------------
+
+
+def test_the_gateway_and_cert_manager_run_on_the_system_pool(plan: dict[str, Any]) -> None:
+    """AKS labels every node of a System pool `kubernetes.azure.com/mode: system`; the pool's taint keeps all but
+    critical add-ons off, so the gateway and cert-manager tolerate it."""
+    system, toleration = {"kubernetes.azure.com/mode": "system"}, {
+        "key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}
+    pod = inputs(plan, ENVOY_PROXY)["spec"]["provider"]["kubernetes"]["envoyDeployment"]["pod"]
+    assert (pod["nodeSelector"], pod["tolerations"]) == (system, [toleration])
+    values = inputs(plan, HELM, "servestack-cert-manager")["values"]
+    for part in (values, values["webhook"], values["cainjector"], values["startupapicheck"]):
+        assert (part["nodeSelector"], part["tolerations"]) == (system, [toleration])
+    gateway = inputs(plan, HELM, "servestack-envoy-gateway")["values"]["deployment"]["pod"]
+    assert (gateway["nodeSelector"], gateway["tolerations"]) == (system, [toleration])
+    (pool,) = inputs(plan, CLUSTER)["agentPoolProfiles"]
+    assert (pool["mode"], pool["nodeTaints"]) == ("System", ["CriticalAddonsOnly=true:NoSchedule"])
+
+
+def test_cert_manager_may_change_only_txt_record_sets_of_the_zone(plan: dict[str, Any]) -> None:
+    """A custom role (DNS Zone Contributor would also let it change every record and the zone itself), defined on
+    the zone's resource group (custom roles are assignable no lower) and assigned on the zone alone."""
+    role = inputs(plan, ROLE_DEFINITION)
+    assert role["scope"] == DNS_GROUP and role["assignableScopes"] == [DNS_GROUP]
+    assert role["permissions"] == [{"actions": ["Microsoft.Network/dnszones/TXT/read",
+                                                "Microsoft.Network/dnszones/TXT/write",
+                                                "Microsoft.Network/dnszones/TXT/delete"]}]
+    # Role names are unique in the tenant: each stack and life has its own.
+    assert re.fullmatch(rf"servestack ACME DNS-01 \(servestack-{plan['stack']}-[a-z0-9]{{8}}\)", role["roleName"])
+    grant = inputs(plan, ROLE, "servestack-cert-manager-dns01")
+    ctx = FakeContext(plan["stack"], plan["config"])
+    identity = inputs(plan, IDENTITY, "servestack-cert-manager-identity")
+    assert identity["resourceName"] == f"servestack-{plan['stack']}-cert-manager"
+    assert (grant["principalId"], grant["principalType"], grant["scope"]) == (
+        fakes._guid(ctx, "principal", identity["resourceName"]), "ServicePrincipal", DNS_ZONE)
+    federation = inputs(plan, FEDERATION, "servestack-cert-manager-federation")
+    assert federation["subject"] == "system:serviceaccount:cert-manager:cert-manager"
+    assert federation["resourceName"] == identity["resourceName"]
+    assert federation["audiences"] == ["api://AzureADTokenExchange"]
+
+
+def test_cert_manager_solves_dns01_in_azure_dns_as_its_identity(plan: dict[str, Any]) -> None:
+    client_id = fakes._guid(FakeContext(plan["stack"], plan["config"]), "client",
+                            f"servestack-{plan['stack']}-cert-manager")
+    release = one(plan, HELM, "servestack-cert-manager")
+    values = release["inputs"]["values"]
+    assert values["serviceAccount"]["annotations"] == {"azure.workload.identity/client-id": client_id}
+    assert values["podLabels"] == {"azure.workload.identity/use": "true"}
+    # The federation and the grant are in place before cert-manager first asks for a certificate.
+    assert {one(plan, FEDERATION, "servestack-cert-manager-federation")["urn"],
+            one(plan, ROLE, "servestack-cert-manager-dns01")["urn"]} <= set(release["dependencies"])
+    (solver,) = inputs(plan, "kubernetes:cert-manager.io/v1:ClusterIssuer")["spec"]["acme"]["solvers"]
+    assert solver["dns01"] == {"azureDNS": {
+        "subscriptionID": DNS_SUBSCRIPTION, "resourceGroupName": "dns", "hostedZoneName": "servestack.example.com",
+        "environment": "AzurePublicCloud", "managedIdentity": {"clientID": client_id}}}
+
+
+def test_the_hostname_is_an_a_record_in_the_zones_own_subscription(plan: dict[str, Any]) -> None:
+    hostname = read_stack_config(plan["stack"])["servestack:gateway"]["hostname"]
+    assert plan["outputs"]["endpoint"] == f"https://{hostname}"
+    assert re.fullmatch(r"203\.0\.113\.\d+", plan["outputs"]["address"])
+    record = one(plan, RECORD)
+    assert record["inputs"] == {"resourceGroupName": "dns", "zoneName": "servestack.example.com",
+                                "relativeRecordSetName": hostname.removesuffix(".servestack.example.com"),
+                                "recordType": "A", "ttl": 300.0,
+                                "aRecords": [{"ipv4Address": plan["outputs"]["address"]}]}
+    # Written through a provider of the zone's subscription, signed in as the default one is.
+    provider = one(plan, "pulumi:providers:azure-native", "servestack-dns-zone")
+    assert provider["inputs"]["subscriptionId"] == DNS_SUBSCRIPTION
+    assert record["provider"] == provider["urn"]
+
+
+@pytest.mark.parametrize(("gateway", "problem"), [
+    ({"hostname": "api.other.example.org"},
+     "servestack:gateway.hostname: 'api.other.example.org' is not inside the DNS zone 'servestack.example.com' that "
+     f"servestack:gateway.dnsZone ('{DNS_ZONE}') names"),
+    ({"hostname": "api.example.net", "dnsZone": f"{DNS_GROUP}/providers/Microsoft.Network/dnszones/example.net"},
+     "`pulumi up` would fail: invoking azure-native:dns:getZone: (ResourceNotFound) The Resource "
+     "'Microsoft.Network/dnszones/example.net' under resource group 'dns' was not found."),
+], ids=["hostname-outside-the-zone", "unknown-zone"])
+def test_a_hostname_the_zone_cannot_hold_fails_the_plan_by_name(tmp_path: Path, gateway: dict[str, Any],
+                                                                 problem: str) -> None:
+    config = read_stack_config("azure-dev")["servestack:gateway"]
+    stacks = stack_variant(tmp_path, "azure-dev", "azure-zone", **{"servestack:gateway": {**config, **gateway}})
+    with pytest.raises(PlanError) as error:
+        plan_in_subprocess("azure-zone", stacks_dir=stacks)
+    assert problem in str(error.value)
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -507,7 +628,7 @@ BAD_AZURE = [
                   "creates, where the private endpoint is: every Kubernetes object of the stack would time out. "
                   "List the CIDR blocks of the deployer and the operators (the public endpoint admits only them; "
                   "nodes use the private endpoint)"], id="api-unreachable"),
-    pytest.param({}, {"servestack:model": {"name": "tiny", "source": "bucket"}},
+    pytest.param({}, {"servestack:model": {"name": "tiny", "source": "bucket", "revision": "r1"}},
                  ["servestack:azure.storageCidrs: empty, but servestack:model.source is bucket: the storage "
                   "account's firewall would refuse the model's upload; list the uploader's address"],
                  id="bucket-model-without-storage-ranges"),
@@ -566,7 +687,10 @@ def test_other_clouds_ignore_the_azure_api_rules() -> None:
     config = parse_config("aws-prod", {
         "servestack:cloud": "aws", "aws:region": "us-east-1", "servestack:environment": "prod",
         "servestack:gpu": {"type": "nvidia-l4"}, "servestack:access": {
-            "endpointCidrs": ["198.51.100.0/24"], "apiCidrs": ["203.0.113.0/24"]}})
+            "endpointCidrs": ["198.51.100.0/24"], "apiCidrs": ["203.0.113.0/24"]},
+        "servestack:model": {"name": "tiny", "source": "bucket", "revision": "r1"},
+        "servestack:gateway": {"hostname": "api.servestack.example.com", "dnsZone": "Z0SERVESTACKEXAMPLE0",
+                               "acmeEmail": "ops@servestack.example.com"}})
     assert config.cloud == "aws"
 
 
