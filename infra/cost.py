@@ -1,8 +1,9 @@
 """The cost estimate of a stack, from its offline plan and the price catalog (`infra.catalog`).
 
 What is priced is what the plan would create: the node pools (read as the gpu-budget policy reads them),
-the managed control plane, NAT, the serving load balancer and the public IPv4 addresses AWS and Azure
-charge for, each at its hourly list price in the cloud's reference region. Three figures per stack:
+the managed control plane, NAT, the serving load balancer (the gateway's, or the serving Service's) and the
+public IPv4 addresses AWS and Azure charge for, each at its hourly list price in the cloud's reference region.
+Three figures per stack:
 
 - idle: every pool at its minimum, with room for the serving Deployment's minimum replicas;
 - peak: every pool at its maximum;
@@ -31,7 +32,7 @@ from infra import catalog, terminal
 from policies.rules import values as v
 from policies.rules.budget import AKS_CLUSTER, pools
 from policies.rules.common import Resource
-from policies.rules.kubernetes import internal_load_balancer
+from policies.rules.kubernetes import GATEWAY, gateway_service, internal_load_balancer
 from policies.rules.values import BadValue, Unknown
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -206,9 +207,9 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
                 unpriced.append(f"control plane {r.name}: unknown AKS tier {tier!r}")
         elif r.type in (AWS_NAT, AZURE_NAT):
             lines.append(Line(f"NAT gateway {r.name}", catalog.NAT_GATEWAY_PER_HOUR[cloud], 1, 1))
-        elif r.type == SERVICE and v.dig(r.props, "spec", "type") == "LoadBalancer":
+        elif r.type in (SERVICE, GATEWAY) and (balanced := _load_balancer(r, resources)) is not None:
             lines.append(Line(f"load balancer {r.name}", catalog.LOAD_BALANCER_PER_HOUR[cloud], 1, 1))
-            addresses = _load_balancer_addresses(cloud, r, resources)
+            addresses = _load_balancer_addresses(cloud, *balanced, resources)
             if addresses:
                 lines.append(Line(f"public IPv4 of load balancer {r.name}", catalog.PUBLIC_IPV4_PER_HOUR[cloud],
                                   addresses, addresses))
@@ -222,13 +223,24 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
     return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced), min_replicas)
 
 
-def _load_balancer_addresses(cloud: str, service: Resource, resources: Sequence[Resource]) -> int:
-    """The public addresses a LoadBalancer Service's load balancer holds: an internet-facing NLB one in each
-    public subnet (tagged for load balancers), an Azure one for its frontend; none when internal."""
-    annotations = v.dig(service.props, "metadata", "annotations")
-    spec = v.dig(service.props, "spec")
-    internal = internal_load_balancer(annotations if isinstance(annotations, dict) else {},
-                                      spec if isinstance(spec, dict) else {})
+def _load_balancer(maker: Resource, resources: Sequence[Resource]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The annotations and spec of the LoadBalancer Service a Service is, or a Gateway's controller makes (as the
+    Gateway's EnvoyProxy describes it); None when it makes no load balancer."""
+    if maker.type == GATEWAY:
+        service = gateway_service(maker, list(resources))
+        annotations, spec = service.get("annotations"), service
+    else:
+        annotations, spec = v.dig(maker.props, "metadata", "annotations"), v.dig(maker.props, "spec")
+    if not isinstance(spec, dict) or spec.get("type") != "LoadBalancer":
+        return None
+    return (annotations if isinstance(annotations, dict) else {}), spec
+
+
+def _load_balancer_addresses(cloud: str, annotations: dict[str, Any], spec: dict[str, Any],
+                             resources: Sequence[Resource]) -> int:
+    """The public addresses a load balancer holds: an internet-facing NLB one in each public subnet (tagged for
+    load balancers), an Azure one for its frontend; none when internal."""
+    internal = internal_load_balancer(annotations, spec)
     if internal or cloud not in catalog.PUBLIC_IPV4_PER_HOUR:
         return 0
     if cloud == "aws":

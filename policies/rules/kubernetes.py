@@ -43,6 +43,23 @@ INTERNAL_LB = {
 }
 SOURCE_RANGES_ANNOTATION = "service.beta.kubernetes.io/load-balancer-source-ranges"
 AWS_LB = "service.beta.kubernetes.io/aws-load-balancer"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
+
+
+def gateway_service(gateway: Resource, resources: list[Resource]) -> dict[str, Any]:
+    """The Service the gateway controller (Envoy Gateway) makes for a Gateway, as the EnvoyProxy its infrastructure
+    names describes it (`type`, `annotations`, `loadBalancerSourceRanges`, ...); a LoadBalancer, Envoy Gateway's
+    default, where nothing says otherwise."""
+    ref = v.dig(gateway.props, "spec", "infrastructure", "parametersRef")
+    if isinstance(ref, dict) and ref.get("kind") == "EnvoyProxy":
+        for proxy in resources:
+            if (proxy.type == ENVOY_PROXY and v.dig(proxy.props, "metadata", "name") == ref.get("name")
+                    and proxy.namespace in (None, gateway.namespace)):
+                service = v.dig(proxy.props, "spec", "provider", "kubernetes", "envoyService")
+                if isinstance(service, dict):
+                    return {"type": "LoadBalancer", **{k: x for k, x in service.items() if x is not None}}
+    return {"type": "LoadBalancer"}
 
 
 def internal_load_balancer(annotations: dict[str, Any], spec: dict[str, Any]) -> bool:

@@ -21,13 +21,12 @@ from pulumi_policy import EnforcementLevel, Severity
 
 from policies.rules import values as v
 from policies.rules.common import Judge, Resource, Rule
+from policies.rules.kubernetes import GATEWAY, gateway_service
 from policies.rules.values import Unknown
 
 SERVICE = "kubernetes:core/v1:Service"
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
-GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
-ENVOY_PROXY = "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy"
 COMMAND = "command:local:Command"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
 GKE_CLUSTER = "gcp:container/cluster:Cluster"
@@ -107,21 +106,8 @@ def _makes_load_balancer(resource: Resource, resources: list[Resource]) -> bool:
     if resource.type == SERVICE:
         return v.dig(resource.props, "spec", "type") == "LoadBalancer"
     if resource.type == GATEWAY:
-        return _gateway_service_type(resource, resources) == "LoadBalancer"
+        return gateway_service(resource, resources)["type"] == "LoadBalancer"
     return resource.type == INGRESS
-
-
-def _gateway_service_type(gateway: Resource, resources: list[Resource]) -> Any:
-    """The type of the Service the gateway controller makes for a Gateway: what the EnvoyProxy its infrastructure
-    names says, LoadBalancer (Envoy Gateway's default) otherwise."""
-    ref = v.dig(gateway.props, "spec", "infrastructure", "parametersRef")
-    if not isinstance(ref, dict) or ref.get("kind") != "EnvoyProxy":
-        return "LoadBalancer"
-    for proxy in resources:
-        if (proxy.type == ENVOY_PROXY and v.dig(proxy.props, "metadata", "name") == ref.get("name")
-                and proxy.namespace in (None, gateway.namespace)):
-            return v.dig(proxy.props, "spec", "provider", "kubernetes", "envoyService", "type") or "LoadBalancer"
-    return "LoadBalancer"
 
 
 def _chart(resource: Resource) -> str:

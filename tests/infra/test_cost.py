@@ -30,10 +30,10 @@ def test_aws_dev_prices_every_hourly_resource_of_the_plan(stack_plan: Plan) -> N
         ("nodes aws-eks-system-nodes: m6i.large", 0.096, 1, 2),
         ("NAT gateway aws-network-nat-0", 0.045, 1, 1),
         ("control plane aws-eks-cluster", 0.10, 1, 1),
-        ("load balancer servestack-service", 0.0225, 1, 1),
+        ("load balancer servestack-gateway", 0.0225, 1, 1),
         # AWS charges every public IPv4 address: the NAT gateway's, and the NLB's in each of its two subnets.
         ("public IPv4 aws-network-nat-0-ip", 0.005, 1, 1),
-        ("public IPv4 of load balancer servestack-service", 0.005, 2, 2),
+        ("public IPv4 of load balancer servestack-gateway", 0.005, 2, 2),
     ])
     assert e.idle_per_hour == pytest.approx(0.33 + 0.096 + 0.045 + 0.10 + 0.0225 + 3 * 0.005)
     assert e.peak_per_hour == pytest.approx(0.66 + 0.192 + 0.045 + 0.10 + 0.0225 + 3 * 0.005)
@@ -48,7 +48,7 @@ def test_gcp_prod_counts_cloud_nat_per_vm_and_keeps_room_for_the_minimum_replica
         ("GPU nodes servestack-gpu-pool: g2-standard-4", 0.707, 2, 8),  # pool minimum 1, minReplicas 2
         ("nodes servestack-system-pool: e2-standard-2", 0.067, 2, 4),
         ("control plane servestack-cluster", 0.10, 1, 1),
-        ("load balancer servestack-service", 0.025, 1, 1),
+        ("load balancer servestack-gateway", 0.025, 1, 1),
         ("Cloud NAT servestack-nat (per VM)", 0.0014, 4, 12),  # every node of every pool
     ])
     assert e.idle_per_hour == pytest.approx(1.414 + 0.134 + 0.1 + 0.025 + 4 * 0.0014)
@@ -63,14 +63,19 @@ def test_azure_prices_the_aks_tier_of_each_environment(stack_plan: Plan) -> None
     assert ("nodes servestack-aks.agentPoolProfiles[0]: Standard_D4ds_v5", 0.226, 1, 3) in lines(dev)
     # The NAT gateway's static IP and the load balancer's frontend.
     assert ("public IPv4 servestack-egress-ip", 0.005, 1, 1) in lines(dev)
-    assert ("public IPv4 of load balancer servestack-service", 0.005, 1, 1) in lines(dev)
+    assert ("public IPv4 of load balancer servestack-gateway", 0.005, 1, 1) in lines(dev)
 
 
 def test_an_internal_load_balancer_holds_no_public_address(stack_plan: Plan) -> None:
+    """The gateway's load balancer is the Service its EnvoyProxy describes."""
     plan = copy.deepcopy(stack_plan("aws-dev"))
-    service = next(r for r in plan["resources"] if r["type"] == "kubernetes:core/v1:Service")
-    service["inputs"]["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"] = "internal"
+    proxy = next(r for r in plan["resources"] if r["type"] == "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy")
+    service = proxy["inputs"]["spec"]["provider"]["kubernetes"]["envoyService"]
+    service["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"] = "internal"
     assert not any(item.startswith("public IPv4 of load balancer") for item, *_ in lines(estimate(plan)))
+    # Reached through a port-forward, the gateway makes no load balancer at all.
+    service["type"] = "ClusterIP"
+    assert not any(item.startswith("load balancer") for item, *_ in lines(estimate(plan)))
 
 
 def test_the_local_stack_has_nothing_to_price(stack_plan: Plan) -> None:
