@@ -134,7 +134,7 @@ def build(config: StackConfig) -> Platform:
     return cluster.platform
 
 
-def role_definition(subscription_id: pulumi.Input[str], role: str) -> pulumi.Output[str]:
+def role_definition(subscription_id: pulumi.Input[str], role: pulumi.Input[str]) -> pulumi.Output[str]:
     return pulumi.Output.concat("/subscriptions/", subscription_id,
                                 "/providers/Microsoft.Authorization/roleDefinitions/", role)
 
