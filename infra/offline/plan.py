@@ -153,6 +153,11 @@ class _RecordingMonitor(mocks.MockMonitor):
                 "ignoreChanges": list(request.ignoreChanges),
                 "customTimeouts": _timeouts(request.customTimeouts),
             })
+            renamed = [alias.spec.name for alias in request.aliases if alias.spec.name]
+            if renamed:
+                # The names this resource had before: the engine keeps such a rename as an update, not a
+                # replacement. (The provider SDKs' own aliases, of their older type tokens, name no resource.)
+                self.records[-1]["aliases"] = renamed
             drift = self._plan_mocks.drift.get((request.type, request.name))
             if drift:
                 # What the cloud keeps differently from the declaration: after a refresh, the next `up`

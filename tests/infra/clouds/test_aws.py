@@ -222,6 +222,11 @@ def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_o
     for rule in by_cidr:
         assert not _world(rule["inputs"]["cidrIpv4"])
         assert lb_group in rule["dependencies"]
+    # The first port's rules keep the names they had when the entry had one port: an existing stack's next `up`
+    # updates them in place, where new rules beside identical old ones would fail as duplicates.
+    assert {r["name"]: r.get("aliases") for r in by_cidr} == {
+        f"aws-network-lb-from-clients-{port}-{i}": [f"aws-network-lb-from-clients-{i}"] if port == 80 else None
+        for port in (80, 443) for i in range(len(clients))}
     # Every other ingress rule names a source security group: nothing else reaches in by address.
     others = [r for r in resources(plan, INGRESS) if r not in by_cidr]
     assert all(r["inputs"].get("referencedSecurityGroupId") for r in others)
