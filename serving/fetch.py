@@ -175,7 +175,7 @@ def open_filesystem(source: Source) -> Any:
     import fsspec
 
     # A push into a local directory creates the revision's subdirectories as it writes.
-    return fsspec.filesystem("file", auto_mkdir=True)
+    return fsspec.filesystem("file", auto_mkdir=True, skip_instance_cache=True)
 
 
 def list_sizes(fs: Any, source: Source, what: str = "source") -> dict[str, int]:
