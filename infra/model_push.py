@@ -44,7 +44,7 @@ from rich.progress import (
 from infra import terminal
 from infra.offline.plan import ROOT, STACKS_DIR, PlanError, read_stack_config
 from serving.fetch import FetchError, Source, explain, human, list_sizes, open_filesystem, parse_source, storage_errors
-from serving.manifest import MANIFEST, NAME, REVISION, Manifest, ManifestError, build, model_files, parse
+from serving.manifest import MANIFEST, NAME, REVISION, Manifest, ManifestError, build, few, model_files, parse
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -206,8 +206,7 @@ def _immutable(destination: Source, there: Manifest, ours: Manifest) -> str:
     changes += [f"{path} is gone" for path in there.files if path not in ours.files]
     if there.name != ours.name:
         changes.insert(0, f"it is model {there.name!r}, not {ours.name!r}")
-    shown = ", ".join(changes[:5]) + (f" and {len(changes) - 5} more" if len(changes) > 5 else "")
-    return (f"{destination.url} already holds revision {there.revision!r} with other content ({shown}); "
+    return (f"{destination.url} already holds revision {there.revision!r} with other content ({few(changes)}); "
             "revisions are immutable: push under another --revision, or leave --revision out to derive one "
             "from the content")
 

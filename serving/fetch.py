@@ -53,6 +53,7 @@ from serving.manifest import (
     Manifest,
     ManifestError,
     check_identity,
+    few,
     model_files,
     parse,
     read,
@@ -218,9 +219,8 @@ def _prepare_target(dest: Path, manifest: Manifest) -> None:
     the directory is about to change (it comes back last, once every file is in place)."""
     extra = sorted(set(model_files(dest)) - set(manifest.files)) if dest.is_dir() else []
     if extra:
-        shown = ", ".join(extra[:5]) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
         raise FetchError(f"target {dest}: holds files that model {manifest.name!r} revision "
-                         f"{manifest.revision!r} does not list ({shown}); fetch into an empty directory")
+                         f"{manifest.revision!r} does not list ({few(extra)}); fetch into an empty directory")
     try:
         same = read(dest) == manifest
     except ManifestError:
@@ -291,7 +291,7 @@ def fetch(source: str, dest: str | Path, *, name: str | None = None, revision: s
             f"{human(manifest.total_size)}")
         unlisted = sorted(set(sizes) - set(manifest.files) - {MANIFEST})
         if unlisted:
-            log(f"  not in {MANIFEST}, so not copied: {', '.join(unlisted)}")
+            log(f"  not in {MANIFEST}, so not copied: {few(unlisted)}")
         for remote in files:
             target = dest.joinpath(*remote.name.split("/"))
             if is_complete(target, remote):

@@ -29,7 +29,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -42,7 +42,7 @@ CHUNK_BYTES = 8 * 1024 * 1024
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 REVISION = re.compile(r"[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_LISTED = 10  # problems named in one message; the rest are counted
+_NAMED = 5  # files named in one message; the rest are counted
 
 
 class ManifestError(Exception):
@@ -202,10 +202,14 @@ def verify_directory(manifest: Manifest, directory: Path, hashes: bool = True,
         elif hashes and (digest := sha256_file(directory / path, on_bytes)) != entry.sha256:
             problems.append(f"{path} has sha256 {digest}, the manifest says {entry.sha256}")
     if problems:
-        shown = "; ".join(problems[:_LISTED])
-        more = f"; and {len(problems) - _LISTED} more" if len(problems) > _LISTED else ""
         raise ManifestError(f"{directory} does not hold model {manifest.name!r} revision {manifest.revision!r} "
-                            f"as its {MANIFEST} lists it: {shown}{more}")
+                            f"as its {MANIFEST} lists it: {few(problems, '; ')}")
+
+
+def few(items: Sequence[str], separator: str = ", ") -> str:
+    """The first few items of a message's list, and how many more there are."""
+    more = f"{separator}and {len(items) - _NAMED} more" if len(items) > _NAMED else ""
+    return separator.join(items[:_NAMED]) + more
 
 
 def check_served_model(model_path: Path, name: str | None, revision: str | None) -> Manifest | None:

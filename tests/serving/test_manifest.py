@@ -161,6 +161,14 @@ def test_verify_names_missing_extra_resized_and_changed_files(tmp_path: Path) ->
     assert "sha256" not in str(sizes_only.value)
 
 
+def test_a_long_list_of_problems_names_five_and_counts_the_rest(tmp_path: Path) -> None:
+    files = {f"shard-{i}.safetensors": b"x" for i in range(7)}
+    manifest = Manifest("tiny", "r1", _entries(files))
+    with pytest.raises(ManifestError) as error:
+        verify_directory(manifest, _directory(tmp_path / "model", {}))
+    assert str(error.value).endswith("missing shard-3.safetensors; missing shard-4.safetensors; and 2 more")
+
+
 # --- the server's check at start --------------------------------------------------------------------
 
 
