@@ -3,10 +3,10 @@
     servestack model push --stack STACK [--revision REVISION] [--name NAME] [--bucket URI] DIR
 
 DIR goes up as `models/<name>/<revision>/` in the stack's bucket (`--bucket`, else the stack's
-`model_bucket_uri` output); for a stack whose `model.source` is a URI, as `<URI>/<revision>`, where its pods
-fetch it. The name defaults to the stack's `model.name`, the revision to one derived from the content
-(serving/manifest.py). The revision's manifest is uploaded last, so that the first `pulumi up`'s wait and
-every fetch see only whole revisions.
+`model_bucket_uri` output); without --bucket, for a stack whose `model.source` is a URI, as
+`<URI>/<revision>`, where its pods fetch it. The name defaults to the stack's `model.name`, the revision
+to one derived from the content (serving/manifest.py). The revision's manifest is uploaded last, so that
+the first `pulumi up`'s wait and every fetch see only whole revisions.
 
 Revisions are immutable: pushing other content under a revision whose manifest is there is refused, and
 pushing the same content again uploads nothing and says so.
@@ -76,15 +76,15 @@ class PushReport:
 def register(commands: Any) -> None:
     """Add the `model` subcommand (`model push`) to the servestack command line."""
     model = commands.add_parser("model", help="model revisions: push a model directory to a stack's bucket")
-    actions = model.add_subparsers(dest="model_command", required=True)
+    actions = model.add_subparsers(dest="action", required=True)
     push_parser = actions.add_parser("push", help="upload a model directory as one revision",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     push_parser.add_argument("dir", metavar="DIR", type=Path, help="the model directory")
     push_parser.add_argument("--stack", required=True, help="stack name (stacks/Pulumi.NAME.yaml)")
     push_parser.add_argument("--name", help="the model's name; default: the stack's servestack:model.name")
     push_parser.add_argument("--revision", help="the revision; default: 12 hex digits derived from the content")
-    push_parser.add_argument("--bucket", help=f"the bucket: {BUCKET_FORMS}; default: the stack's model_bucket_uri "
-                                              "output (`pulumi stack output`)")
+    push_parser.add_argument("--bucket", metavar="URI", help=f"the bucket: {BUCKET_FORMS}; default: the stack's "
+                                                            "model_bucket_uri output (`pulumi stack output`)")
     push_parser.add_argument("--stacks-dir", type=Path, default=STACKS_DIR, help="where the stack files are")
     push_parser.set_defaults(handler=run)
 
