@@ -6,6 +6,8 @@
   servestack compare [--bench STACK=FILE ...]    the stacks side by side, and a report with plots
   servestack run [--model smollm2|tiny]          the main job: plans, checks, costs, serving benchmark,
                                                  comparison report
+  servestack model push --stack NAME DIR         upload a model directory as one revision of the stack's
+                                                 models [--revision R] [--name N] [--bucket URI]
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rich.tree import Tree
 from infra.check import register as register_check
 from infra.compare import register as register_compare
 from infra.cost import register as register_cost
+from infra.model_push import register as register_model
 from infra.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
 from infra.terminal import console, errors
 
@@ -51,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_check(commands)
     register_cost(commands)
     register_compare(commands, OUT_DIR)
+    register_model(commands)
 
     run = commands.add_parser("run", help="the main job: offline plans, policy check and cost of every stack, "
                                           "the serving benchmark with a bundled model, the comparison report")

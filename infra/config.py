@@ -653,7 +653,9 @@ def _model(r: _Reader, cloud: str | None) -> ModelConfig:
     return ModelConfig(name, source, disk_gb, revision)
 
 
-# A revision is a path segment in the bucket and a Kubernetes label value.
+# A revision is a path segment in the bucket and a Kubernetes label value. The same as serving/manifest.py's
+# (the program cannot import the serving package: Pulumi runs infra/ with infra/ first on the path, where
+# serving.py is this program's module); tests/serving/test_manifest.py keeps the two equal.
 _REVISION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 
 

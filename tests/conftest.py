@@ -1,4 +1,5 @@
-"""Shared fixtures: each stack's offline plan, made once per test session in its own process."""
+"""Shared fixtures: each stack's offline plan, made once per test session in its own process; the object
+stores of tests/storage.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from infra.offline.plan import plan_in_subprocess
 from infra.versions import TODAY_VARIABLE
+from tests.storage import azure_store, gcs_store, s3_store, store  # noqa: F401  (the emulated object stores)
 
 # The stacks' Kubernetes versions are judged on a fixed day, so that no test ages out of a support window
 # (the plans' subprocesses inherit it).

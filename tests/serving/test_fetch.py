@@ -1,49 +1,24 @@
-"""serving.fetch against real storage emulators on 127.0.0.1: moto (S3), gcp-storage-emulator (GCS),
-Azurite (Azure Blob), and a local directory. Each emulator starts once per module on a free port; each
-test writes under its own prefix with the cloud's own client, then fetches it with serving.fetch."""
+"""serving.fetch against real storage emulators on 127.0.0.1 (tests/storage.py): moto (S3),
+gcp-storage-emulator (GCS), Azurite (Azure Blob), and a local directory. Each test writes a revision under
+its own prefix with the cloud's own client, then fetches it with serving.fetch."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from serving import fetch as fetch_module
 from serving.fetch import FetchError, RemoteFile, Source, fetch, main, open_filesystem, parse_source
+from serving.manifest import FileEntry, Manifest, ManifestError, check_served_model
+from tests.storage import AzureStore, LocalStore, S3Store, Store, azurite_connection_string
 
 REPO = Path(__file__).resolve().parents[2]
-AZURITE = REPO / "node_modules" / ".bin" / "azurite-blob"
-# Azurite's documented development account and key (public, emulator-only).
-AZURITE_ACCOUNT = "devstoreaccount1"
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, what: str, seconds: float = 20.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {seconds:.0f} s")
 
 
 def _model_files() -> dict[str, bytes]:
@@ -56,186 +31,14 @@ def _model_files() -> dict[str, bytes]:
     }
 
 
-def _with_manifest(files: dict[str, bytes], **overrides: str) -> dict[str, bytes]:
-    entries = {
-        name: {"size": len(data), "sha256": overrides.get(name, hashlib.sha256(data).hexdigest())}
-        for name, data in files.items()
-    }
-    return {**files, "manifest.json": json.dumps({"files": entries}).encode()}
+def _manifest(files: dict[str, bytes], name: str = "tiny", revision: str = "r1") -> Manifest:
+    entries = {path: FileEntry(len(data), hashlib.sha256(data).hexdigest()) for path, data in files.items()}
+    return Manifest(name, revision, entries)
 
 
-class Store:
-    """One storage backend: write files under a prefix with the cloud's own client, name its URL."""
-
-    env: dict[str, str]  # what serving.fetch needs in its environment to reach this backend
-
-    def upload(self, prefix: str, files: dict[str, bytes]) -> None:
-        raise NotImplementedError
-
-    def url(self, prefix: str) -> str:
-        raise NotImplementedError
-
-
-class S3Store(Store):
-    def __init__(self, endpoint: str) -> None:
-        import boto3  # type: ignore[import-untyped]
-
-        self.endpoint = endpoint
-        self.env = {
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-        self.client = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        )
-        self.client.create_bucket(Bucket="models")
-
-    def upload(self, prefix: str, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            self.client.put_object(Bucket="models", Key=f"{prefix}/{name}", Body=data)
-
-    def url(self, prefix: str) -> str:
-        return f"s3://models/{prefix}"
-
-    @contextmanager
-    def auth_enforced(self) -> Iterator[None]:
-        """moto's documented switch: authenticate every request from now on (our key is unknown)."""
-        httpx.post(f"{self.endpoint}/moto-api/reset-auth", content=b"0").raise_for_status()
-        try:
-            yield
-        finally:
-            httpx.post(f"{self.endpoint}/moto-api/reset-auth", content=b"inf").raise_for_status()
-
-
-class GcsStore(Store):
-    def __init__(self, endpoint: str) -> None:
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage  # type: ignore[import-untyped]
-
-        self.env = {"STORAGE_EMULATOR_HOST": endpoint, "NO_GCE_CHECK": "true"}
-        os.environ["STORAGE_EMULATOR_HOST"] = endpoint  # read by the client at construction
-        try:
-            client = storage.Client(project="servestack-test", credentials=AnonymousCredentials())
-            self.bucket = client.create_bucket("models")
-        finally:
-            del os.environ["STORAGE_EMULATOR_HOST"]
-
-    def upload(self, prefix: str, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            self.bucket.blob(f"{prefix}/{name}").upload_from_string(data)
-
-    def url(self, prefix: str) -> str:
-        return f"gs://models/{prefix}"
-
-
-def _azurite_connection_string(port: int, key: str = AZURITE_KEY) -> str:
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={key};"
-        f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
-    )
-
-
-class AzureStore(Store):
-    def __init__(self, port: int) -> None:
-        from azure.storage.blob import BlobServiceClient
-
-        self.port = port
-        self.env = {"AZURE_STORAGE_CONNECTION_STRING": _azurite_connection_string(port)}
-        service = BlobServiceClient.from_connection_string(self.env["AZURE_STORAGE_CONNECTION_STRING"])
-        self.container = service.create_container("models")
-
-    def upload(self, prefix: str, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            self.container.upload_blob(f"{prefix}/{name}", data)
-
-    def url(self, prefix: str) -> str:
-        return f"az://models/{prefix}?account={AZURITE_ACCOUNT}"
-
-
-class LocalStore(Store):
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.env = {}
-
-    def upload(self, prefix: str, files: dict[str, bytes]) -> None:
-        for name, data in files.items():
-            path = self.root / prefix / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-
-    def url(self, prefix: str) -> str:
-        return str(self.root / prefix)
-
-
-@pytest.fixture(scope="module")
-def s3_store() -> Iterator[S3Store]:
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        _wait_for_port(port, "moto")
-        yield S3Store(f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def gcs_store() -> Iterator[GcsStore]:
-    from gcp_storage_emulator.server import create_server
-
-    port = _free_port()
-    server = create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    try:
-        yield GcsStore(f"http://127.0.0.1:{port}")
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def azure_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AzureStore]:
-    if not AZURITE.exists():
-        pytest.fail(f"Azurite is not installed at {AZURITE}: run `npm ci` in the repository root")
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("azurite") / "azurite.log").open("wb")
-    process = subprocess.Popen(
-        [str(AZURITE), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--disableTelemetry", "--skipApiVersionCheck", "--silent"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        _wait_for_port(port, "Azurite")
-        yield AzureStore(port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-        log.close()
-
-
-@pytest.fixture(params=["s3", "gs", "az", "local"])
-def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Store:
-    backend: Store
-    if request.param == "local":
-        backend = LocalStore(tmp_path / "source")
-    else:
-        backend = request.getfixturevalue({"s3": "s3_store", "gs": "gcs_store", "az": "azure_store"}[request.param])
-    for name, value in backend.env.items():
-        monkeypatch.setenv(name, value)
-    return backend
+def _revision(files: dict[str, bytes], name: str = "tiny", revision: str = "r1") -> dict[str, bytes]:
+    """FILES with the manifest of model NAME at REVISION, as a push leaves them in the bucket."""
+    return {**files, "manifest.json": _manifest(files, name, revision).to_json()}
 
 
 def _prefix() -> str:
@@ -291,31 +94,43 @@ def test_parse_source_rejects_bad_forms_naming_the_value(url: str, expected: str
     assert expected in str(error.value)
 
 
+def test_joinpath_names_a_subdirectory_in_the_same_form() -> None:
+    parts = ("models", "tiny", "r1")
+    assert parse_source("s3://models").joinpath(*parts) == parse_source("s3://models/models/tiny/r1")
+    assert parse_source("gs://models/").joinpath(*parts).url == "gs://models/models/tiny/r1"
+    assert parse_source("az://models?account=servestackmodels").joinpath(*parts) == Source(
+        "az://models/models/tiny/r1?account=servestackmodels", "az", "models/models/tiny/r1", "servestackmodels")
+    abfs = "abfs://models@servestackmodels.blob.core.windows.net"
+    assert parse_source(abfs).joinpath(*parts).url == f"{abfs}/models/tiny/r1"
+    assert parse_source("/srv/models").joinpath(*parts) == Source("/srv/models/models/tiny/r1", "file",
+                                                                   "/srv/models/models/tiny/r1")
+
+
 # --- copying from each backend ----------------------------------------------------------------------
 
 
-def test_fetch_copies_the_model_and_skips_complete_files(store: Store, tmp_path: Path) -> None:
-    files = _with_manifest(_model_files())
+def test_fetch_copies_the_revision_and_skips_complete_files(store: Store, tmp_path: Path) -> None:
+    files = _model_files()
     prefix = _prefix()
-    store.upload(prefix, files)
+    store.upload(prefix, _revision(files))
     target = tmp_path / "model"
 
-    first = fetch(store.url(prefix), target, log=lambda _: None)
-    assert _tree(target) == files
+    first = fetch(store.url(prefix), target, name="tiny", revision="r1", log=lambda _: None)
+    assert _tree(target) == _revision(files)  # the manifest too, written last
     assert sorted(first.fetched) == sorted(files)
     assert first.bytes_fetched == sum(len(data) for data in files.values())
 
     lines: list[str] = []
-    second = fetch(store.url(prefix), target, log=lines.append)
+    second = fetch(store.url(prefix), target, name="tiny", revision="r1", log=lines.append)
     assert second.fetched == []
     assert sorted(second.skipped) == sorted(files)
     assert "model.safetensors: already complete, skipped" in "\n".join(lines)
 
 
 def test_fetch_refetches_a_truncated_file(store: Store, tmp_path: Path) -> None:
-    files = _model_files()  # no manifest: completeness is judged by size alone
+    files = _model_files()
     prefix = _prefix()
-    store.upload(prefix, files)
+    store.upload(prefix, _revision(files))
     target = tmp_path / "model"
     fetch(store.url(prefix), target, log=lambda _: None)
 
@@ -324,24 +139,80 @@ def test_fetch_refetches_a_truncated_file(store: Store, tmp_path: Path) -> None:
     report = fetch(store.url(prefix), target, log=lambda _: None)
 
     assert report.fetched == ["model.safetensors"]
-    assert _tree(target) == files
+    assert _tree(target) == _revision(files)
 
 
-def test_fetch_fails_on_a_hash_mismatch_naming_the_file(store: Store, tmp_path: Path) -> None:
-    files = _with_manifest(_model_files(), **{"model.safetensors": "0" * 64})
+def test_a_tampered_object_fails_the_fetch_naming_it(store: Store, tmp_path: Path) -> None:
+    files = _model_files()
     prefix = _prefix()
-    store.upload(prefix, files)
+    store.upload(prefix, _revision(files))
+    tampered = bytearray(files["model.safetensors"])
+    tampered[1000] ^= 0xFF  # same size: only the hash can tell
+    store.upload(prefix, {"model.safetensors": bytes(tampered)})
     target = tmp_path / "model"
 
     with pytest.raises(FetchError) as error:
-        fetch(store.url(prefix), target, log=lambda _: None)
+        fetch(store.url(prefix), target, name="tiny", revision="r1", log=lambda _: None)
 
     message = str(error.value)
     assert store.url(prefix) in message
     assert "model.safetensors: sha256 mismatch" in message
-    # Nothing that looks complete is left behind for the damaged file, and no partial either.
+    # Nothing that looks complete is left: not the damaged file, no partial, and no manifest for the directory.
     assert not (target / "model.safetensors").exists()
+    assert not (target / "manifest.json").exists()
     assert not [p.name for p in target.rglob("*") if p.name.endswith(".partial")]
+
+
+def test_a_source_without_a_manifest_fails_saying_how_to_push_one(
+    store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = _prefix()
+    store.upload(prefix, _model_files())
+    target = tmp_path / "model"
+
+    assert main([store.url(prefix), str(target), "--name", "tiny", "--revision", "r1"]) == 1
+
+    err = capsys.readouterr().err
+    assert err.startswith(f"fetch failed: source {store.url(prefix)}: no manifest.json")
+    assert "servestack model push --stack STACK --revision REVISION DIR" in err
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "revision", "expected"),
+    [("tiny", "r2", "expected revision 'r2'"), ("smollm2", "r1", "expected model 'smollm2'")],
+)
+def test_a_manifest_naming_another_model_or_revision_fails_fetch_and_server_check(
+    store: Store, tmp_path: Path, name: str, revision: str, expected: str
+) -> None:
+    """A revision copied by hand to another revision's place: the fetch refuses it before copying anything,
+    and a directory holding it does not pass the server's check at start either."""
+    prefix = _prefix()
+    store.upload(prefix, _revision(_model_files(), "tiny", "r1"))
+    target = tmp_path / "model"
+
+    with pytest.raises(FetchError) as error:
+        fetch(store.url(prefix), target, name=name, revision=revision, log=lambda _: None)
+    assert str(error.value) == f"{store.url(prefix)} manifest.json is model 'tiny' revision 'r1', {expected}"
+    assert not target.exists()
+
+    fetch(store.url(prefix), target, log=lambda _: None)  # no expectations: the copy itself is sound
+    with pytest.raises(ManifestError) as refused:
+        check_served_model(target, name, revision)
+    assert str(refused.value) == f"{target}/manifest.json is model 'tiny' revision 'r1', {expected}"
+    assert check_served_model(target, "tiny", "r1") == _manifest(_model_files())
+
+
+def test_objects_the_manifest_does_not_list_are_not_copied(store: Store, tmp_path: Path) -> None:
+    files = _model_files()
+    prefix = _prefix()
+    store.upload(prefix, {**_revision(files), "notes.txt": b"left by hand", "old/model.bin": b"x" * 10})
+    lines: list[str] = []
+
+    fetch(store.url(prefix), tmp_path / "model", log=lines.append)
+
+    assert _tree(tmp_path / "model") == _revision(files)
+    assert "  not in manifest.json, so not copied: notes.txt, old/model.bin" in lines
 
 
 def test_fetch_of_a_missing_source_fails_naming_it(
@@ -365,7 +236,7 @@ def test_fetch_from_s3_with_access_denied_fails_naming_the_source(
     s3_store: S3Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     prefix = _prefix()
-    s3_store.upload(prefix, _model_files())
+    s3_store.upload(prefix, _revision(_model_files()))
     for name, value in s3_store.env.items():
         monkeypatch.setenv(name, value)
     with s3_store.auth_enforced(), pytest.raises(FetchError) as error:
@@ -378,9 +249,9 @@ def test_fetch_from_azure_with_a_wrong_key_fails_naming_the_source(
     azure_store: AzureStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     prefix = _prefix()
-    azure_store.upload(prefix, _model_files())
+    azure_store.upload(prefix, _revision(_model_files()))
     wrong_key = "A" * 86 + "=="
-    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", _azurite_connection_string(azure_store.port, wrong_key))
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", azurite_connection_string(azure_store.port, wrong_key))
     with pytest.raises(FetchError) as error:
         fetch(azure_store.url(prefix), tmp_path / "model", log=lambda _: None)
     assert str(error.value).startswith(f"source {azure_store.url(prefix)}: access denied")
@@ -391,7 +262,7 @@ def test_a_source_naming_a_single_file_is_refused(store: Store, tmp_path: Path) 
     prefix = _prefix()
     store.upload(prefix, {"model.gguf": b"GGUF"})
     url = store.url(f"{prefix}/model.gguf")
-    with pytest.raises(FetchError, match=r"is a file; SOURCE must name a directory"):
+    with pytest.raises(FetchError, match=r"is a file; it must name a directory of model files"):
         fetch(url, tmp_path / "model", log=lambda _: None)
 
 
@@ -414,12 +285,10 @@ def test_azure_authenticates_with_workload_identity_for_the_account_in_the_uri(
 # --- local-only cases -------------------------------------------------------------------------------
 
 
-def test_a_same_size_file_with_other_bytes_is_refetched_when_the_manifest_has_its_hash(
-    tmp_path: Path,
-) -> None:
-    files = _with_manifest(_model_files())
+def test_a_same_size_file_with_other_bytes_is_refetched(tmp_path: Path) -> None:
+    files = _model_files()
     source = LocalStore(tmp_path / "source")
-    source.upload("tiny", files)
+    source.upload("tiny", _revision(files))
     target = tmp_path / "model"
     fetch(source.url("tiny"), target, log=lambda _: None)
 
@@ -428,16 +297,61 @@ def test_a_same_size_file_with_other_bytes_is_refetched_when_the_manifest_has_it
     (target / "model.safetensors").write_bytes(bytes(damaged))
 
     assert fetch(source.url("tiny"), target, log=lambda _: None).fetched == ["model.safetensors"]
-    assert _tree(target) == files
+    assert _tree(target) == _revision(files)
 
 
 def test_a_manifest_naming_a_missing_file_fails_naming_it(tmp_path: Path) -> None:
     files = _model_files()
-    manifest = {"files": {"model-00002.safetensors": {"size": 1, "sha256": "0" * 64}}}
+    listed = {**files, "model-00002.safetensors": b"x"}
     source = LocalStore(tmp_path / "source")
-    source.upload("tiny", {**files, "manifest.json": json.dumps(manifest).encode()})
+    source.upload("tiny", {**files, "manifest.json": _manifest(listed).to_json()})
     with pytest.raises(FetchError, match=r"manifest.json lists 'model-00002.safetensors', which is missing"):
         fetch(source.url("tiny"), tmp_path / "model", log=lambda _: None)
+    assert not (tmp_path / "model").exists()
+
+
+def test_a_malformed_manifest_fails_naming_the_field(tmp_path: Path) -> None:
+    document = json.loads(_manifest(_model_files()).to_json())
+    document["files"]["config.json"]["sha256"] = "not-a-hash"
+    source = LocalStore(tmp_path / "source")
+    source.upload("tiny", {**_model_files(), "manifest.json": json.dumps(document).encode()})
+    with pytest.raises(FetchError) as error:
+        fetch(source.url("tiny"), tmp_path / "model", log=lambda _: None)
+    assert str(error.value) == (f"{source.url('tiny')} manifest.json: files['config.json'].sha256 must be 64 hex "
+                                "digits (got 'not-a-hash')")
+
+
+def test_a_target_holding_files_of_another_revision_is_refused(tmp_path: Path) -> None:
+    source = LocalStore(tmp_path / "source")
+    source.upload("tiny", _revision(_model_files()))
+    target = tmp_path / "model"
+    LocalStore(target).upload("", {"pytorch_model.bin": b"old weights", ".cache/x": b"hidden: not counted"})
+    with pytest.raises(FetchError) as error:
+        fetch(source.url("tiny"), target, log=lambda _: None)
+    assert str(error.value) == (f"target {target}: holds files that model 'tiny' revision 'r1' does not list "
+                                "(pytorch_model.bin); fetch into an empty directory")
+
+
+def test_a_failed_fetch_of_a_new_revision_leaves_no_manifest_of_the_old_one(tmp_path: Path) -> None:
+    """The directory holds r1; r2 changes the weights but its object is damaged: the directory, part r1 and
+    part r2 now, must not claim to be r1 (nor r2)."""
+    files = _model_files()
+    source = LocalStore(tmp_path / "source")
+    source.upload("r1", _revision(files))
+    target = tmp_path / "model"
+    fetch(source.url("r1"), target, revision="r1", log=lambda _: None)
+
+    new_files = {**files, "config.json": b'{"model_type": "llama", "hidden_size": 128}',
+                 "model.safetensors": files["model.safetensors"][::-1]}
+    damaged = b"\0" * len(files["model.safetensors"])
+    source.upload("r2", {**_revision(new_files, revision="r2"), "model.safetensors": damaged})
+    with pytest.raises(FetchError, match=r"model\.safetensors: sha256 mismatch"):
+        fetch(source.url("r2"), target, revision="r2", log=lambda _: None)
+
+    assert (target / "config.json").read_bytes() == new_files["config.json"]  # verified, kept for a retry
+    assert not (target / "manifest.json").exists()
+    with pytest.raises(ManifestError, match=r"has no manifest\.json, and revision 'r1' is configured"):
+        check_served_model(target, "tiny", "r1")
 
 
 def test_an_interrupted_copy_leaves_no_file_that_looks_complete(tmp_path: Path) -> None:
@@ -464,7 +378,8 @@ def test_an_interrupted_copy_leaves_no_file_that_looks_complete(tmp_path: Path) 
             return BrokenStream()
 
     target = tmp_path / "model" / "model.safetensors"
-    remote = RemoteFile("model.safetensors", "models/tiny/model.safetensors", 10 * fetch_module.CHUNK_BYTES)
+    remote = RemoteFile("model.safetensors", "models/tiny/model.safetensors", 10 * fetch_module.CHUNK_BYTES,
+                        "0" * 64)
     with pytest.raises(ConnectionResetError):
         fetch_module._copy(BrokenFilesystem(), remote, target, parse_source("s3://models/tiny"))
     assert list(target.parent.iterdir()) == []
@@ -483,25 +398,27 @@ def test_the_command_exits_non_zero_without_a_traceback(tmp_path: Path) -> None:
     assert result.stderr.strip() == f"fetch failed: source {missing}: not found (no such file or directory)"
 
 
-def test_the_command_copies_a_local_directory(tmp_path: Path) -> None:
-    LocalStore(tmp_path).upload("source", _model_files())
+def test_the_command_copies_a_local_revision(tmp_path: Path) -> None:
+    LocalStore(tmp_path).upload("source", _revision(_model_files()))
     source = tmp_path / "source"
     result = subprocess.run(
-        [sys.executable, "-m", "serving.fetch", f"file://{source}", str(tmp_path / "copy")],
+        [sys.executable, "-m", "serving.fetch", f"file://{source}", str(tmp_path / "copy"),
+         "--name", "tiny", "--revision", "r1"],
         capture_output=True,
         text=True,
         timeout=60,
         cwd=REPO,
-    )
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert _tree(tmp_path / "copy") == _tree(source)
-    assert result.stdout.rstrip().endswith(f"{tmp_path / 'copy'}: {len(_tree(source))} fetched, 0 already complete")
+    assert result.stdout.startswith(f"file://{source}: model tiny revision r1, 3 files, ")
+    assert result.stdout.rstrip().endswith(f"{tmp_path / 'copy'}: 3 fetched, 0 already complete")
 
 
 def test_long_copies_report_progress(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fetch_module, "CHUNK_BYTES", 64 * 1024)
     monkeypatch.setattr(fetch_module, "PROGRESS_EVERY_S", 0.0)
-    LocalStore(tmp_path).upload("source", {"model.safetensors": bytes(256 * 1024)})
+    LocalStore(tmp_path).upload("source", _revision({"model.safetensors": bytes(256 * 1024)}))
     lines: list[str] = []
     fetch(str(tmp_path / "source"), tmp_path / "model", log=lines.append)
     assert "  model.safetensors: 128.0 KiB of 256.0 KiB" in lines
