@@ -8,11 +8,14 @@
     SERVESTACK_MAX_BATCH_SIZE             sequences decoded together per step (default 16)
     SERVESTACK_MAX_QUEUE                  running + waiting requests allowed; beyond it, 429 (default 64)
     SERVESTACK_MAX_INPUT_TOKENS           longest prompt accepted, in tokens (default 2048)
+    SERVESTACK_MAX_BODY_BYTES             largest request body accepted; beyond it, 413 (default 2 MiB)
     SERVESTACK_MAX_TOKENS                 upper bound of a request's max_tokens, and its default (default 512)
     SERVESTACK_REQUEST_TIMEOUT_SECONDS    a request still unfinished after this gets 504 (default 300)
     SERVESTACK_DRAIN_SECONDS              after SIGTERM, time allowed for requests in flight (default 30)
-    SERVESTACK_STALL_SECONDS              readiness fails when the engine loop has not ticked for this long
-                                          (default 60)
+    SERVESTACK_STALL_SECONDS              readiness and liveness fail when the engine loop has not ticked
+                                          for this long (default 60)
+    SERVESTACK_REQUIRE_CUDA               1: a GPU is expected, and no usable CUDA stops the start (exit 1)
+                                          instead of serving on the CPU (default 0)
     SERVESTACK_TORCH_THREADS              CPU threads for torch; 0 (default) means one per core, or one in
                                           all for models under 50M parameters
     SERVESTACK_LOG_LEVEL                  uvicorn/python log level (default info)
@@ -38,11 +41,13 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_queue: int = Field(64, ge=1)
     max_input_tokens: int = Field(2048, ge=1)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     max_tokens: int = Field(512, ge=1)
     request_timeout_seconds: float = Field(300.0, gt=0)
     drain_seconds: float = Field(30.0, ge=0)
     stall_seconds: float = Field(60.0, gt=0)
     torch_threads: int = Field(0, ge=0)
+    require_cuda: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("model_path")

@@ -115,11 +115,11 @@ def test_probes_and_metrics_need_no_key(server: ServerProcess) -> None:
         ("/v1/completions", {"prompt": "x", "max_tokens": 100000}, "max_tokens"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
         ("/v1/completions", {"prompt": "word " * 200}, "prompt"),  # over SERVESTACK_MAX_INPUT_TOKENS=64
-        ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
+        ("/v1/completions", {"prompt": "x", "n": 9}, "n"),  # more sequences than SERVESTACK_MAX_BATCH_SIZE=8
         ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
         ("/v1/completions", {"max_tokens": 3}, "prompt"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ],
 )
