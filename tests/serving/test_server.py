@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from serving.app import build_app
@@ -313,3 +315,44 @@ def test_503_until_the_model_is_loaded(tiny_model: Path) -> None:
         wait_ready(running.base_url)
         r = httpx.post(f"{running.base_url}/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 200
+
+
+def _engine_child(server: ServerProcess) -> psutil.Process:
+    children = psutil.Process(server.process.pid).children()
+    (engine,) = [c for c in children if "multiprocessing.spawn" in " ".join(c.cmdline())]
+    return engine
+
+
+def test_the_server_exits_1_when_its_engine_dies(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server()
+    _engine_child(server).kill()
+    assert server.process.wait(timeout=30) == 1  # Kubernetes restarts the container now, not after its probes
+    log = server.log.read_text()
+    assert "the engine process exited (code -9)" in log
+    assert "the engine has failed (see above): exiting with code 1 so that the server is restarted" in log
+
+
+def test_a_model_that_cannot_load_stops_the_server_at_once(
+    start_server: Callable[..., ServerProcess], tiny_model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    server = start_server(wait=False, MODEL_PATH=str(broken))
+    assert server.process.wait(timeout=90) == 1
+    log = server.log.read_text()
+    assert f"loading the model from {broken} failed" in log
+    assert "exiting with code 1" in log
+
+
+def test_a_gpu_node_without_cuda_does_not_serve_on_the_cpu(start_server: Callable[..., ServerProcess]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    server = start_server(wait=False, SERVESTACK_REQUIRE_CUDA="1")
+    assert server.process.wait(timeout=90) == 1
+    log = server.log.read_text()
+    assert "CRITICAL serving.engine: SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable" in log
+    assert "exiting with code 1" in log
+    assert "Traceback" not in log  # one clear line, not a stack
