@@ -81,7 +81,7 @@ class Edge:
         finally:
             route = scope.get("route")
             self.ctx.metrics.http(getattr(route, "path", "none"), scope["method"], status or 500)
-            if status >= 500:
+            if status >= 500 and status != 503:  # 503s (loading, draining, probes) are the lifecycle, not faults
                 log.warning("%s %s answered %d (request id %s)", scope["method"], scope["path"], status,
                             request_id.decode())
 

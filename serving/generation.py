@@ -76,12 +76,17 @@ class Generation:
         reason = "abort"
         try:
             async with asyncio.timeout(self.ctx.settings.request_timeout_seconds):
-                deltas = self._one(self.choices[0]) if len(self.choices) == 1 else self._merged()
-                async for choice, out in deltas:
-                    if out.finish_reason == "cancelled":  # cancelled here; nothing left to report
-                        continue
-                    self._record(choice, out)
-                    yield choice, out
+                if len(self.choices) == 1:  # the common case, without a merge: one delta in, one out
+                    choice = self.choices[0]
+                    async for out in choice.handle:
+                        if out.finish_reason != "cancelled":  # cancelled here: nothing left to report
+                            self._record(choice, out)
+                            yield choice, out
+                else:
+                    async for choice, out in self._merged():
+                        if out.finish_reason != "cancelled":
+                            self._record(choice, out)
+                            yield choice, out
         except TimeoutError:
             raise RequestTimeout(
                 f"the request did not finish within {self.ctx.settings.request_timeout_seconds:g}s"
@@ -91,11 +96,6 @@ class Generation:
             raise
         finally:
             self.close(reason)
-
-    @staticmethod
-    async def _one(choice: Choice) -> AsyncIterator[tuple[Choice, Output]]:
-        async for out in choice.handle:
-            yield choice, out
 
     async def _merged(self) -> AsyncIterator[tuple[Choice, Output]]:
         merged: asyncio.Queue[tuple[Choice, Output | ServingError | None]] = asyncio.Queue()
@@ -323,15 +323,17 @@ async def respond(gen: Generation, shape: _Shape, request: Request, req: p.Compl
             return Response(status_code=499)  # the client has gone (nginx's code): nobody reads this
         return Response((await shape.body()).model_dump_json(), media_type="application/json")
 
+    continuous_usage, include_usage = req.continuous_usage, req.include_usage
+
     async def events() -> AsyncIterator[str]:
         try:
             async for choice, out in gen.events():
                 chunk: Any = await shape.chunk(choice, out)
                 if chunk is not None:
-                    if req.continuous_usage:
+                    if continuous_usage:
                         chunk.usage = gen.usage()
                     yield p.sse(chunk)
-            if req.include_usage:
+            if include_usage:
                 yield p.sse(shape.usage_chunk())
         except ServingError as error:  # the stream has started: report in-band
             yield p.sse(error.body())
