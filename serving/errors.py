@@ -136,13 +136,16 @@ def _is_type_tag(part: str) -> bool:
     return "[" in part or part in _TYPE_TAGS or part[:1].isupper()
 
 
+def _path(loc: tuple[Any, ...]) -> list[Any]:
+    # Unions add their member's tag to the location ("prompt", "str"): those are not parameters.
+    return [p for p in loc[1:] if isinstance(p, int) or not _is_type_tag(str(p))] if loc[:1] == ("body",) \
+        else list(loc)
+
+
 def _param_of(loc: tuple[Any, ...]) -> str | None:
     """("body", "messages", 0, "content") -> "messages[0].content"."""
-    # Unions add their member's tag to the location ("prompt", "str"): those are not parameters.
-    parts = [p for p in loc[1:] if isinstance(p, int) or not _is_type_tag(str(p))] if loc[:1] == ("body",) \
-        else list(loc)
     text = ""
-    for p in parts:
+    for p in _path(loc):
         text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
     return text or None
 
@@ -156,7 +159,7 @@ def validation_error(exc: RequestValidationError) -> BadRequest:
             return BadRequest(f"the body is not valid JSON: {error.get('ctx', {}).get('error', error.get('msg'))}",
                               code="invalid_json")
     # Of a union's alternatives, the error deepest in the input names the parameter most precisely.
-    first = max(errors, key=lambda e: len(_param_of(tuple(e.get("loc", ()))) or ""))
+    first = max(errors, key=lambda e: len(_path(tuple(e.get("loc", ())))))
     param = _param_of(tuple(first.get("loc", ())))
     kind = first.get("type")
     if param is None:
