@@ -1,7 +1,9 @@
 """Settings of the server, read once from the environment.
 
     MODEL_PATH                            the model directory (required)
-    SERVESTACK_MODEL_NAME                 the served model id (default: the directory's name)
+    SERVESTACK_MODEL_NAME                 the served model id (default: the name the directory is labelled with
+                                          in servestack-model.json, else the directory's name); a directory
+                                          labelled with another name is refused
     SERVESTACK_HOST, SERVESTACK_PORT      where to listen (default 0.0.0.0:8000)
     SERVESTACK_API_KEY                    when set and non-empty, `Authorization: Bearer <key>` is required
                                           (probes and /metrics stay open)
@@ -23,10 +25,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,15 +60,32 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not a model directory (no config.json)")
         return value
 
+    @field_validator("model_name")
+    @classmethod
+    def _matches_the_label(cls, value: str, info: ValidationInfo) -> str:
+        label = model_label(info.data.get("model_path"))
+        if value and label and value != label:
+            raise ValueError(f"the model directory holds {label!r} (its servestack-model.json says so), not "
+                             f"{value!r}")
+        return value
+
     @property
     def served_model_name(self) -> str:
-        return self.model_name or self.model_path.name
+        return self.model_name or model_label(self.model_path) or self.model_path.name
 
     @property
     def key(self) -> str | None:
         """The API key, or None when auth is off."""
         value = self.api_key.get_secret_value() if self.api_key is not None else ""
         return value or None
+
+
+def model_label(directory: Path | None) -> str | None:
+    """The name a model directory is labelled with by `python -m serving.models`, if it is."""
+    label = directory / "servestack-model.json" if directory is not None else None
+    if label is None or not label.is_file():
+        return None
+    return str(json.loads(label.read_text())["name"])
 
 
 def env_name(field: str) -> str:
@@ -80,7 +100,7 @@ def describe(error: ValidationError) -> str:
         field = str(item["loc"][0]) if item["loc"] else "?"
         if field == "MODEL_PATH":
             field = "model_path"
-        line = f"{env_name(field)}: {item['msg']}"
+        line = f"{env_name(field)}: {item['msg'].removeprefix('Value error, ')}"
         if item.get("type") != "missing":
             line += f" (got {item.get('input')!r})"
         lines.append(line)
