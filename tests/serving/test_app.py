@@ -268,6 +268,7 @@ async def test_503_while_draining_and_in_flight_work_finishes(make_client: Clien
         lifecycle.begin_drain()
         ready = await client.get("/health/ready")
         refused = await client.post("/v1/completions", json={"prompt": "x"})
+        models = await client.get("/v1/models")
         assert not await lifecycle.wait_idle(0.05)  # still one in flight
         engine.gate.set()
         done = await in_flight
@@ -275,6 +276,7 @@ async def test_503_while_draining_and_in_flight_work_finishes(make_client: Clien
     assert ready.status_code == 503 and ready.json() == {"status": "draining"}
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
     assert refused.headers["connection"] == "close"  # the client's next connection goes to another replica
+    assert models.status_code == 503 and models.headers["connection"] == "close"
     assert done.status_code == 200 and done.json()["choices"][0]["text"] == "the quick"
 
 

@@ -20,6 +20,7 @@ from serving.engine import (
     TorchEngine,
     _TextTracker,
     choose_device,
+    encode_chat,
     prepack_linears,
 )
 from serving.errors import ServingError
@@ -142,6 +143,18 @@ def test_prepacked_linears_give_the_same_greedy_tokens(tiny_model: Path) -> None
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # another summation order, same fp32
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
+
+
+def test_the_chat_template_gets_developer_as_system_and_refuses_tool_calls_it_cannot_show(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # ChatML, which knows neither role nor tool calls
+    user = {"role": "user", "content": "Hi"}
+    assert encode_chat(tokenizer, [{"role": "developer", "content": "Be brief"}, user]) == \
+        encode_chat(tokenizer, [{"role": "system", "content": "Be brief"}, user])
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": {}}}
+    with pytest.raises(ValueError, match="does not show tool calls to the model"):
+        encode_chat(tokenizer, [user, {"role": "assistant", "content": "", "tool_calls": [call]}, user])
 
 
 class CharTokenizer:

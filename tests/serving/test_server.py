@@ -263,6 +263,8 @@ def test_a_non_streaming_client_that_disconnects_frees_its_slot(small_server: Se
     wait_for(lambda: metric(base, "servestack_num_requests_running") == 0, timeout=5)
     assert metric(base, "servestack_generation_tokens_total") - generated < 30000
     assert metric(base, "servestack_request_success_total", finished_reason="length") == finished
+    assert metric(base, "servestack_request_success_total", finished_reason="abort") >= 1
+    assert "Traceback" not in small_server.log.read_text()  # a client that leaves is not an error
 
 
 def test_a_request_in_flight_completes_across_sigterm(start_server: Callable[..., ServerProcess]) -> None:
