@@ -400,16 +400,12 @@ class _Seq:
     counts: Any = None  # per vocabulary entry, how often it was generated (with penalties only)
     bias: Any = None  # (token ids, biases) tensors (with logit_bias only)
     admitted_at: float = 0.0  # time.monotonic() when it left the queue for the batch
+    # Greedy, nothing to adjust, nothing to report: the batch's argmax is this row's token.
+    plain: bool = False
     generated: list[int] = field(default_factory=list)
     pad: int = 0  # left padding columns of this row in the batch buffer
     first_output_sent: bool = False
     prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None  # to send with the first delta
-
-    @property
-    def plain(self) -> bool:
-        """Greedy, nothing to adjust, nothing to report: the batch's argmax is this row's token."""
-        return (self.generator is None and self.counts is None and self.bias is None
-                and self.handle.params.logprobs is None)
 
     @property
     def params(self) -> SamplingParams:
@@ -715,8 +711,9 @@ class TorchEngine(Engine):
             ids, values = zip(*params.logit_bias, strict=True)
             bias = (torch.tensor(ids, device=self.device), torch.tensor(values, dtype=torch.float32,
                                                                        device=self.device))
+        plain = generator is None and counts is None and bias is None and params.logprobs is None
         return _Seq(handle=handle, text=_TextTracker(self.tokenizer, params.stop), generator=generator,
-                    counts=counts, bias=bias, admitted_at=time.monotonic())
+                    counts=counts, bias=bias, admitted_at=time.monotonic(), plain=plain)
 
     def _prefill(self, handles: list[Request]) -> None:
         """Prefill the newcomers together; if that fails, each alone, so that only a prompt at fault fails."""

@@ -264,6 +264,7 @@ class _PipedEngine(TorchEngine):
         self._status = status
         self.requests: dict[int, Request] = {}
         self._batch_size = 0  # of the decode step whose deltas go out next
+        self._kv_reported_at = 0.0
 
     def _note_step(self, batch_size: int) -> None:
         self._batch_size = batch_size
@@ -275,9 +276,11 @@ class _PipedEngine(TorchEngine):
 
     def _tick(self) -> None:
         super()._tick()
-        self._status.last_step_at = self.last_step_at
+        self._status.last_step_at = now = self.last_step_at
         self._status.running = len(self._running)
-        self._status.kv_cache_usage = self.kv_cache_usage
+        if now - self._kv_reported_at > 0.25:  # a sum over the batch: often enough for a gauge, not every step
+            self._kv_reported_at = now
+            self._status.kv_cache_usage = self.kv_cache_usage
 
     def _send(self, items: list[tuple[Request, Output | _Failed]]) -> None:
         wire: list[tuple[int, _Delta | None, tuple[str | None, str] | None]] = []
