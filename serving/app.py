@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import protocol as p
@@ -38,14 +39,15 @@ _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # visible ASCII, as ids are in
 class Edge:
     """Every HTTP exchange, before routing: its request id (the client's `x-request-id`, or a new one) on the
     response; for /v1 routes, the API key (checked before the body is read, so that a stranger's body is
-    never parsed) and the declared body length (413 over SERVESTACK_MAX_BODY_BYTES; bodies sent without a
-    length are counted by FastAPI's limit on the /v1 router), and the count of requests in flight that the
-    drain waits for; the answer counted by route, method and status; and an unexpected exception answered
-    as a 500 in the OpenAI shape, logged with the request id."""
+    never parsed) and the body size (a declared length over SERVESTACK_MAX_BODY_BYTES is refused here with
+    413; a body sent without a length goes through Starlette's limiter, which counts it as it is read), and
+    the count of requests in flight that the drain waits for; the answer counted by route, method and
+    status; and an unexpected exception answered as a 500 in the OpenAI shape, logged with the request id."""
 
     def __init__(self, app: ASGIApp, ctx: ServingContext) -> None:
         self.app = app
         self.ctx = ctx
+        self.counted = RequestBodyLimitMiddleware(app, max_body_size=ctx.settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,12 +68,13 @@ class Edge:
             if not scope["path"].startswith("/v1/"):
                 await self.app(scope, receive, answer)
                 return
-            refusal = self._refusal(scope)
+            headers = dict(scope["headers"])
+            refusal = self._refusal(headers)
             if refusal is not None:
                 await error_response(refusal)(scope, receive, answer)
                 return
             with self.ctx.lifecycle.track():
-                await self.app(scope, receive, answer)
+                await (self.app if b"content-length" in headers else self.counted)(scope, receive, answer)
         except Exception:
             log.exception("unexpected error answering %s %s (request id %s)", scope["method"], scope["path"],
                           request_id.decode())
@@ -85,8 +88,7 @@ class Edge:
                 log.warning("%s %s answered %d (request id %s)", scope["method"], scope["path"], status,
                             request_id.decode())
 
-    def _refusal(self, scope: Scope) -> ServingError | None:
-        headers = dict(scope["headers"])
+    def _refusal(self, headers: dict[bytes, bytes]) -> ServingError | None:
         key = self.ctx.settings.key
         if key is not None:
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
@@ -135,7 +137,7 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    v1 = APIRouter(prefix="/v1", max_body_size=settings.max_body_bytes)
+    v1 = APIRouter(prefix="/v1")
 
     def card() -> p.ModelCard:
         return p.ModelCard(id=ctx.model_name, created=p.now(), max_model_len=engine.max_model_len)

@@ -256,8 +256,8 @@ class CompletionShape(_Shape):
         if not text and out.finish_reason is None and not entries:
             return None
         logprobs = None if self.logprobs is None else await self._logprobs(choice, entries)
-        return self._response([p.CompletionChoice(index=choice.index, text=text, logprobs=logprobs,
-                                                  finish_reason=out.finish_reason)])
+        return p.CompletionResponse(id=self.rid, created=self.created, model=self.ctx.model_name, choices=[
+            p.CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=out.finish_reason)])
 
     async def body(self) -> BaseModel:
         choices = []
