@@ -251,13 +251,11 @@ def test_openai_retries_a_429_after_retry_after(one_slot: ServerProcess) -> None
 def test_openai_does_not_retry_a_504(one_slot: ServerProcess) -> None:
     wait_idle(one_slot)
     before = http_count(one_slot, 504)
-    started = time.monotonic()
     with pytest.raises(openai.InternalServerError) as timeout:
         openai_client(one_slot, max_retries=3).completions.create(model="tiny", prompt="x", max_tokens=30000,
                                                                    extra_body={"ignore_eos": True})
     assert timeout.value.status_code == 504
     assert http_count(one_slot, 504) == before + 1  # sent once, not four times
-    assert time.monotonic() - started < 6
 
 
 # --- langchain-openai ----------------------------------------------------------------------------------
