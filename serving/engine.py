@@ -898,7 +898,7 @@ class TorchEngine(Engine):
         outputs: list[tuple[Request, Output | _Failed]] = []
         for i, s in enumerate(seqs):
             try:
-                output = self._next(s, greedy[i] if s.plain else self._pick(s, logits[i]), logits[i])
+                output = self._next(s, greedy[i] if s.plain else self._pick(s, logits[i]), logits, i)
             except Exception as error:
                 outputs.append((s.handle, self._failure(s.handle, error)))
                 finished.append(self._running.index(s))
@@ -923,8 +923,8 @@ class TorchEngine(Engine):
             s.counts[token] += 1
         return token
 
-    def _next(self, s: _Seq, token: int, logits: Any) -> Output:
-        """Append `token` to the row: its text delta, and whether it ends the request."""
+    def _next(self, s: _Seq, token: int, logits: Any, row: int) -> Output:
+        """Append `token` to row `row` of the batch: its text delta, and whether it ends the request."""
         params = s.params
         s.generated.append(token)
         total = len(s.handle.prompt_ids) + len(s.generated)
@@ -942,7 +942,7 @@ class TorchEngine(Engine):
             s.first_output_sent = True
             queue_seconds = s.admitted_at - s.handle.submitted_at
             prompt_logprobs, s.prompt_logprobs = s.prompt_logprobs, None
-        logprobs = None if params.logprobs is None else (_token_logprobs(logits, token, params.logprobs),)
+        logprobs = None if params.logprobs is None else (_token_logprobs(logits[row], token, params.logprobs),)
         return Output(delta, 1, reason, queue_seconds, logprobs, prompt_logprobs)
 
 
