@@ -189,15 +189,21 @@ class Generation:
 
 
 class _Shape:
-    """How one endpoint's bodies and chunks look."""
+    """How one endpoint's bodies and chunks look. A chunk is made without awaiting anything; when it carries
+    log-probabilities, their token texts are decoded (off the event loop) before, from `entries`."""
 
-    def __init__(self, ctx: ServingContext, gen: Generation, rid: str) -> None:
+    def __init__(self, ctx: ServingContext, gen: Generation, rid: str, with_logprobs: bool) -> None:
         self.ctx = ctx
         self.gen = gen
         self.rid = rid
         self.created = p.now()
+        self.with_logprobs = with_logprobs
 
-    async def chunk(self, choice: Choice, out: Output) -> BaseModel | None:
+    def entries(self, choice: Choice, out: Output) -> Sequence[_Entry | TokenLogprobs]:
+        """The tokens whose log-probabilities the chunk of `out` carries."""
+        raise NotImplementedError
+
+    def chunk(self, choice: Choice, out: Output, texts: dict[int, str]) -> BaseModel | None:
         raise NotImplementedError
 
     async def body(self) -> BaseModel:
@@ -206,7 +212,7 @@ class _Shape:
     def usage_chunk(self) -> BaseModel:
         raise NotImplementedError
 
-    async def _texts(self, entries: Sequence[_Entry | TokenLogprobs]) -> dict[int, str]:
+    async def texts(self, entries: Sequence[_Entry | TokenLogprobs]) -> dict[int, str]:
         """The text of every token named in `entries` (chosen and alternatives), decoded off the event loop."""
         ids = {entry[0] for entry in entries} | {i for entry in entries for i, _ in entry[2] or ()}
         ordered = sorted(ids)
@@ -215,9 +221,8 @@ class _Shape:
 
 class CompletionShape(_Shape):
     def __init__(self, ctx: ServingContext, gen: Generation, req: p.CompletionRequest) -> None:
-        super().__init__(ctx, gen, p.new_id("cmpl"))
+        super().__init__(ctx, gen, p.new_id("cmpl"), req.logprobs is not None)
         self.echo = bool(req.echo)
-        self.logprobs = req.logprobs
 
     def _response(self, choices: list[p.CompletionChoice], usage: p.Usage | None = None) -> p.CompletionResponse:
         return p.CompletionResponse(id=self.rid, created=self.created, model=self.ctx.model_name, choices=choices,
@@ -228,8 +233,7 @@ class CompletionShape(_Shape):
         ids, scored = choice.prompt.ids, choice.prompt_logprobs or ()
         return [(ids[0], None, None), *(entry for entry in scored[1:] if entry is not None)]
 
-    async def _logprobs(self, choice: Choice, entries: list[_Entry]) -> p.CompletionLogprobs:
-        texts = await self._texts(entries)
+    def _logprobs(self, choice: Choice, entries: Sequence[_Entry], texts: dict[int, str]) -> p.CompletionLogprobs:
         tokens = [texts[entry[0]] for entry in entries]
         offsets = []
         for token in tokens:
@@ -242,20 +246,20 @@ class CompletionShape(_Shape):
             text_offset=offsets,
         )
 
-    async def chunk(self, choice: Choice, out: Output) -> BaseModel | None:
+    def entries(self, choice: Choice, out: Output) -> list[_Entry]:
+        echoed = self._echoed(choice) if self.echo and not choice.started_streaming else []
+        return [*echoed, *(out.logprobs or ())]
+
+    def chunk(self, choice: Choice, out: Output, texts: dict[int, str]) -> BaseModel | None:
+        entries = self.entries(choice, out) if self.with_logprobs else ()
         text = out.text
-        entries: list[_Entry] = []
         if not choice.started_streaming:
             choice.started_streaming = True
             if self.echo:
                 text = choice.prompt.text + text
-                if self.logprobs is not None:
-                    entries = self._echoed(choice)
-        if self.logprobs is not None:
-            entries += out.logprobs or ()
         if not text and out.finish_reason is None and not entries:
             return None
-        logprobs = None if self.logprobs is None else await self._logprobs(choice, entries)
+        logprobs = self._logprobs(choice, entries, texts) if self.with_logprobs else None
         return p.CompletionResponse(id=self.rid, created=self.created, model=self.ctx.model_name, choices=[
             p.CompletionChoice(index=choice.index, text=text, logprobs=logprobs, finish_reason=out.finish_reason)])
 
@@ -264,9 +268,9 @@ class CompletionShape(_Shape):
         for choice in self.gen.choices:
             text = "".join(choice.text)
             logprobs = None
-            if self.logprobs is not None:
-                logprobs = await self._logprobs(choice, [*(self._echoed(choice) if self.echo else ()),
-                                                         *choice.logprobs])
+            if self.with_logprobs:
+                entries = [*(self._echoed(choice) if self.echo else ()), *choice.logprobs]
+                logprobs = self._logprobs(choice, entries, await self.texts(entries))
             choices.append(p.CompletionChoice(index=choice.index, text=choice.prompt.text + text if self.echo else text,
                                               logprobs=logprobs, finish_reason=choice.finish_reason))
         return self._response(choices, self.gen.usage())
@@ -277,12 +281,10 @@ class CompletionShape(_Shape):
 
 class ChatShape(_Shape):
     def __init__(self, ctx: ServingContext, gen: Generation, req: p.ChatCompletionRequest) -> None:
-        super().__init__(ctx, gen, p.new_id("chatcmpl"))
-        self.logprobs = bool(req.logprobs)
+        super().__init__(ctx, gen, p.new_id("chatcmpl"), bool(req.logprobs))
 
-    async def _logprobs(self, entries: Sequence[TokenLogprobs]) -> p.ChoiceLogprobs:
-        texts = await self._texts(entries)
-
+    @staticmethod
+    def _logprobs(entries: Sequence[TokenLogprobs], texts: dict[int, str]) -> p.ChoiceLogprobs:
         def top(token: int, logprob: float) -> p.TopLogprob:
             text = texts[token]
             return p.TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
@@ -292,19 +294,23 @@ class ChatShape(_Shape):
             for token, logprob, alternatives in entries
         ])
 
-    async def chunk(self, choice: Choice, out: Output) -> BaseModel | None:
-        if not out.text and out.finish_reason is None and not (self.logprobs and out.logprobs):
+    def entries(self, choice: Choice, out: Output) -> Sequence[TokenLogprobs]:
+        return out.logprobs or ()
+
+    def chunk(self, choice: Choice, out: Output, texts: dict[int, str]) -> BaseModel | None:
+        if not out.text and out.finish_reason is None and not (self.with_logprobs and out.logprobs):
             return None
         delta = p.ChatDelta(role=None if choice.started_streaming else "assistant", content=out.text)
         choice.started_streaming = True
-        logprobs = await self._logprobs(out.logprobs or ()) if self.logprobs else None
+        logprobs = self._logprobs(out.logprobs or (), texts) if self.with_logprobs else None
         return p.ChatCompletionChunk(id=self.rid, created=self.created, model=self.ctx.model_name, choices=[
             p.ChatChunkChoice(index=choice.index, delta=delta, logprobs=logprobs, finish_reason=out.finish_reason)])
 
     async def body(self) -> BaseModel:
         choices = []
         for choice in self.gen.choices:
-            logprobs = await self._logprobs(choice.logprobs) if self.logprobs else None
+            logprobs = self._logprobs(choice.logprobs, await self.texts(choice.logprobs)) if self.with_logprobs \
+                else None
             choices.append(p.ChatChoice(index=choice.index, message=p.AssistantMessage(content="".join(choice.text)),
                                         logprobs=logprobs, finish_reason=choice.finish_reason))
         return p.ChatCompletionResponse(id=self.rid, created=self.created, model=self.ctx.model_name,
@@ -326,9 +332,11 @@ async def respond(gen: Generation, shape: _Shape, request: Request, req: p.Compl
     continuous_usage, include_usage = req.continuous_usage, req.include_usage
 
     async def events() -> AsyncIterator[str]:
+        no_texts: dict[int, str] = {}
         try:
             async for choice, out in gen.events():
-                chunk: Any = await shape.chunk(choice, out)
+                texts = await shape.texts(shape.entries(choice, out)) if shape.with_logprobs else no_texts
+                chunk: Any = shape.chunk(choice, out, texts)
                 if chunk is not None:
                     if continuous_usage:
                         chunk.usage = gen.usage()
