@@ -488,6 +488,9 @@ def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
 
     machine_type = r.text("machineType", None)
     count = r.integer("count", 0, minimum=1) if r.has("count") else None
+    # The serving engine runs a model on one GPU (no tensor parallelism, no engine per GPU yet).
+    one_gpu = "the server uses one GPU per pod, so the others would sit idle; choose a GPU type and machine type " \
+        "with one GPU"
     min_nodes = r.integer("minNodes", 0, minimum=0)
     max_nodes = r.integer("maxNodes", 2, minimum=1, maximum=100)
     if min_nodes > max_nodes:
@@ -502,6 +505,8 @@ def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
             r.problem("machineType", f"{machine_type!r} is set but the local stack uses the nodes of an "
                                      "existing cluster; remove it")
         gpus = 0 if gpu_type is None else (count or 1)
+        if gpus > 1:
+            r.problem("count", f"{gpus} GPUs per pod: {one_gpu}")
         return GpuConfig(gpu_type, None, gpus, min_nodes, max_nodes, spot, disk_gb)
 
     machine = None
@@ -524,6 +529,14 @@ def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
         if machine is None:
             r.problem("count", f"{count} GPUs of type {gpu_type} fit no machine type known on {cloud}")
     gpus = machine.gpus if machine else (count or 1)
+    if machine is not None and gpus > 1:
+        if machine_type is None and count is None:
+            r.problem("type", f"{gpu_type} comes only in machines of several GPUs on {cloud} (the cheapest: "
+                              f"{machine.machine_type}, {gpus} GPUs): {one_gpu}")
+        else:
+            r.problem("machineType" if machine_type is not None else "count",
+                      f"{machine.machine_type} has {gpus} {machine.gpu_type} GPUs, and each serving pod would "
+                      f"take them all: {one_gpu}")
     return GpuConfig(gpu_type, machine.machine_type if machine else machine_type, gpus, min_nodes,
                      max_nodes, spot, disk_gb)
 

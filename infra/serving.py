@@ -431,6 +431,8 @@ def _pod_template(args: ServingArgs, track: Track, labels: dict[str, str],
     limits = {"memory": serving.memory}
     if gpu.count > 0:
         limits["nvidia.com/gpu"] = str(gpu.count)
+        # On a GPU node, no usable CUDA stops the server at start instead of serving on the CPU.
+        env.append(k8s.core.v1.EnvVarArgs(name="SERVESTACK_REQUIRE_CUDA", value="1"))
     volumes = [
         k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="4Gi")),
         # PyTorch shares tensors between processes through /dev/shm; the default 64Mi is too small.

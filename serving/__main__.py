@@ -3,6 +3,10 @@
 SIGTERM (or Ctrl-C) drains: readiness turns 503 and new requests get 503 at once, the requests in flight
 get up to SERVESTACK_DRAIN_SECONDS to finish, then the server stops and the process exits 0. A second
 signal stops at once.
+
+If the engine dies (its loop failed, its process is gone, or the model could not load, CUDA included when
+SERVESTACK_REQUIRE_CUDA is set), the server says so in one log line, stops and exits 1, so that Kubernetes
+restarts the container at once instead of after its probes give up.
 """
 
 from __future__ import annotations
@@ -37,12 +41,22 @@ def _offline_environment() -> None:
 class DrainingServer(uvicorn.Server):
     """uvicorn, with SIGTERM meaning: drain first (see the module docstring), then stop."""
 
-    def __init__(self, config: uvicorn.Config, lifecycle: Any, drain_seconds: float) -> None:
+    def __init__(self, config: uvicorn.Config, lifecycle: Any, engine: Any, drain_seconds: float) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self.engine = engine
         self.drain_seconds = drain_seconds
+        self.exit_code = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining: asyncio.Future[None] | None = None
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's main loop asks this every 0.1 s whether to stop."""
+        if self.engine.dead and not self.exit_code:
+            log.critical("the engine has failed (see above): exiting with code 1 so that the server is restarted")
+            self.exit_code = 1
+            self.should_exit = True
+        return await super().on_tick(counter)
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -97,6 +111,7 @@ def main() -> int:
         model_name=settings.served_model_name,
         max_batch_size=settings.max_batch_size,
         threads=settings.torch_threads,
+        require_cuda=settings.require_cuda,
         on_step=lambda size: holder["metrics"].batch_size.observe(size),
     )
     app = build_app(settings, engine)
@@ -109,8 +124,9 @@ def main() -> int:
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    DrainingServer(config, app.state.lifecycle, settings.drain_seconds).run()
-    return 0
+    server = DrainingServer(config, app.state.lifecycle, engine, settings.drain_seconds)
+    server.run()
+    return server.exit_code
 
 
 if __name__ == "__main__":

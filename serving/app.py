@@ -1,242 +1,110 @@
 """The HTTP layer: `build_app(settings, engine)`.
 
-Routes parse, check limits, call the engine and shape OpenAI responses; they never touch torch. The
-lifespan starts the engine (loading happens in the background: until it is done, readiness and the
-generation routes answer 503) and stops it. `Lifecycle` holds the draining flag and counts requests in
-flight, so that a SIGTERM can wait for them (see serving.__main__).
+Routes only parse, call and shape: the checks and preparation of a request live in serving.context, its
+generation and its OpenAI body or stream in serving.generation; they never touch torch. `Edge`, the one
+middleware, does what every exchange needs before routing. The lifespan starts the engine (loading happens
+in the background: until it is done, readiness and the /v1 routes answer 503) and stops it.
+
+Probes: `/health/live` fails when the engine loop has died or has not stepped for SERVESTACK_STALL_SECONDS;
+`/health/ready` (and `/health`, as vLLM serves it) also while the model loads and while draining.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
+import logging
+import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+import uuid
+from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, FastAPI, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import protocol as p
-from serving.engine import Engine, Output, RequestHandle, SamplingParams
-from serving.errors import (
-    BadRequest,
-    EngineDead,
-    NotFound,
-    NotReady,
-    Overloaded,
-    RequestTimeout,
-    ServingError,
-    Unauthorized,
-    install_error_handlers,
-)
-from serving.metrics import Metrics
+from serving.context import COMPLETIONS_DEFAULT_MAX_TOKENS, ServingContext
+from serving.engine import Engine
+from serving.errors import PayloadTooLarge, ServingError, Unauthorized, error_response, install_error_handlers
+from serving.generation import ChatShape, CompletionShape, Generation, respond
 from serving.settings import Settings
 
-COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+log = logging.getLogger("serving.app")
+
+_REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # visible ASCII, as ids are in logs and headers
 
 
-class Lifecycle:
-    """Draining flag and the count of generation requests in flight."""
+class Edge:
+    """Every HTTP exchange, before routing: its request id (the client's `x-request-id`, or a new one) on the
+    response; for /v1 routes, the API key (checked before the body is read, so that a stranger's body is
+    never parsed) and the body size (a declared length over SERVESTACK_MAX_BODY_BYTES is refused here with
+    413; a body sent without a length goes through Starlette's limiter, which counts it as it is read), and
+    the count of requests in flight that the drain waits for; the answer counted by route, method and
+    status; and an unexpected exception answered as a 500 in the OpenAI shape, logged with the request id."""
 
-    def __init__(self) -> None:
-        self.draining = False
-        self.in_flight = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def begin_drain(self) -> None:
-        self.draining = True
-
-    @contextlib.contextmanager
-    def track(self) -> Iterator[None]:
-        self.in_flight += 1
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                self._idle.set()
-
-    async def wait_idle(self, timeout: float) -> bool:
-        """True when every request in flight finished within `timeout` seconds."""
-        try:
-            async with asyncio.timeout(timeout):
-                await self._idle.wait()
-            return True
-        except TimeoutError:
-            return False
-
-
-class InFlightMiddleware:
-    """Counts generation requests from their first byte until their response is fully sent (or the client
-    is gone), streams included, for the drain to wait on."""
-
-    def __init__(self, app: ASGIApp, lifecycle: Lifecycle) -> None:
+    def __init__(self, app: ASGIApp, ctx: ServingContext) -> None:
         self.app = app
-        self.lifecycle = lifecycle
+        self.ctx = ctx
+        self.counted = RequestBodyLimitMiddleware(app, max_body_size=ctx.settings.max_body_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        with self.lifecycle.track():
-            await self.app(scope, receive, send)
+        given = dict(scope["headers"]).get(b"x-request-id", b"")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
+        status = 0
 
+        async def answer(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id)]
+            await send(message)
 
-class _Context:
-    def __init__(self, settings: Settings, engine: Engine) -> None:
-        self.settings = settings
-        self.engine = engine
-        self.model_name = settings.served_model_name
-        self.lifecycle = Lifecycle()
-        self.metrics = Metrics(
-            self.model_name,
-            running=lambda: engine.num_running,
-            waiting=lambda: engine.num_waiting,
-            load_seconds=lambda: engine.load_seconds or 0.0,
-        )
-
-    def ready(self) -> tuple[bool, str]:
-        engine = self.engine
-        if self.lifecycle.draining:
-            return False, "draining"
-        if engine.dead:
-            return False, "engine loop has failed"
-        if not engine.loaded:
-            return False, "model is loading"
-        stalled = time.monotonic() - engine.last_step_at
-        if stalled > self.settings.stall_seconds:
-            return False, f"engine loop has not stepped for {stalled:.0f}s"
-        return True, "ready"
-
-    def admit(self) -> None:
-        """Refuse a generation request the server cannot take now (counted by reason)."""
-        engine = self.engine
-        error: ServingError | None = None
-        if self.lifecycle.draining:
-            error, reason = NotReady("the server is shutting down", code="draining"), "draining"
-        elif engine.dead:
-            error, reason = EngineDead("the engine has failed"), "engine_dead"
-        elif not engine.loaded:
-            error, reason = NotReady("the model is still loading", code="loading"), "loading"
-        elif engine.num_running + engine.num_waiting >= self.settings.max_queue:
-            error = Overloaded(
-                f"too many requests: {engine.num_running} running and {engine.num_waiting} waiting "
-                f"(limit {self.settings.max_queue}); retry later"
-            )
-            reason = "queue_full"
-        if error is not None:
-            self.metrics.rejected(reason)
-            raise error
-
-    def check_model(self, model: str | None) -> None:
-        if model is not None and model != self.model_name:
-            raise NotFound(f"model {model!r} does not exist; this server serves {self.model_name!r}",
-                           param="model", code="model_not_found")
-
-    def sampling(self, req: p._Sampling, prompt_len: int, max_tokens: int | None, default: int,
-                 prompt_param: str) -> SamplingParams:
-        limit = self.settings.max_tokens
-        if prompt_len > self.settings.max_input_tokens:
-            raise BadRequest(
-                f"the prompt has {prompt_len} tokens; the maximum is {self.settings.max_input_tokens}",
-                param=prompt_param, code="context_length_exceeded")
-        if max_tokens is not None and max_tokens > limit:
-            raise BadRequest(f"max_tokens is {max_tokens}; the maximum is {limit}", param="max_tokens")
-        chosen = max_tokens if max_tokens is not None else min(default, limit)
-        room = self.engine.max_model_len - prompt_len
-        if room < 1:
-            raise BadRequest(f"the prompt has {prompt_len} tokens, the model's context is "
-                             f"{self.engine.max_model_len}", param=prompt_param, code="context_length_exceeded")
-        return SamplingParams(
-            max_tokens=min(chosen, room),
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=max(req.top_k, 0),
-            seed=req.seed,
-            stop=req.stop_list,
-            ignore_eos=req.ignore_eos,
-        )
-
-
-class _Generation:
-    """One request through the engine: timeout, metrics, and cancellation when abandoned."""
-
-    def __init__(self, ctx: _Context, handle: RequestHandle) -> None:
-        self.ctx = ctx
-        self.handle = handle
-        self.prompt_tokens = len(handle.prompt_ids)
-        self.completion_tokens = 0
-        self.finish_reason: str | None = None
-        ctx.metrics.prompt_tokens.inc(self.prompt_tokens)
-
-    async def deltas(self) -> AsyncIterator[Output]:
-        metrics = self.ctx.metrics
-        started = time.monotonic()
-        last: float | None = None
         try:
-            async with asyncio.timeout(self.ctx.settings.request_timeout_seconds):
-                async for out in self.handle:
-                    now = time.monotonic()
-                    if out.queue_seconds is not None:
-                        metrics.queue.observe(out.queue_seconds)
-                    if out.finish_reason == "cancelled":
-                        return
-                    if last is None:
-                        metrics.ttft.observe(now - started)
-                    else:  # a merged delta of k tokens: k gaps of equal share
-                        for _ in range(out.new_tokens):
-                            metrics.itl.observe((now - last) / out.new_tokens)
-                    last = now
-                    self.completion_tokens += out.new_tokens
-                    metrics.generation_tokens.inc(out.new_tokens)
-                    if out.finish_reason is not None:
-                        self.finish_reason = out.finish_reason
-                        metrics.success(out.finish_reason)
-                        metrics.e2e.observe(now - started)
-                    yield out
-        except TimeoutError:
-            metrics.rejected("timeout")
-            raise RequestTimeout(
-                f"the request did not finish within {self.ctx.settings.request_timeout_seconds:g}s"
-            ) from None
+            if not scope["path"].startswith("/v1/"):
+                await self.app(scope, receive, answer)
+                return
+            headers = dict(scope["headers"])
+            refusal = self._refusal(headers)
+            if refusal is not None:
+                await error_response(refusal)(scope, receive, answer)
+                return
+            with self.ctx.lifecycle.track():
+                await (self.app if b"content-length" in headers else self.counted)(scope, receive, answer)
+        except Exception:
+            log.exception("unexpected error answering %s %s (request id %s)", scope["method"], scope["path"],
+                          request_id.decode())
+            if status:
+                raise
+            await error_response(ServingError("internal server error"))(scope, receive, answer)
         finally:
-            if self.finish_reason is None:
-                self.handle.cancel()
+            route = scope.get("route")
+            self.ctx.metrics.http(getattr(route, "path", "none"), scope["method"], status or 500)
+            if status >= 500 and status != 503:  # 503s (loading, draining, probes) are the lifecycle, not faults
+                log.warning("%s %s answered %d (request id %s)", scope["method"], scope["path"], status,
+                            request_id.decode())
 
-    async def collect(self, request: Request) -> str:
-        """The whole text; cancels the work if the client goes away first."""
-
-        async def text() -> str:
-            return "".join([out.text async for out in self.deltas()])
-
-        async def disconnected() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-
-        work = asyncio.ensure_future(text())
-        watch = asyncio.ensure_future(disconnected())
-        try:
-            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watch.cancel()
-            if not work.done():
-                work.cancel()
-                self.handle.cancel()
-        if work.cancelled():
-            raise asyncio.CancelledError("client disconnected")
-        return work.result()
-
-    def usage(self) -> p.Usage:
-        return p.usage(self.prompt_tokens, self.completion_tokens)
+    def _refusal(self, headers: dict[bytes, bytes]) -> ServingError | None:
+        key = self.ctx.settings.key
+        if key is not None:
+            scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), key.encode()):
+                self.ctx.metrics.rejected("unauthorized")
+                return Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+        limit = self.ctx.settings.max_body_bytes
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > limit:
+            self.ctx.metrics.rejected("too_large")
+            return PayloadTooLarge(f"the request body has {int(length)} bytes; this server takes at most {limit}")
+        return None
 
 
 def build_app(settings: Settings, engine: Engine) -> FastAPI:
-    ctx = _Context(settings, engine)
+    ctx = ServingContext(settings, engine)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -245,135 +113,77 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
             yield
         finally:
             await engine.stop()
+            ctx.close()
 
     app = FastAPI(title="servestack", lifespan=lifespan)
     app.state.ctx = ctx
     app.state.lifecycle = ctx.lifecycle
-    app.add_middleware(InFlightMiddleware, lifecycle=ctx.lifecycle)
+    app.add_middleware(Edge, ctx=ctx)
     install_error_handlers(app)
+
+    def status(ok: bool, why: str) -> JSONResponse:
+        return JSONResponse({"status": why}, status_code=200 if ok else 503)
 
     @app.get("/health/live")
     async def live() -> JSONResponse:
-        if engine.dead:
-            return JSONResponse({"status": "engine loop has failed"}, status_code=503)
-        return JSONResponse({"status": "alive"})
+        return status(*ctx.alive())
 
     @app.get("/health/ready")
+    @app.get("/health")
     async def ready() -> JSONResponse:
-        ok, why = ctx.ready()
-        return JSONResponse({"status": why}, status_code=200 if ok else 503)
+        return status(*ctx.ready())
 
     @app.get("/metrics")
     async def metrics() -> Response:
         return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def require_key(request: Request) -> None:
-        key = settings.key
-        if key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), key.encode()):
-            ctx.metrics.rejected("unauthorized")
-            raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+    v1 = APIRouter(prefix="/v1")
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
+    def card() -> p.ModelCard:
+        return p.ModelCard(id=ctx.model_name, created=p.now(), max_model_len=engine.max_model_len)
 
     @v1.get("/models")
     async def models() -> p.ModelList:
-        return p.ModelList(data=[p.ModelCard(id=ctx.model_name, created=p.now())])
+        ctx.refuse_unless_serving()
+        return p.ModelList(data=[card()])
+
+    @v1.get("/models/{model:path}")
+    async def model(model: str) -> p.ModelCard:
+        ctx.check_model(model)
+        ctx.refuse_unless_serving()
+        return card()
 
     @v1.post("/completions", response_model=None)
     async def completions(req: p.CompletionRequest, request: Request) -> Response:
+        arrived = time.monotonic()
         ctx.check_model(req.model)
-        ctx.admit()
-        text = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
-        ids = engine.encode_prompt(text)
-        params = ctx.sampling(req, len(ids), req.max_tokens, COMPLETIONS_DEFAULT_MAX_TOKENS, "prompt")
-        rid, created = p.new_id("cmpl"), p.now()
-
-        def chunk(text: str, finish: str | None) -> p.CompletionResponse:
-            return p.CompletionResponse(id=rid, created=created, model=ctx.model_name,
-                                        choices=[p.CompletionChoice(text=text, finish_reason=finish)])
-
-        def final_usage(gen: _Generation) -> p.CompletionResponse:
-            return p.CompletionResponse(id=rid, created=created, model=ctx.model_name, choices=[],
-                                        usage=gen.usage())
-
-        return await _respond(ctx, request, ids, params, req, chunk, final_usage)
+        n = req.n or 1
+        ctx.check_choices(len(req.prompts), n)
+        with ctx.admit(len(req.prompts) * n):
+            params = ctx.sampling(req, max_tokens=req.max_tokens, max_tokens_param="max_tokens",
+                                  default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS, logprobs=req.logprobs,
+                                  prompt_logprobs=req.logprobs if req.echo else None)
+            prompts = await ctx.completion_prompts(req)
+            gen = Generation(ctx, prompts, n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived)
+        return await respond(gen, CompletionShape(ctx, gen, req), request, req)
 
     @v1.post("/chat/completions", response_model=None)
     async def chat(req: p.ChatCompletionRequest, request: Request) -> Response:
+        arrived = time.monotonic()
         ctx.check_model(req.model)
-        ctx.admit()
-        messages = [{"role": m.role, "content": m.text} for m in req.messages]
-        try:
-            ids = engine.encode_chat(messages)
-        except Exception as exc:  # the model's chat template refuses this conversation
-            raise BadRequest(f"messages: the chat template rejected them: {exc}", param="messages") from exc
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
-        try:
-            params = ctx.sampling(req, len(ids), max_tokens, settings.max_tokens, "messages")
-        except BadRequest as exc:
-            if exc.param == "max_tokens":
-                exc.param = param
-            raise
-        rid, created = p.new_id("chatcmpl"), p.now()
-        first = True
-
-        def chunk(text: str, finish: str | None) -> p.ChatCompletionChunk:
-            nonlocal first
-            delta = p.ChatDelta(role="assistant" if first else None, content=text)
-            first = False
-            return p.ChatCompletionChunk(id=rid, created=created, model=ctx.model_name,
-                                         choices=[p.ChatChunkChoice(delta=delta, finish_reason=finish)])
-
-        def final_usage(gen: _Generation) -> p.ChatCompletionChunk:
-            return p.ChatCompletionChunk(id=rid, created=created, model=ctx.model_name, choices=[],
-                                         usage=gen.usage())
-
-        def whole(text: str, gen: _Generation) -> p.ChatCompletionResponse:
-            return p.ChatCompletionResponse(
-                id=rid, created=created, model=ctx.model_name, usage=gen.usage(),
-                choices=[p.ChatChoice(message=p.AssistantMessage(content=text), finish_reason=gen.finish_reason)])
-
-        return await _respond(ctx, request, ids, params, req, chunk, final_usage, whole)
+        n = req.n or 1
+        ctx.check_choices(1, n)
+        max_tokens: int | None = req.max_tokens
+        param = "max_tokens"
+        if req.max_completion_tokens is not None:
+            max_tokens, param = req.max_completion_tokens, "max_completion_tokens"
+        with ctx.admit(n):
+            params = ctx.sampling(req, max_tokens=max_tokens, max_tokens_param=param,
+                                  default_max_tokens=settings.max_tokens,
+                                  logprobs=(req.top_logprobs or 0) if req.logprobs else None, prompt_logprobs=None)
+            prompt = await ctx.chat_prompt(req)
+            gen = Generation(ctx, [prompt], n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived)
+        return await respond(gen, ChatShape(ctx, gen, req), request, req)
 
     app.include_router(v1)
     return app
-
-
-async def _respond(
-    ctx: _Context,
-    request: Request,
-    ids: list[int],
-    params: SamplingParams,
-    req: p._Sampling,
-    chunk: Callable[[str, str | None], Any],
-    final_usage: Callable[[_Generation], Any],
-    whole: Callable[[str, _Generation], Any] | None = None,
-) -> Response:
-    """Submit, then answer as one JSON body or as an SSE stream."""
-    gen = _Generation(ctx, ctx.engine.submit(ids, params))
-
-    if not req.stream:
-        text = await gen.collect(request)
-        if whole is not None:
-            body = whole(text, gen)
-        else:
-            body = chunk(text, gen.finish_reason)
-            body.usage = gen.usage()
-        return JSONResponse(body.model_dump(mode="json"))
-
-    async def events() -> AsyncIterator[str]:
-        try:
-            async for out in gen.deltas():
-                if out.text or out.finish_reason is not None:
-                    yield p.sse(chunk(out.text, out.finish_reason))
-            if req.include_usage:
-                yield p.sse(final_usage(gen))
-        except ServingError as error:  # the stream has started: report in-band
-            yield p.sse(error.body())
-        yield p.SSE_DONE
-
-    return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

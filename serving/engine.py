@@ -1,11 +1,16 @@
 """The engine: tokens in, tokens out, many requests at once.
 
 The boundary. The HTTP layer (serving.app) speaks to an engine only through `Engine`:
-`encode_prompt` / `encode_chat` turn text into token ids, `submit` queues a request and returns a
-`RequestHandle` whose async iterator yields `Output` deltas until one carries a finish reason, and
-`cancel()` on a handle frees its batch slot at the next step. The engine knows nothing of HTTP, JSON,
-auth or limits other than its batch size; the app knows nothing of torch, caches or batches. Tests put a
-fake engine behind this same interface.
+`encode_prompt` / `encode_chat` turn text into token ids (`token_texts` and `decode` go back), `submit`
+queues a request and returns a `RequestHandle` whose async iterator yields `Output` deltas until one
+carries a finish reason, and `cancel()` on a handle frees its batch slot at the next step. The engine
+knows nothing of HTTP, JSON, auth or limits other than its batch size; the app knows nothing of torch,
+caches or batches. Tests put a fake engine behind this same interface.
+
+Failures. Whatever goes wrong with one request inside the loop (its seed, its sampling, its logit
+adjustments, its text) fails that request alone, with a 500 for it, and the loop goes on; a prefill that
+fails is retried one prompt at a time, so that only the prompt at fault fails. Only a failed decode step
+of the whole batch, or a failed load, ends the loop: the engine is then dead, and the server exits.
 
 `TorchEngine` is the continuous-batching implementation: one thread owns the model and loops
 admit -> prefill newcomers -> one decode step for every running sequence -> emit deltas. `python -m serving`
@@ -52,7 +57,14 @@ SMALL_MODEL_PARAMETERS = 50_000_000  # below this, CPU inference uses one thread
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How to pick tokens for one request. temperature 0 is greedy; top_k 0 and top_p 1.0 are off."""
+    """How to pick tokens for one request. temperature 0 is greedy; top_k 0 and top_p 1.0 are off.
+
+    Penalties and biases adjust the logits before the pick, as OpenAI defines them: the frequency penalty
+    times how often a token has been generated so far, and the presence penalty once it has been, are
+    subtracted; `logit_bias` adds its (token id, bias) pairs. `logprobs` asks, for each generated token, for
+    its log-probability and those of the `logprobs` most likely tokens; `prompt_logprobs` the same for each
+    prompt token. Log-probabilities are the model's own, before temperature, penalties and biases (as vLLM
+    reports them by default)."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -61,6 +73,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
+
+
+# (token id, its log-probability, ((id, log-probability) of the most likely tokens, best first))
+TokenLogprobs = tuple[int, float, tuple[tuple[int, float], ...]]
 
 
 @dataclass(frozen=True)
@@ -70,7 +91,10 @@ class Output:
     text: str
     new_tokens: int
     finish_reason: str | None = None  # "stop" | "length" | "cancelled"
-    queue_seconds: float | None = None  # on the first delta: time from submit to entering the batch
+    queue_seconds: float | None = None  # on the first delta: time from submit to leaving the queue for the batch
+    logprobs: tuple[TokenLogprobs, ...] | None = None  # one per new token, when asked for
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None  # on the first delta, when asked for;
+    # the first prompt token has none
 
 
 @dataclass(frozen=True)
@@ -137,11 +161,14 @@ def merge(outputs: list[Output]) -> Output:
     """Several consecutive deltas of one request as one."""
     if len(outputs) == 1:
         return outputs[0]
+    with_logprobs = [o.logprobs for o in outputs if o.logprobs is not None]
     return Output(
         text="".join(o.text for o in outputs),
         new_tokens=sum(o.new_tokens for o in outputs),
         finish_reason=outputs[-1].finish_reason,
         queue_seconds=outputs[0].queue_seconds,
+        logprobs=tuple(lp for step in with_logprobs for lp in step) if with_logprobs else None,
+        prompt_logprobs=outputs[0].prompt_logprobs,
     )
 
 
@@ -164,7 +191,9 @@ class Engine(abc.ABC):
     """What the app needs from an engine. Implementations: `TorchEngine`, and fakes in the tests."""
 
     model_name: str
-    max_model_len: int
+    max_model_len: int  # the longest sequence, prompt and output, in tokens
+    vocab_size: int  # token ids are below this
+    max_token_chars: int  # characters of the longest token: a text of n characters has >= n / this tokens
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -200,23 +229,56 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def load_seconds(self) -> float | None: ...
 
+    @property
+    @abc.abstractmethod
+    def kv_cache_usage(self) -> float:
+        """The share of the engine's key-value capacity (every batch slot at full context) that running
+        sequences hold, 0 to 1."""
+
     @abc.abstractmethod
     def encode_prompt(self, text: str) -> list[int]: ...
 
     @abc.abstractmethod
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]: ...
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
+        """The ids of a conversation through the model's chat template (ValueError if the template refuses
+        it)."""
+
+    @abc.abstractmethod
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """The text of each token alone (for log-probabilities)."""
+
+    @abc.abstractmethod
+    def decode(self, ids: Sequence[int]) -> str: ...
 
     @abc.abstractmethod
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
         """Queue a request (call from the event loop). Deltas arrive through the returned handle."""
 
 
-def choose_device() -> tuple[str, Any]:
-    """CUDA with bf16 when a GPU is present, CPU with fp32 otherwise."""
+class StartupError(Exception):
+    """The engine cannot start as configured (said in one line, without a traceback)."""
+
+
+def choose_device(require_cuda: bool = False) -> tuple[str, Any]:
+    """CUDA with bf16 when a GPU is usable, CPU with fp32 otherwise; with `require_cuda`, no CUDA is a
+    StartupError that says why (torch's own reason: no device, or a driver older than its CUDA build)."""
+    import warnings
+
     import torch
 
-    if torch.cuda.is_available():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available:
+        torch.zeros(1, device="cuda")  # initialise the device now: a broken driver or GPU fails here, at start
+        log.info("CUDA device %s, torch %s built for CUDA %s", torch.cuda.get_device_name(), torch.__version__,
+                 torch.version.cuda)
         return "cuda", torch.bfloat16
+    if require_cuda:
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA (a CPU build)"
+        reasons = "; ".join(str(w.message).strip() for w in caught) or "torch.cuda.is_available() is False"
+        raise StartupError(f"SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable: {reasons} (torch "
+                           f"{torch.__version__}, built for {build})")
     return "cpu", torch.float32
 
 
@@ -335,9 +397,15 @@ class _Seq:
     handle: Request
     text: _TextTracker
     generator: Any  # torch.Generator, or None for greedy
+    counts: Any = None  # per vocabulary entry, how often it was generated (with penalties only)
+    bias: Any = None  # (token ids, biases) tensors (with logit_bias only)
+    admitted_at: float = 0.0  # time.monotonic() when it left the queue for the batch
+    # Greedy, nothing to adjust, nothing to report: the batch's argmax is this row's token.
+    plain: bool = False
     generated: list[int] = field(default_factory=list)
     pad: int = 0  # left padding columns of this row in the batch buffer
     first_output_sent: bool = False
+    prompt_logprobs: tuple[TokenLogprobs | None, ...] | None = None  # to send with the first delta
 
     @property
     def params(self) -> SamplingParams:
@@ -393,6 +461,7 @@ class TorchEngine(Engine):
         max_batch_size: int = 16,
         prefill_token_budget: int = 2048,
         threads: int = 0,
+        require_cuda: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
@@ -400,7 +469,10 @@ class TorchEngine(Engine):
         self.max_batch_size = max_batch_size
         self.prefill_token_budget = prefill_token_budget
         self.threads = threads
+        self.require_cuda = require_cuda
         self.max_model_len = 0
+        self.vocab_size = 0
+        self.max_token_chars = 1
         self._on_step = on_step
         self._inbox: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -445,6 +517,11 @@ class TorchEngine(Engine):
     def load_seconds(self) -> float | None:
         return self._load_seconds
 
+    @property
+    def kv_cache_usage(self) -> float:
+        held = sum(len(s.handle.prompt_ids) + len(s.generated) for s in list(self._running))
+        return held / (self.max_batch_size * self.max_model_len) if self.max_model_len else 0.0
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._main, name="engine", daemon=True)
         self._thread.start()
@@ -466,8 +543,14 @@ class TorchEngine(Engine):
     def encode_prompt(self, text: str) -> list[int]:
         return encode_prompt(self.tokenizer, text)
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         return encode_chat(self.tokenizer, messages)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return token_texts(self.tokenizer, ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids)))
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
         if self._dead or self._stopping.is_set():
@@ -503,12 +586,13 @@ class TorchEngine(Engine):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         started = time.monotonic()
-        device, dtype = choose_device()
+        device, dtype = choose_device(self.require_cuda)
         self.device = torch.device(device)
         self.dtype = dtype
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation="sdpa")
-        model.to(self.device)  # type: ignore[arg-type]  # transformers' stubs expect a dtype-or-device union
+        # device_map: each weight goes straight to the device as it is read, never the whole model in host memory.
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation="sdpa",
+                                                     device_map=device)
         self.model = model.eval()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -521,6 +605,8 @@ class TorchEngine(Engine):
                 prepacked = prepack_linears(model, self.max_batch_size)
             log.info("%d linear layers prepacked for oneDNN", prepacked)
         self.max_model_len = context_length(model.config)
+        self.vocab_size = vocab_size(model.config)
+        self.max_token_chars = max_token_chars(self.tokenizer)
         eos = model.generation_config.eos_token_id
         if eos is None:
             eos = self.tokenizer.eos_token_id
@@ -538,6 +624,15 @@ class TorchEngine(Engine):
         waiting: list[Request] = []
         try:
             self.load()
+        except StartupError as error:
+            log.critical("%s", error)
+            self._dead = True
+        except Exception:
+            log.exception("loading the model from %s failed", self.model_path)
+            self._dead = True
+        try:
+            if self._dead:
+                return
             with torch.inference_mode():
                 while not self._stopping.is_set():
                     self._tick()
@@ -586,33 +681,79 @@ class TorchEngine(Engine):
         return kept
 
     def _admit(self, waiting: list[Request]) -> list[Request]:
-        """First come, first served, up to the free slots and the prefill token budget (at least one)."""
+        """First come, first served, up to the free slots and the prefill token budget (at least one). A
+        request that wants its prompt's log-probabilities is prefilled alone (they take logits at every
+        position)."""
         free = self.max_batch_size - len(self._running)
         admitted: list[Request] = []
         longest = 0
         for handle in waiting[:free]:
+            alone = handle.params.prompt_logprobs is not None
             longest = max(longest, len(handle.prompt_ids))
-            if admitted and longest * (len(admitted) + 1) > self.prefill_token_budget:
+            if admitted and (alone or longest * (len(admitted) + 1) > self.prefill_token_budget):
                 break
             admitted.append(handle)
+            if alone:
+                break
         return admitted
 
     def _new_seq(self, handle: Request) -> _Seq:
         import torch
 
         params = handle.params
-        generator = None
+        generator = counts = bias = None
         if params.temperature > 0:
             generator = torch.Generator(device=self.device)
-            generator.manual_seed(params.seed if params.seed is not None else random.getrandbits(63))
-        return _Seq(handle=handle, text=_TextTracker(self.tokenizer, params.stop), generator=generator)
+            generator.manual_seed(params.seed % 2**64 if params.seed is not None else random.getrandbits(63))
+        if params.presence_penalty or params.frequency_penalty:
+            counts = torch.zeros(self.vocab_size, dtype=torch.float32, device=self.device)
+        if params.logit_bias:
+            ids, values = zip(*params.logit_bias, strict=True)
+            bias = (torch.tensor(ids, device=self.device), torch.tensor(values, dtype=torch.float32,
+                                                                       device=self.device))
+        plain = generator is None and counts is None and bias is None and params.logprobs is None
+        return _Seq(handle=handle, text=_TextTracker(self.tokenizer, params.stop), generator=generator,
+                    counts=counts, bias=bias, admitted_at=time.monotonic(), plain=plain)
 
     def _prefill(self, handles: list[Request]) -> None:
-        """Run the prompts of the newcomers (left-padded together), then move their keys and values into
-        the batch buffer and pick their first tokens."""
+        """Prefill the newcomers together; if that fails, each alone, so that only a prompt at fault fails."""
+        seqs: list[_Seq] = []
+        failed: list[tuple[Request, Output | _Failed]] = []
+        for handle in handles:
+            try:
+                seqs.append(self._new_seq(handle))
+            except Exception as error:
+                failed.append((handle, self._failure(handle, error)))
+        if failed:
+            self._finished += len(failed)
+            self._send(failed)
+        if not seqs:
+            return
+        try:
+            logits, pads, cache, width = self._run_prompts(seqs)
+        except Exception as error:
+            if len(seqs) == 1:
+                self._finished += 1
+                self._send([(seqs[0].handle, self._failure(seqs[0].handle, error))])
+            else:
+                for seq in seqs:
+                    self._prefill([seq.handle])
+            return
+        self._merge(seqs, pads, cache, width)
+        self._emit(seqs, logits)
+
+    def _failure(self, handle: Request, error: Exception) -> _Failed:
+        log.error("request %s failed in the engine: %r", handle.id, error, exc_info=error)
+        return _Failed(ServingError(f"the engine failed on this request ({type(error).__name__})"))
+
+    def _run_prompts(self, seqs: list[_Seq]) -> tuple[Any, list[int], Any, int]:
+        """Run the prompts of the newcomers, left-padded together: the logits of their last positions, their
+        padding, their keys and values, and the width of the batch."""
         import torch
         from transformers import DynamicCache
 
+        handles = [s.handle for s in seqs]
+        scoring = handles[0].params.prompt_logprobs  # then it is alone (see _admit)
         lengths = [len(h.prompt_ids) for h in handles]
         width = max(lengths)
         pads = [width - n for n in lengths]
@@ -627,11 +768,11 @@ class TorchEngine(Engine):
             attention_mask=self._mask(pad_t, query=width, keys=width),
             cache=cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1 if scoring is None else 0,
         )
-        seqs = [self._new_seq(h) for h in handles]
-        self._merge(seqs, pads, cache, width)
-        self._emit(seqs, out.logits[:, -1, :])
+        if scoring is not None:
+            seqs[0].prompt_logprobs = _prompt_logprobs(out.logits[0], handles[0].prompt_ids, scoring)
+        return out.logits[:, -1, :], pads, cache, width
 
     def _decode_step(self) -> None:
         import torch
@@ -751,51 +892,133 @@ class TorchEngine(Engine):
     # -- sampling and emitting --
 
     def _emit(self, seqs: list[_Seq], logits: Any) -> None:
-        """Pick one token per row, send the text deltas, and retire the rows that finished."""
+        """Pick one token per row, send the text deltas, and retire the rows that finished (or failed)."""
         greedy = logits.argmax(dim=-1).tolist()
-        now = time.monotonic()
         finished: list[int] = []
         outputs: list[tuple[Request, Output | _Failed]] = []
         for i, s in enumerate(seqs):
-            params = s.params
-            token = greedy[i] if s.generator is None else _sample(logits[i], params, s.generator)
-            s.generated.append(token)
-            total = len(s.handle.prompt_ids) + len(s.generated)
-            reason = None
-            if token in self.eos_ids and not params.ignore_eos:
-                reason = "stop"
-            elif len(s.generated) >= params.max_tokens or total >= self.max_model_len:
-                reason = "length"
-            ids = s.generated[:-1] if reason == "stop" else s.generated
-            delta, hit_stop = s.text.update(ids, final=reason is not None)
-            if hit_stop:
-                reason = "stop"
-            queue_seconds = None
-            if not s.first_output_sent:
-                s.first_output_sent = True
-                queue_seconds = now - s.handle.submitted_at
-            outputs.append((s.handle, Output(delta, 1, reason, queue_seconds)))
-            if reason is not None:
+            try:
+                output = self._next(s, greedy[i] if s.plain else self._pick(s, logits[i]), logits, i)
+            except Exception as error:
+                outputs.append((s.handle, self._failure(s.handle, error)))
+                finished.append(self._running.index(s))
+                continue
+            outputs.append((s.handle, output))
+            if output.finish_reason is not None:
                 finished.append(self._running.index(s))
         self._send(outputs)
         self._remove_rows(sorted(finished))
+
+    def _pick(self, s: _Seq, logits: Any) -> int:
+        """This row's token: its logits adjusted by its penalties and biases, then greedy or sampled."""
+        params = s.params
+        scores = logits
+        if s.bias is not None:
+            scores = scores.float().index_add(0, s.bias[0], s.bias[1])
+        if s.counts is not None:
+            scores = (scores.float() - params.frequency_penalty * s.counts
+                      - params.presence_penalty * (s.counts > 0).float())
+        token = int(scores.argmax()) if s.generator is None else _sample(scores, params, s.generator)
+        if s.counts is not None:
+            s.counts[token] += 1
+        return token
+
+    def _next(self, s: _Seq, token: int, logits: Any, row: int) -> Output:
+        """Append `token` to row `row` of the batch: its text delta, and whether it ends the request."""
+        params = s.params
+        s.generated.append(token)
+        total = len(s.handle.prompt_ids) + len(s.generated)
+        reason = None
+        if token in self.eos_ids and not params.ignore_eos:
+            reason = "stop"
+        elif len(s.generated) >= params.max_tokens or total >= self.max_model_len:
+            reason = "length"
+        ids = s.generated[:-1] if reason == "stop" else s.generated
+        delta, hit_stop = s.text.update(ids, final=reason is not None)
+        if hit_stop:
+            reason = "stop"
+        queue_seconds = prompt_logprobs = None
+        if not s.first_output_sent:
+            s.first_output_sent = True
+            queue_seconds = s.admitted_at - s.handle.submitted_at
+            prompt_logprobs, s.prompt_logprobs = s.prompt_logprobs, None
+        logprobs = None if params.logprobs is None else (_token_logprobs(logits[row], token, params.logprobs),)
+        return Output(delta, 1, reason, queue_seconds, logprobs, prompt_logprobs)
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=True))
 
 
-def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+def encode_chat(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    """Through the chat template. A template that does not know the `developer` role gets it as `system` (what
+    OpenAI means by it); tool calls in the history are refused by a template that would drop them."""
+    template = tokenizer.chat_template or ""
+    source = template if isinstance(template, str) else " ".join(template.values())
+    if "developer" not in source:
+        messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
+    if "tool_calls" not in source and any("tool_calls" in m for m in messages):
+        raise ValueError("this model's chat template does not show tool calls to the model")
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # some versions return a BatchEncoding
         ids = ids["input_ids"]
     return list(ids)
 
 
+def token_texts(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    return [str(tokenizer.decode([i])) for i in ids]
+
+
 def context_length(config: Any) -> int:
     """The longest sequence (prompt + output) the model takes, from its config."""
     text_config = config.get_text_config(decoder=True)
     return int(getattr(text_config, "max_position_embeddings", 0) or 4096)
+
+
+def vocab_size(config: Any) -> int:
+    """How many token ids the model takes (its embedding rows), from its config."""
+    return int(config.get_text_config(decoder=True).vocab_size)
+
+
+def max_token_chars(tokenizer: Any) -> int:
+    """The characters of the vocabulary's longest token. Byte-level and SentencePiece vocabularies spell
+    each token with at least as many characters as its text has, so this bounds what one token can cover."""
+    return max((len(token) for token in tokenizer.get_vocab()), default=1)
+
+
+def _logprob(value: float) -> float:
+    return max(value, -9999.0)  # JSON has no -inf; vLLM clamps the same way
+
+
+def _token_logprobs(logits: Any, token: int, top: int) -> TokenLogprobs:
+    import torch
+
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = () if best is None else tuple(
+        zip(best.indices.tolist(), map(_logprob, best.values.tolist()), strict=True))
+    return token, _logprob(float(logprobs[token])), alternatives
+
+
+def _prompt_logprobs(logits: Any, ids: list[int], top: int) -> tuple[TokenLogprobs | None, ...]:
+    """Each prompt token's log-probability given the tokens before it (`logits` at every prompt position),
+    a few hundred positions at a time so that only one slice of vocabulary-wide floats is alive at once."""
+    import torch
+
+    result: list[TokenLogprobs | None] = [None]
+    step = 256
+    for start in range(0, len(ids) - 1, step):
+        targets = ids[start + 1 : start + 1 + step]
+        logprobs = torch.log_softmax(logits[start : start + len(targets)].float(), dim=-1)
+        chosen = logprobs.gather(1, torch.tensor(targets, device=logprobs.device)[:, None])[:, 0].tolist()
+        if top:
+            best = torch.topk(logprobs, top)
+            alternatives = [tuple(zip(i, map(_logprob, v), strict=True))
+                            for i, v in zip(best.indices.tolist(), best.values.tolist(), strict=True)]
+        else:
+            alternatives = [()] * len(targets)
+        result += [(t, _logprob(c), a) for t, c, a in zip(targets, chosen, alternatives, strict=True)]
+    return tuple(result)
 
 
 def _sample(logits: Any, params: SamplingParams, generator: Any) -> int:

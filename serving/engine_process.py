@@ -8,13 +8,15 @@ and the request handles; the engine process keeps the model and the batch.
 
 The wire: two one-way pipes.
   app -> engine:  ("submit", id, prompt_ids, params, submitted_at) | ("cancel", id) | ("stop",)
-  engine -> app:  one message per loop step: (decode batch size or 0, [(id, delta or error text), ...])
-Status read on every probe and admission (loaded, time of the last step, requests running, dead) sits in
-shared memory, not in messages.
+  engine -> app:  one message per loop step: (decode batch size or 0, [(id, delta, error), ...]), where
+                  delta is an Output's fields as a tuple, or error its (code, message), the other None
+Status read on every probe and admission (loaded, time of the last step, requests running, KV usage, dead)
+sits in shared memory, not in messages.
 
 The engine process ignores SIGTERM and SIGINT: the app process owns the drain and sends "stop" when done.
 If the app process dies, the engine process sees its pipe close and exits; if the engine process dies, the
-app's reader sees its pipe close, fails the requests in flight and reports the engine dead (liveness 503).
+app's reader sees its pipe close, fails the requests in flight and reports the engine dead (and the server
+exits, see serving.__main__).
 """
 
 from __future__ import annotations
@@ -44,12 +46,15 @@ from serving.engine import (
     deliver,
     encode_chat,
     encode_prompt,
+    max_token_chars,
+    token_texts,
+    vocab_size,
 )
-from serving.errors import EngineDead
+from serving.errors import EngineDead, ServingError
 
 log = logging.getLogger("serving.engine")
 
-_Delta = tuple[str, int, str | None, float | None]  # an Output's fields, cheaper to pickle than the object
+_Delta = tuple[Any, ...]  # an Output's fields, cheaper to pickle than the object
 
 
 class _Status(ctypes.Structure):
@@ -61,6 +66,7 @@ class _Status(ctypes.Structure):
         ("load_seconds", ctypes.c_double),
         ("last_step_at", ctypes.c_double),
         ("running", ctypes.c_int),
+        ("kv_cache_usage", ctypes.c_double),
     ]
 
 
@@ -74,13 +80,17 @@ class EngineProcess(Engine):
         model_name: str,
         max_batch_size: int = 16,
         threads: int = 0,
+        require_cuda: bool = False,
         on_step: Callable[[int], None] | None = None,
     ) -> None:
         self.model_path = Path(model_path)
         self.model_name = model_name
         self.max_batch_size = max_batch_size
         self.threads = threads
+        self.require_cuda = require_cuda
         self.max_model_len = 0
+        self.vocab_size = 0
+        self.max_token_chars = 1
         self._on_step = on_step
         self._mp = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA or threads
         self._status: Any = self._mp.RawValue(_Status)
@@ -119,6 +129,10 @@ class EngineProcess(Engine):
     def load_seconds(self) -> float | None:
         return float(self._status.load_seconds) if self._status.loaded else None
 
+    @property
+    def kv_cache_usage(self) -> float:
+        return float(self._status.kv_cache_usage)
+
     def start(self) -> None:
         from_app, to_engine = self._mp.Pipe(duplex=False)
         from_engine, to_app = self._mp.Pipe(duplex=False)
@@ -126,7 +140,7 @@ class EngineProcess(Engine):
             target=_engine_main,
             name="servestack-engine",
             args=(from_app, to_app, self._status, str(self.model_path), self.model_name, self.max_batch_size,
-                  self.threads, logging.getLogger().level),
+                  self.threads, self.require_cuda, logging.getLogger().level),
             daemon=True,
         )
         self._process.start()
@@ -154,8 +168,14 @@ class EngineProcess(Engine):
     def encode_prompt(self, text: str) -> list[int]:
         return encode_prompt(self._tokenizer, text)
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         return encode_chat(self._tokenizer, messages)
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return token_texts(self._tokenizer, ids)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self._tokenizer.decode(list(ids)))
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
         if self.dead or self._stopping:
@@ -188,8 +208,12 @@ class EngineProcess(Engine):
         from transformers import AutoConfig, AutoTokenizer
 
         try:
-            self.max_model_len = context_length(AutoConfig.from_pretrained(self.model_path))
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            config = AutoConfig.from_pretrained(self.model_path)
+            self.max_model_len = context_length(config)
+            self.vocab_size = vocab_size(config)
+            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            self.max_token_chars = max_token_chars(tokenizer)
+            self._tokenizer = tokenizer
         except Exception:
             log.exception("loading the tokenizer of %s failed", self.model_path)
             self._lost = True
@@ -205,12 +229,14 @@ class EngineProcess(Engine):
             if batch_size and self._on_step is not None:
                 self._on_step(batch_size)
             deliveries: list[tuple[RequestHandle, Output | _Failed]] = []
-            for request_id, item in items:
-                if isinstance(item, str):
+            for request_id, delta, error in items:
+                if error is not None:
+                    code, message = error
                     handle = handles.pop(request_id, None)
-                    result: Output | _Failed = _Failed(EngineDead(item))
+                    result: Output | _Failed = _Failed(
+                        EngineDead(message) if code == EngineDead.code else ServingError(message, code=code))
                 else:
-                    output = Output(*item)
+                    output = Output(*delta)
                     finished = output.finish_reason is not None
                     handle = handles.pop(request_id, None) if finished else handles.get(request_id)
                     result = output
@@ -238,6 +264,7 @@ class _PipedEngine(TorchEngine):
         self._status = status
         self.requests: dict[int, Request] = {}
         self._batch_size = 0  # of the decode step whose deltas go out next
+        self._kv_reported_at = 0.0
 
     def _note_step(self, batch_size: int) -> None:
         self._batch_size = batch_size
@@ -249,19 +276,23 @@ class _PipedEngine(TorchEngine):
 
     def _tick(self) -> None:
         super()._tick()
-        self._status.last_step_at = self.last_step_at
+        self._status.last_step_at = now = self.last_step_at
         self._status.running = len(self._running)
+        if now - self._kv_reported_at > 0.25:  # a sum over the batch: often enough for a gauge, not every step
+            self._kv_reported_at = now
+            self._status.kv_cache_usage = self.kv_cache_usage
 
     def _send(self, items: list[tuple[Request, Output | _Failed]]) -> None:
-        wire: list[tuple[int, _Delta | str]] = []
+        wire: list[tuple[int, _Delta | None, tuple[str | None, str] | None]] = []
         for request, item in items:
             if isinstance(item, _Failed):
                 self.requests.pop(request.id, None)
-                wire.append((request.id, str(item.error)))
+                wire.append((request.id, None, (item.error.code, item.error.message)))
             else:
                 if item.finish_reason is not None:
                     self.requests.pop(request.id, None)
-                wire.append((request.id, (item.text, item.new_tokens, item.finish_reason, item.queue_seconds)))
+                wire.append((request.id, (item.text, item.new_tokens, item.finish_reason, item.queue_seconds,
+                                          item.logprobs, item.prompt_logprobs), None))
         batch_size, self._batch_size = self._batch_size, 0
         try:
             self._to_app.send((batch_size, wire))
@@ -278,13 +309,13 @@ class _PipedEngine(TorchEngine):
 
 
 def _engine_main(from_app: Connection, to_app: Connection, status: Any, model_path: str, model_name: str,
-                 max_batch_size: int, threads: int, log_level: int) -> None:
+                 max_batch_size: int, threads: int, require_cuda: bool, log_level: int) -> None:
     """The engine process: the loop in a thread, this thread reading requests and cancels from the app."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     engine = _PipedEngine(to_app, status, model_path, model_name=model_name, max_batch_size=max_batch_size,
-                          threads=threads)
+                          threads=threads, require_cuda=require_cuda)
     engine.start()
     requests = engine.requests
     while engine.looping:  # when the loop has ended (stopped or failed), so does this process

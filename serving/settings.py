@@ -1,18 +1,23 @@
 """Settings of the server, read once from the environment.
 
     MODEL_PATH                            the model directory (required)
-    SERVESTACK_MODEL_NAME                 the served model id (default: the directory's name)
+    SERVESTACK_MODEL_NAME                 the served model id (default: the name the directory is labelled with
+                                          in servestack-model.json, else the directory's name); a directory
+                                          labelled with another name is refused
     SERVESTACK_HOST, SERVESTACK_PORT      where to listen (default 0.0.0.0:8000)
     SERVESTACK_API_KEY                    when set and non-empty, `Authorization: Bearer <key>` is required
                                           (probes and /metrics stay open)
     SERVESTACK_MAX_BATCH_SIZE             sequences decoded together per step (default 16)
     SERVESTACK_MAX_QUEUE                  running + waiting requests allowed; beyond it, 429 (default 64)
     SERVESTACK_MAX_INPUT_TOKENS           longest prompt accepted, in tokens (default 2048)
+    SERVESTACK_MAX_BODY_BYTES             largest request body accepted; beyond it, 413 (default 2 MiB)
     SERVESTACK_MAX_TOKENS                 upper bound of a request's max_tokens, and its default (default 512)
     SERVESTACK_REQUEST_TIMEOUT_SECONDS    a request still unfinished after this gets 504 (default 300)
     SERVESTACK_DRAIN_SECONDS              after SIGTERM, time allowed for requests in flight (default 30)
-    SERVESTACK_STALL_SECONDS              readiness fails when the engine loop has not ticked for this long
-                                          (default 60)
+    SERVESTACK_STALL_SECONDS              readiness and liveness fail when the engine loop has not ticked
+                                          for this long (default 60)
+    SERVESTACK_REQUIRE_CUDA               1: a GPU is expected, and no usable CUDA stops the start (exit 1)
+                                          instead of serving on the CPU (default 0)
     SERVESTACK_TORCH_THREADS              CPU threads for torch; 0 (default) means one per core, or one in
                                           all for models under 50M parameters
     SERVESTACK_LOG_LEVEL                  uvicorn/python log level (default info)
@@ -20,10 +25,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,11 +44,13 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_queue: int = Field(64, ge=1)
     max_input_tokens: int = Field(2048, ge=1)
+    max_body_bytes: int = Field(2 * 1024 * 1024, ge=1024)
     max_tokens: int = Field(512, ge=1)
     request_timeout_seconds: float = Field(300.0, gt=0)
     drain_seconds: float = Field(30.0, ge=0)
     stall_seconds: float = Field(60.0, gt=0)
     torch_threads: int = Field(0, ge=0)
+    require_cuda: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("model_path")
@@ -52,15 +60,32 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is not a model directory (no config.json)")
         return value
 
+    @field_validator("model_name")
+    @classmethod
+    def _matches_the_label(cls, value: str, info: ValidationInfo) -> str:
+        label = model_label(info.data.get("model_path"))
+        if value and label and value != label:
+            raise ValueError(f"the model directory holds {label!r} (its servestack-model.json says so), not "
+                             f"{value!r}")
+        return value
+
     @property
     def served_model_name(self) -> str:
-        return self.model_name or self.model_path.name
+        return self.model_name or model_label(self.model_path) or self.model_path.name
 
     @property
     def key(self) -> str | None:
         """The API key, or None when auth is off."""
         value = self.api_key.get_secret_value() if self.api_key is not None else ""
         return value or None
+
+
+def model_label(directory: Path | None) -> str | None:
+    """The name a model directory is labelled with by `python -m serving.models`, if it is."""
+    label = directory / "servestack-model.json" if directory is not None else None
+    if label is None or not label.is_file():
+        return None
+    return str(json.loads(label.read_text())["name"])
 
 
 def env_name(field: str) -> str:
@@ -75,7 +100,7 @@ def describe(error: ValidationError) -> str:
         field = str(item["loc"][0]) if item["loc"] else "?"
         if field == "MODEL_PATH":
             field = "model_path"
-        line = f"{env_name(field)}: {item['msg']}"
+        line = f"{env_name(field)}: {item['msg'].removeprefix('Value error, ')}"
         if item.get("type") != "missing":
             line += f" (got {item.get('input')!r})"
         lines.append(line)

@@ -385,6 +385,29 @@ BAD_CONFIGS = [
         ["servestack:serving.drainSeconds: 20 does not fit azure's spot preemption notice (30 s, of which 5 s pause "
          "and 10 s shutdown); at most 15 on spot nodes"],
         id="azure-spot-drain-too-long"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "machineType": "g6.12xlarge", "maxNodes": 8}},
+        ["servestack:gpu.machineType: g6.12xlarge has 4 nvidia-l4 GPUs, and each serving pod would take them all: "
+         "the server uses one GPU per pod, so the others would sit idle; choose a GPU type and machine type with "
+         "one GPU"],
+        id="multi-gpu-machine"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "count": 4, "maxNodes": 8}},
+        ["servestack:gpu.count: g6.12xlarge has 4 nvidia-l4 GPUs, and each serving pod would take them all: "
+         "the server uses one GPU per pod, so the others would sit idle; choose a GPU type and machine type with "
+         "one GPU"],
+        id="multi-gpu-count"),
+    pytest.param(
+        VALID_AWS, {"servestack:gpu": {"type": "nvidia-h100-80gb", "maxNodes": 8}},
+        ["servestack:gpu.type: nvidia-h100-80gb comes only in machines of several GPUs on aws (the cheapest: "
+         "p5.48xlarge, 8 GPUs): the server uses one GPU per pod, so the others would sit idle; choose a GPU type "
+         "and machine type with one GPU"],
+        id="multi-gpu-type"),
+    pytest.param(
+        VALID_LOCAL, {"servestack:gpu": {"type": "nvidia-l4", "count": 2}},
+        ["servestack:gpu.count: 2 GPUs per pod: the server uses one GPU per pod, so the others would sit idle; "
+         "choose a GPU type and machine type with one GPU"],
+        id="multi-gpu-local"),
 ]
 
 

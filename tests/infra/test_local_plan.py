@@ -149,6 +149,7 @@ def test_cpu_stack_asks_for_no_gpu(plan: dict[str, Any]) -> None:
     assert "initContainers" not in pod
     env = {e["name"]: e.get("value") for e in server["env"]}
     assert env["MODEL_PATH"] == "/opt/servestack/model"
+    assert "SERVESTACK_REQUIRE_CUDA" not in env
 
 
 def test_rolling_update_never_drops_below_available_replicas(plan: dict[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from serving.engine import Engine, Output, RequestHandle, SamplingParams, _Failed
 from serving.errors import EngineDead
@@ -16,11 +17,14 @@ SCRIPT = [
 
 
 class FakeEngine(Engine):
-    """One token per word; replies with SCRIPT, one word per delta, until max_tokens or the script ends."""
+    """One token per word (token id i is the i-th word of SCRIPT); replies with SCRIPT, one word per delta,
+    until max_tokens or the script ends. With logprobs, token i has log-probability -i/10."""
 
     def __init__(self, *, loaded: bool = True, max_model_len: int = 100) -> None:
         self.model_name = "fake"
         self.max_model_len = max_model_len
+        self.vocab_size = len(SCRIPT)
+        self.max_token_chars = 5
         self.is_loaded = loaded
         self.is_dead = False
         self.step_at = time.monotonic()
@@ -61,13 +65,23 @@ class FakeEngine(Engine):
     def load_seconds(self) -> float | None:
         return 1.5 if self.is_loaded else None
 
-    def encode_prompt(self, text: str) -> list[int]:
-        return list(range(len(text.split())))
+    @property
+    def kv_cache_usage(self) -> float:
+        return 0.25
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+    def encode_prompt(self, text: str) -> list[int]:
+        return [i % len(SCRIPT) for i in range(len(text.split()))]
+
+    def encode_chat(self, messages: list[dict[str, Any]]) -> list[int]:
         if messages[-1]["role"] == "assistant":
             raise ValueError("the conversation must end with a user turn")
-        return list(range(2 + sum(len(m["content"].split()) for m in messages)))
+        return [i % len(SCRIPT) for i in range(2 + sum(len(m["content"].split()) for m in messages))]
+
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        return [SCRIPT[i] for i in ids]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return " ".join(SCRIPT[i] for i in ids)
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams) -> RequestHandle:
         handle = RequestHandle(prompt_ids, params)
@@ -89,7 +103,13 @@ class FakeEngine(Engine):
                     return
                 last = i == len(words) - 1
                 reason = ("length" if len(words) == params.max_tokens else "stop") if last else None
-                handle.push(Output(("" if i == 0 else " ") + word, 1, reason, 0.01 if i == 0 else None))
+                logprobs = None if params.logprobs is None else (
+                    (i, -i / 10, tuple((j, -j / 10) for j in range(params.logprobs))),)
+                prompt_logprobs = None
+                if i == 0 and params.prompt_logprobs is not None:
+                    prompt_logprobs = (None, *((t, -t / 10, ()) for t in handle.prompt_ids[1:]))
+                handle.push(Output(("" if i == 0 else " ") + word, 1, reason, 0.01 if i == 0 else None, logprobs,
+                                   prompt_logprobs))
                 await asyncio.sleep(0)
         finally:
             handle.finished = True  # type: ignore[attr-defined]

@@ -119,10 +119,15 @@ def test_the_only_lint_exception_is_justified_in_place() -> None:
     assert "pinned by the base image's tag" in lines[ignores[0] - 1]
 
 
-def test_it_is_multi_stage_on_a_tagged_cuda_runtime_base(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+def test_it_is_multi_stage_on_the_cuda_base_flavour_pinned_by_digest(
+    parsed: tuple[dict[str, str], list[Stage]]
+) -> None:
     global_args, stages = parsed
     assert [stage.name for stage in stages] == ["model", "python", "builder", "model-build", "runtime"]
-    assert re.fullmatch(r"nvidia/cuda:\d+\.\d+\.\d+-runtime-ubuntu\d+\.\d+", global_args["BASE_IMAGE"])
+    # "base", not "runtime": torch's wheels bring the CUDA libraries; the tag says what, the digest fixes it
+    assert re.fullmatch(r"nvidia/cuda:13\.0\.\d+-base-ubuntu\d+\.\d+@sha256:[0-9a-f]{64}", global_args["BASE_IMAGE"])
+    header = DOCKERFILE.read_text()
+    assert "R580 branch or newer (>= 580.65.06)" in header  # the driver CUDA 13.0 needs, said where it is chosen
     # Every other FROM is the base-image argument, an empty stage, or an earlier stage.
     assert [stage.base for stage in stages] == ["scratch", "${BASE_IMAGE}", "python", "builder", "python"]
 
@@ -142,9 +147,12 @@ def test_the_gpu_and_cpu_builds_differ_only_by_build_args(parsed: tuple[dict[str
 def test_every_python_dependency_is_installed_from_exact_pins(parsed: tuple[dict[str, str], list[Stage]]) -> None:
     _, stages = parsed
     builder = next(stage for stage in stages if stage.name == "builder")
-    install = " ".join(builder.args("RUN"))
-    assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in install
-    assert "pip install --no-cache-dir -r /tmp/requirements.txt" in install
+    torch_layer, pins_layer = builder.args("RUN")[:2]
+    assert '--index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"' in torch_layer  # its own layer, first
+    assert "pip install -r /tmp/requirements.txt" in pins_layer and "pip check" in pins_layer
+    assert all(run.startswith("--mount=type=cache,target=/root/.cache/pip ") for run in (torch_layer, pins_layer))
+    assert builder.instructions.index(("RUN", torch_layer)) < builder.instructions.index(
+        ("COPY", "requirements.txt /tmp/requirements.txt"))  # a change of pins keeps the torch layer
     for line in REQUIREMENTS.read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             assert re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[0-9][A-Za-z0-9.]*", line.strip()), line
@@ -177,6 +185,13 @@ def test_the_runtime_runs_as_uid_10001_with_a_read_only_root(parsed: tuple[dict[
     assert env["MODEL_PATH"] == "/opt/servestack/model"
     # Everything copied in stays owned by root: the server cannot modify its own code or model.
     assert all("--chown" not in copy for copy in runtime.args("COPY"))
+
+
+def test_the_image_is_labelled_for_tracing(parsed: tuple[dict[str, str], list[Stage]]) -> None:
+    runtime = parsed[1][-1]
+    labels = " ".join(runtime.args("LABEL"))
+    for name, arg in (("version", "VERSION"), ("revision", "REVISION"), ("source", "SOURCE")):
+        assert f'org.opencontainers.image.{name}="${{{arg}}}"' in labels
 
 
 def test_the_contract_with_the_deployment(parsed: tuple[dict[str, str], list[Stage]]) -> None:
@@ -218,6 +233,7 @@ def test_baking_the_tiny_model_leaves_it_readable_by_the_runtime_user(
     assert result.returncode == 0, result.stderr
     files = [path for path in (tmp_path / "model").rglob("*") if path.is_file()]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {path.name for path in files}
+    assert json.loads((tmp_path / "model" / "servestack-model.json").read_text()) == {"name": "tiny"}
     for path in files:
         assert path.stat().st_mode & 0o444 == 0o444, f"{path.name} is not world-readable"
         assert path.stat().st_mode & 0o022 == 0, f"{path.name} is writable by others"

@@ -1,14 +1,29 @@
-"""TorchEngine with the tiny model: exactness across joins and leaves, stops, sampling, cancellation."""
+"""TorchEngine with the tiny model: exactness across joins and leaves, stops, sampling, penalties, logprobs,
+cancellation, and failures that stay with their request."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from serving.engine import RequestHandle, SamplingParams, TorchEngine, _TextTracker, prepack_linears
+from serving import engine as engine_module
+from serving.engine import (
+    Output,
+    Request,
+    RequestHandle,
+    SamplingParams,
+    StartupError,
+    TorchEngine,
+    _TextTracker,
+    choose_device,
+    encode_chat,
+    prepack_linears,
+)
+from serving.errors import ServingError
 
 pytestmark = pytest.mark.anyio
 
@@ -53,8 +68,10 @@ async def test_greedy_output_is_exact_across_joins_shifts_and_trims(engine: Torc
     # exit leaves padding that gets trimmed, the later ones join a batch of a different width.
     first = engine.submit(short, SamplingParams(max_tokens=60, temperature=0, ignore_eos=True))
     outputs: list[str] = []
+    tokens = 0  # a delta carries several tokens when they piled up while this test was busy
     async for out in first:
         outputs.append(out.text)
+        tokens += out.new_tokens
         if len(outputs) == 5:
             break
     tasks = []
@@ -63,7 +80,7 @@ async def test_greedy_output_is_exact_across_joins_shifts_and_trims(engine: Torc
             max_tokens=n, temperature=0, ignore_eos=True)))))
         await asyncio.sleep(0.01)
     rest = await collect(first)
-    together = [("".join(outputs) + rest[0], 5 + rest[1], rest[2]), *await asyncio.gather(*tasks)]
+    together = [("".join(outputs) + rest[0], tokens + rest[1], rest[2]), *await asyncio.gather(*tasks)]
     assert together == alone
     assert max(engine.steps) > 1  # type: ignore[attr-defined]
 
@@ -130,6 +147,18 @@ def test_prepacked_linears_give_the_same_greedy_tokens(tiny_model: Path) -> None
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
 
 
+def test_the_chat_template_gets_developer_as_system_and_refuses_tool_calls_it_cannot_show(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)  # ChatML, which knows neither role nor tool calls
+    user = {"role": "user", "content": "Hi"}
+    assert encode_chat(tokenizer, [{"role": "developer", "content": "Be brief"}, user]) == \
+        encode_chat(tokenizer, [{"role": "system", "content": "Be brief"}, user])
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": {}}}
+    with pytest.raises(ValueError, match="does not show tool calls to the model"):
+        encode_chat(tokenizer, [user, {"role": "assistant", "content": "", "tool_calls": [call]}, user])
+
+
 class CharTokenizer:
     """ids are code points; 0xFFFD stands for half a character."""
 
@@ -191,3 +220,110 @@ def test_text_tracker_falls_back_to_windows_when_the_stream_refuses_the_bytes() 
     text, tracker = run(stream=True)
     assert tracker._stream is None  # it fell back, rather than failing the request (and the engine loop)
     assert text == run(stream=False)[0] == "\x01\ufffd \x01"
+
+
+async def outputs(handle: RequestHandle) -> list[Output]:
+    return [out async for out in handle]
+
+
+async def test_a_failure_inside_one_request_fails_it_alone(engine: TorchEngine,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its sampling raises: that request gets a 500 of its own, its batch neighbour goes on, the loop lives."""
+    real = engine_module._sample
+
+    def sample(logits: Any, params: SamplingParams, generator: Any) -> int:
+        if params.seed == 666:
+            raise RuntimeError("this row's sampling broke")
+        return real(logits, params, generator)
+
+    monkeypatch.setattr(engine_module, "_sample", sample)
+    ids = engine.encode_prompt("Hello")
+    bystander = asyncio.ensure_future(collect(engine.submit(ids, SamplingParams(max_tokens=40, temperature=0,
+                                                                                  ignore_eos=True))))
+    victim = engine.submit(ids, SamplingParams(max_tokens=40, temperature=1.0, seed=666, ignore_eos=True))
+    with pytest.raises(ServingError) as failure:
+        await collect(victim)
+    assert (failure.value.status, failure.value.code) == (500, "internal_error")
+    assert "RuntimeError" in failure.value.message
+    assert (await bystander)[1:] == (40, "length")
+    assert not engine.dead
+    assert (await collect(engine.submit(ids, GREEDY)))[1:] == (12, "length")
+
+
+async def test_a_prompt_the_model_cannot_take_fails_alone(engine: TorchEngine) -> None:
+    """A token id past the embedding fails the prefill it is in; the others of that prefill are run again
+    without it and finish."""
+    good = engine.encode_prompt("Hello")
+    alone = await collect(engine.submit(good, GREEDY))
+    handles = [engine.submit(good, GREEDY), engine.submit([engine.vocab_size + 5], GREEDY),
+               engine.submit(good, GREEDY)]
+    results = await asyncio.gather(*(collect(h) for h in handles), return_exceptions=True)
+    assert isinstance(results[1], ServingError) and results[1].status == 500
+    assert results[0] == results[2] == alone
+    assert not engine.dead
+
+
+@pytest.mark.parametrize("seed", [0, -1, -(2**63), 2**64 - 1])
+async def test_every_seed_the_api_accepts_samples(engine: TorchEngine, seed: int) -> None:
+    params = SamplingParams(max_tokens=6, temperature=1.0, seed=seed, ignore_eos=True)
+    first = await collect(engine.submit(engine.encode_prompt("Hello"), params))
+    assert first[1:] == (6, "length")
+    assert await collect(engine.submit(engine.encode_prompt("Hello"), params)) == first
+
+
+async def test_penalties_and_biases_adjust_the_pick(engine: TorchEngine) -> None:
+    import torch
+
+    logits = torch.zeros(engine.vocab_size)
+    logits[10], logits[11], logits[12] = 3.0, 2.5, 1.0
+
+    def picks(count: int, **adjust: Any) -> list[int]:
+        seq = engine._new_seq(Request([1], SamplingParams(max_tokens=count, temperature=0, **adjust)))
+        return [engine._pick(seq, logits) for _ in range(count)]
+
+    assert picks(3) == [10, 10, 10]
+    assert picks(2, logit_bias=((12, 5.0),)) == [12, 12]
+    assert picks(2, logit_bias=((10, -100.0), (11, -100.0))) == [12, 12]
+    # 3.0 - 0.3 x (times 10 was generated) against 2.5 - 0.3 x (times 11 was): OpenAI's frequency penalty
+    assert picks(5, frequency_penalty=0.3) == [10, 10, 11, 10, 11]
+    # once generated, each loses 1.0 for good: OpenAI's presence penalty
+    assert picks(4, presence_penalty=1.0) == [10, 11, 10, 10]
+    assert logits[10] == 3.0  # the batch's logits are left as they were
+
+
+async def test_logprobs_are_the_models_own_and_cost_nothing_when_not_asked(engine: TorchEngine,
+                                                                            tiny_model: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ids = engine.encode_prompt("Hello, world")
+    plain = await outputs(engine.submit(ids, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True)))
+    assert all(o.logprobs is None and o.prompt_logprobs is None for o in plain)
+
+    asked = await outputs(engine.submit(ids, SamplingParams(max_tokens=5, temperature=0, ignore_eos=True,
+                                                            logprobs=3, prompt_logprobs=2)))
+    entries = [entry for o in asked for entry in o.logprobs or ()]
+    assert len(entries) == 5
+    for token, logprob, top in entries:
+        assert len(top) == 3 and top[0][0] == token and top[0][1] == logprob  # greedy: the best one
+        assert [lp for _, lp in top] == sorted((lp for _, lp in top), reverse=True)
+    scored = asked[0].prompt_logprobs
+    assert scored is not None and len(scored) == len(ids) and scored[0] is None
+    assert [entry[0] for entry in scored[1:] if entry is not None] == ids[1:]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    with torch.inference_mode():
+        expected = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+    assert entries[0][1] == pytest.approx(float(expected[-1, entries[0][0]]), abs=1e-3)
+    assert [entry[1] for entry in scored[1:] if entry is not None] == pytest.approx(
+        [float(expected[j, ids[j + 1]]) for j in range(len(ids) - 1)], abs=1e-3)
+
+
+def test_no_cuda_when_cuda_is_required_is_a_startup_error() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert choose_device() == ("cpu", torch.float32)
+    with pytest.raises(StartupError, match=r"SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable: .*torch 2"):
+        choose_device(require_cuda=True)

@@ -19,7 +19,7 @@ import pytest
 
 from serving.engine import SamplingParams, TorchEngine
 from serving.engine_process import EngineProcess
-from serving.errors import EngineDead
+from serving.errors import EngineDead, ServingError
 from tests.serving.conftest import ServerProcess
 from tests.serving.test_engine import collect
 
@@ -75,6 +75,27 @@ async def test_outputs_and_status_cross_the_process_boundary_unchanged(
     assert all(reason == "length" and tokens == 20 for _, tokens, reason in remote)
     assert max(engine.steps) == 3  # type: ignore[attr-defined]  # batch sizes come back with the deltas
     await until(lambda: engine.num_running == engine.num_waiting == 0, "requests left behind")
+
+
+async def test_logprobs_kv_usage_and_one_requests_failure_cross_the_wire(engine: EngineProcess) -> None:
+    ids = engine.encode_prompt("Hello")
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=2, prompt_logprobs=1)
+    outs = [out async for out in engine.submit(ids, params)]
+    assert [len(entry[2]) for out in outs for entry in out.logprobs or ()] == [2, 2, 2, 2]
+    scored = outs[0].prompt_logprobs
+    assert scored is not None and len(scored) == len(ids) and scored[0] is None
+
+    long = engine.submit(ids, SamplingParams(max_tokens=30000, ignore_eos=True))
+    async for _ in long:
+        break
+    await until(lambda: engine.kv_cache_usage > 0, "the KV usage never showed")
+    with pytest.raises(ServingError) as failure:
+        async for _ in engine.submit([engine.vocab_size + 1], SamplingParams(max_tokens=4)):
+            pass
+    assert (failure.value.status, failure.value.code) == (500, "internal_error")
+    assert not engine.dead
+    long.cancel()
+    await until(lambda: engine.num_running == 0 and engine.kv_cache_usage == 0, "the long request stayed")
 
 
 async def test_a_cancel_reaches_the_engine_process_and_frees_the_slot(engine: EngineProcess) -> None:

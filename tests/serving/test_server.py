@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import psutil
 import pytest
 
 from serving.app import build_app
@@ -115,11 +117,11 @@ def test_probes_and_metrics_need_no_key(server: ServerProcess) -> None:
         ("/v1/completions", {"prompt": "x", "max_tokens": 100000}, "max_tokens"),
         ("/v1/completions", {"prompt": ""}, "prompt"),
         ("/v1/completions", {"prompt": "word " * 200}, "prompt"),  # over SERVESTACK_MAX_INPUT_TOKENS=64
-        ("/v1/completions", {"prompt": "x", "n": 2}, "n"),
+        ("/v1/completions", {"prompt": "x", "n": 9}, "n"),  # more sequences than SERVESTACK_MAX_BATCH_SIZE=8
         ("/v1/completions", {"prompt": "x", "temperature": -1}, "temperature"),
         ("/v1/completions", {"max_tokens": 3}, "prompt"),
         ("/v1/chat/completions", {"messages": []}, "messages"),
-        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 3}, "n"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}], "n": 9}, "n"),
         ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
     ],
 )
@@ -261,6 +263,8 @@ def test_a_non_streaming_client_that_disconnects_frees_its_slot(small_server: Se
     wait_for(lambda: metric(base, "servestack_num_requests_running") == 0, timeout=5)
     assert metric(base, "servestack_generation_tokens_total") - generated < 30000
     assert metric(base, "servestack_request_success_total", finished_reason="length") == finished
+    assert metric(base, "servestack_request_success_total", finished_reason="abort") >= 1
+    assert "Traceback" not in small_server.log.read_text()  # a client that leaves is not an error
 
 
 def test_a_request_in_flight_completes_across_sigterm(start_server: Callable[..., ServerProcess]) -> None:
@@ -313,3 +317,44 @@ def test_503_until_the_model_is_loaded(tiny_model: Path) -> None:
         wait_ready(running.base_url)
         r = httpx.post(f"{running.base_url}/v1/completions", json={"prompt": "x", "max_tokens": 2})
         assert r.status_code == 200
+
+
+def _engine_child(server: ServerProcess) -> psutil.Process:
+    children = psutil.Process(server.process.pid).children()
+    (engine,) = [c for c in children if "multiprocessing.spawn" in " ".join(c.cmdline())]
+    return engine
+
+
+def test_the_server_exits_1_when_its_engine_dies(start_server: Callable[..., ServerProcess]) -> None:
+    server = start_server()
+    _engine_child(server).kill()
+    assert server.process.wait(timeout=30) == 1  # Kubernetes restarts the container now, not after its probes
+    log = server.log.read_text()
+    assert "the engine process exited (code -9)" in log
+    assert "the engine has failed (see above): exiting with code 1 so that the server is restarted" in log
+
+
+def test_a_model_that_cannot_load_stops_the_server_at_once(
+    start_server: Callable[..., ServerProcess], tiny_model: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    server = start_server(wait=False, MODEL_PATH=str(broken))
+    assert server.process.wait(timeout=90) == 1
+    log = server.log.read_text()
+    assert f"loading the model from {broken} failed" in log
+    assert "exiting with code 1" in log
+
+
+def test_a_gpu_node_without_cuda_does_not_serve_on_the_cpu(start_server: Callable[..., ServerProcess]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    server = start_server(wait=False, SERVESTACK_REQUIRE_CUDA="1")
+    assert server.process.wait(timeout=90) == 1
+    log = server.log.read_text()
+    assert "CRITICAL serving.engine: SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable" in log
+    assert "exiting with code 1" in log
+    assert "Traceback" not in log  # one clear line, not a stack

@@ -459,6 +459,8 @@ def test_serving_pods_use_workload_identity_and_the_gpu_pool(plan: dict[str, Any
     registry = inputs(plan, REGISTRY)["registryName"]
     assert spec["containers"][0]["image"] == f"{registry}.azurecr.io/servestack-serving:0.1.0"
     assert spec["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    env = {e["name"]: e.get("value") for e in spec["containers"][0]["env"]}
+    assert env["SERVESTACK_REQUIRE_CUDA"] == "1"  # no silent CPU fallback on a GPU node
 
 
 def test_load_balancer_keeps_a_silent_request_open_until_the_server_times_it_out(plan: dict[str, Any]) -> None:

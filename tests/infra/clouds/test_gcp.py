@@ -810,11 +810,11 @@ def test_missing_project_is_reported() -> None:
                  ["gcp:region: 'europe-north1' offers no nvidia-l4 GPUs known to servestack; allowed for nvidia-l4: "
                   "asia-southeast1, europe-west1, europe-west4, us-central1, us-east1, us-east4, us-west1, "
                   "us-west4"], id="region-without-the-gpu"),
-    pytest.param({"servestack:gpu": {"type": "nvidia-h100-80gb", "minNodes": 0, "maxNodes": 2},
+    pytest.param({"servestack:gpu": {"type": "nvidia-a100-80gb", "minNodes": 0, "maxNodes": 2},
                   "gcp:region": "us-west4"},
-                 ["gcp:region: 'us-west4' offers no nvidia-h100-80gb GPUs known to servestack; allowed for "
-                  "nvidia-h100-80gb: asia-southeast1, europe-west4, us-central1, us-east4, us-west1"],
-                 id="h100-region"),
+                 ["gcp:region: 'us-west4' offers no nvidia-a100-80gb GPUs known to servestack; allowed for "
+                  "nvidia-a100-80gb: asia-southeast1, europe-west4, us-central1, us-east4"],
+                 id="a100-80gb-region"),
 ])
 def test_gpu_zones_are_checked_against_where_the_gpu_is_offered(values: dict[str, Any], problems: list[str]) -> None:
     config = parse_config("gcp-dev", {**VALID_GCP, **values})
@@ -830,7 +830,7 @@ def test_configured_zones_are_kept_in_order() -> None:
 
 def test_machine_families_match_their_gpus() -> None:
     for gpu, family in (("nvidia-l4", "g2-standard-4"), ("nvidia-tesla-a100", "a2-highgpu-1g"),
-                        ("nvidia-a100-80gb", "a2-ultragpu-1g"), ("nvidia-h100-80gb", "a3-highgpu-8g")):
+                        ("nvidia-a100-80gb", "a2-ultragpu-1g")):
         config = parse_config("gcp-dev", {**VALID_GCP, "servestack:gpu": {"type": gpu, "machineType": family,
                                                                           "minNodes": 0, "maxNodes": 2}})
         assert gpu_zones(config) == GPU_ZONES["us-central1"][gpu]

@@ -1,0 +1,263 @@
+"""What the routes check and prepare before a request reaches the engine.
+
+`ServingContext` holds what one app shares: settings, engine, metrics and lifecycle. It says whether the
+server is alive and ready, admits a request or refuses it (draining, loading, engine dead, queue full),
+turns prompts and conversations into token ids on a thread of its own (a tokenizer holds the CPU for as
+long as the text is long, and never on the event loop, where every stream and probe waits), checks them
+against the limits (characters before tokenizing, tokens after), and builds each choice's sampling
+parameters from the request, defaults applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple, TypeVar
+
+from serving import protocol as p
+from serving.engine import Engine, SamplingParams
+from serving.errors import BadRequest, EngineDead, NotFound, NotReady, Overloaded, ServingError, quote, shorten
+from serving.metrics import Metrics
+from serving.settings import Settings
+
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+GREEDY_BELOW = 1e-5  # a temperature below this is greedy, as in vLLM (dividing logits by it would overflow)
+
+T = TypeVar("T")
+
+
+class Prompt(NamedTuple):
+    ids: list[int]
+    text: str  # what the ids stand for (a conversation: its rendered template), for echo
+
+
+class Lifecycle:
+    """Draining flag and the count of generation requests in flight."""
+
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        self.in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True when every request in flight finished within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+            return True
+        except TimeoutError:
+            return False
+
+
+class ServingContext:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.model_name = settings.served_model_name
+        self.lifecycle = Lifecycle()
+        self.metrics = Metrics(
+            self.model_name,
+            running=lambda: engine.num_running,
+            waiting=lambda: engine.num_waiting,
+            load_seconds=lambda: engine.load_seconds or 0.0,
+            kv_cache_usage=lambda: engine.kv_cache_usage,
+        )
+        self.reserved = 0  # choices admitted and not yet submitted (their prompts are being tokenized)
+        # One thread: the tokenizer is not safe to share between threads, and one is enough to keep it off
+        # the event loop (the Rust tokenizer does not hold the interpreter lock while it works).
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=False, cancel_futures=True)
+
+    async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """Run tokenizer work off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+
+    # -- health --
+
+    def _stalled(self) -> float | None:
+        stalled = time.monotonic() - self.engine.last_step_at
+        return stalled if self.engine.loaded and stalled > self.settings.stall_seconds else None
+
+    def alive(self) -> tuple[bool, str]:
+        """Alive unless the engine loop has died or stopped stepping (then the kubelet restarts the pod)."""
+        if self.engine.dead:
+            return False, "engine loop has failed"
+        stalled = self._stalled()
+        if stalled is not None:
+            return False, f"engine loop has not stepped for {stalled:.0f}s"
+        return True, "alive"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.lifecycle.draining:
+            return False, "draining"
+        if self.engine.dead:
+            return False, "engine loop has failed"
+        if not self.engine.loaded:
+            return False, "model is loading"
+        stalled = self._stalled()
+        if stalled is not None:
+            return False, f"engine loop has not stepped for {stalled:.0f}s"
+        return True, "ready"
+
+    def refuse_unless_serving(self) -> None:
+        """Refuse any /v1 request the server cannot serve now: draining, engine dead, still loading."""
+        error: ServingError | None = None
+        if self.lifecycle.draining:
+            error, reason = NotReady("the server is shutting down", code="draining"), "draining"
+        elif self.engine.dead:
+            error, reason = EngineDead("the engine has failed"), "engine_dead"
+        elif not self.engine.loaded:
+            error, reason = NotReady("the model is still loading", code="loading"), "loading"
+        if error is not None:
+            self.metrics.rejected(reason)
+            raise error
+
+    @contextlib.contextmanager
+    def admit(self, choices: int) -> Iterator[None]:
+        """Take `choices` sequences into the queue, or refuse (counted by reason); hold their places until
+        they are submitted."""
+        self.refuse_unless_serving()
+        engine = self.engine
+        queued = engine.num_running + engine.num_waiting + self.reserved
+        if queued + choices > self.settings.max_queue:
+            self.metrics.rejected("queue_full")
+            raise Overloaded(
+                f"too many requests: {engine.num_running} running and {engine.num_waiting + self.reserved} "
+                f"waiting (limit {self.settings.max_queue}); retry later"
+            )
+        self.reserved += choices
+        try:
+            yield
+        finally:
+            self.reserved -= choices
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise NotFound(f"model {quote(model)} does not exist; this server serves {self.model_name!r}",
+                           param="model", code="model_not_found")
+
+    def check_choices(self, prompts: int, n: int) -> None:
+        """Every choice is a sequence of the batch: a request cannot ask for more than the batch holds."""
+        limit = self.settings.max_batch_size
+        if prompts * n > limit:
+            asked = f"{prompts} prompts x n={n}" if prompts > 1 else f"n={n}"
+            raise BadRequest(f"{asked} asks for {prompts * n} sequences; this server runs at most {limit} at once",
+                             param="n" if n > 1 else "prompt")
+
+    # -- prompts --
+
+    @property
+    def input_limit(self) -> int:
+        """The longest prompt taken, in tokens: the server's limit, and one short of the model's context."""
+        return min(self.settings.max_input_tokens, self.engine.max_model_len - 1)
+
+    def _too_long(self, param: str, detail: str) -> BadRequest:
+        # vLLM's wording: litellm and other clients recognise "maximum context length" as a context-window error.
+        return BadRequest(f"This model's maximum context length is {self.input_limit} tokens for the prompt. "
+                          f"However, your {param} {detail}. Please reduce the length of the {param}.",
+                          param=param, code="context_length_exceeded")
+
+    def _check_characters(self, chars: int, param: str) -> None:
+        """Before tokenizing: a text longer than the limit times the longest token cannot fit."""
+        if chars > self.input_limit * self.engine.max_token_chars:
+            raise self._too_long(param, f"{'are' if param == 'messages' else 'is'} {chars} characters long, more "
+                                        f"than {self.input_limit} tokens can hold")
+
+    def _check_tokens(self, count: int, param: str) -> None:
+        if count > self.input_limit:
+            raise self._too_long(param, f"resulted in {count} tokens")
+
+    async def completion_prompts(self, req: p.CompletionRequest) -> list[Prompt]:
+        prompts = req.prompts
+        for i, prompt in enumerate(prompts):  # the cheap checks first
+            if isinstance(prompt, str):
+                self._check_characters(len(prompt), "prompt")
+            else:
+                self._check_token_ids(prompt, f"prompt[{i}]" if len(prompts) > 1 else "prompt")
+        result = []
+        for prompt in prompts:
+            if isinstance(prompt, str):
+                ids, text = await self.in_thread(self.engine.encode_prompt, prompt), prompt
+            else:
+                ids, text = prompt, await self.in_thread(self.engine.decode, prompt) if req.echo else ""
+            self._check_tokens(len(ids), "prompt")
+            result.append(Prompt(ids, text))
+        return result
+
+    def _check_token_ids(self, ids: list[int], where: str) -> None:
+        vocab = self.engine.vocab_size
+        for j, token in enumerate(ids):
+            if token >= vocab:
+                raise BadRequest(f"{where}[{j}]: token id {token} is out of range; this model's ids are 0 to "
+                                 f"{vocab - 1}", param="prompt")
+
+    async def chat_prompt(self, req: p.ChatCompletionRequest) -> Prompt:
+        self._check_characters(sum(len(m.text) for m in req.messages), "messages")
+        messages = [m.for_template() for m in req.messages]
+        try:
+            ids = await self.in_thread(self.engine.encode_chat, messages)
+        except Exception as exc:  # the model's chat template refuses this conversation
+            raise BadRequest(f"messages: the chat template rejected them: {shorten(str(exc))}",
+                             param="messages") from exc
+        self._check_tokens(len(ids), "messages")
+        return Prompt(ids, "")
+
+    # -- sampling --
+
+    def sampling(self, req: p.CompletionRequest | p.ChatCompletionRequest, *, max_tokens: int | None,
+                 max_tokens_param: str, default_max_tokens: int, logprobs: int | None,
+                 prompt_logprobs: int | None) -> SamplingParams:
+        """The sampling parameters a request asks for (its max_tokens not yet fitted to a prompt)."""
+        limit = self.settings.max_tokens
+        if max_tokens is not None and max_tokens > limit:
+            raise BadRequest(f"{max_tokens_param} is {max_tokens}; the maximum is {limit}", param=max_tokens_param)
+        temperature = 1.0 if req.temperature is None else req.temperature
+        return SamplingParams(
+            max_tokens=max_tokens if max_tokens is not None else min(default_max_tokens, limit),
+            temperature=0.0 if temperature < GREEDY_BELOW else temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=max(req.top_k or 0, 0),
+            seed=req.seed,
+            stop=req.stop_list,
+            ignore_eos=bool(req.ignore_eos),
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            logit_bias=self._logit_bias(req.logit_bias),
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
+        )
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+        pairs = tuple((int(key), value) for key, value in (bias or {}).items())
+        for token, _ in pairs:
+            if token >= self.engine.vocab_size:
+                raise BadRequest(f"logit_bias: token id {token} is out of range; this model's ids are 0 to "
+                                 f"{self.engine.vocab_size - 1}", param="logit_bias")
+        return pairs
+
+    def for_choice(self, params: SamplingParams, prompt: Prompt, choice: int) -> SamplingParams:
+        """One choice of one prompt: its max_tokens within the context left, and its own seed."""
+        seed = params.seed if params.seed is None or choice == 0 else (params.seed + choice) % 2**64
+        return dataclasses.replace(params, max_tokens=min(params.max_tokens, self.engine.max_model_len
+                                                          - len(prompt.ids)), seed=seed)
