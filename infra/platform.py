@@ -102,10 +102,10 @@ class Platform:
     # controller) ClusterIP, reached with `<kubectl> port-forward`.
     service_type: str = "LoadBalancer"
     kubectl: str = "kubectl"
-    # How to tell that the serving image (given its tag) and the model (given its name and revision) are
-    # uploaded into the stack's own registry and bucket, and how to upload them; None where the stack has no
-    # such store.
-    image_upload: Callable[[str], Upload] | None = None
+    # How to tell that the serving image (given its tag, and the `docker build` arguments that bake the model
+    # where the image carries it) and the model (given its name and revision) are uploaded into the stack's
+    # own registry and bucket, and how to upload them; None where the stack has no such store.
+    image_upload: Callable[[str, str], Upload] | None = None
     model_upload: Callable[[str, str], Upload] | None = None
     # Where cluster add-ons (the gateway's controller and proxies, cert-manager, the limits store) run: the
     # system pool, whatever taint keeps other pods off it.

@@ -57,6 +57,8 @@ ROLLOUT_MINUTES = 30
 UPLOAD_MINUTES = 30
 # The image's non-root user (serving/Dockerfile).
 RUN_AS_USER = 10001
+# The models serving/Dockerfile bakes by name (MODEL=...); any other is baked from a directory.
+BUNDLED_MODELS = ("tiny", "smollm2")
 
 
 @dataclass(frozen=True)
@@ -367,7 +369,7 @@ def _uploads(name: str, args: ServingArgs, revision: str, opts: pulumi.ResourceO
     serving, model, platform = args.serving, args.model, args.platform
     wanted = []
     if serving.image is None and platform.image_upload is not None:
-        wanted.append(("image", platform.image_upload(serving.image_tag)))
+        wanted.append(("image", platform.image_upload(serving.image_tag, bake_arguments(model, revision))))
     if model.source == "bucket" and platform.model_upload is not None:
         wanted.append(("model", platform.model_upload(model.name, revision)))
     waits: list[pulumi.Resource] = []
@@ -379,6 +381,16 @@ def _uploads(name: str, args: ServingArgs, revision: str, opts: pulumi.ResourceO
         waits.append(local.Command(f"{name}-wait-for-{suffix}",
                                    create=pulumi.Output.all(upload.check, *upload.steps).apply(script), opts=opts))
     return waits
+
+
+def bake_arguments(model: ModelConfig, revision: str) -> str:
+    """The `docker build` arguments (each followed by a space) that bake the stack's model at its revision into
+    the image, where the image carries it (serving/Dockerfile); nothing where the pods fetch it."""
+    if model.source != "image":
+        return ""
+    which = f"MODEL={model.name} " if model.name in BUNDLED_MODELS else (
+        f"MODEL=dir --build-arg MODEL_NAME={model.name} --build-context model=./MODEL_DIR ")
+    return f"--build-arg {which}--build-arg MODEL_REVISION={revision} "
 
 
 def _image(serving: ServingConfig, platform: Platform) -> pulumi.Input[str]:

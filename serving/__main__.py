@@ -7,6 +7,10 @@ signal stops at once.
 If the engine dies (its loop failed, its process is gone, or the model could not load, CUDA included when
 SERVESTACK_REQUIRE_CUDA is set), the server says so in one log line, stops and exits 1, so that Kubernetes
 restarts the container at once instead of after its probes give up.
+
+Before anything loads, the model directory must be the configured model at the configured revision (its
+manifest.json, serving.manifest) and the API keys file readable: otherwise the start stops with exit code 2
+and one message. With SERVESTACK_METRICS_PORT, /metrics is served on that port only.
 """
 
 from __future__ import annotations
@@ -92,10 +96,13 @@ class DrainingServer(uvicorn.Server):
 
 def main() -> int:
     _offline_environment()
+    import prometheus_client
     from pydantic import ValidationError
 
     from serving.app import build_app
     from serving.engine_process import EngineProcess
+    from serving.keys import KeysFileError
+    from serving.manifest import ManifestError, check_served_model
     from serving.settings import Settings, describe
 
     try:
@@ -103,8 +110,16 @@ def main() -> int:
     except ValidationError as error:
         print(f"servestack: bad settings:\n{describe(error)}", file=sys.stderr)
         return 2
+    try:
+        served = check_served_model(settings.model_path, settings.model_name or None, settings.model_revision)
+    except ManifestError as error:
+        print(f"servestack: refusing to serve: {error}", file=sys.stderr)
+        return 2
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    revision = settings.model_revision or (served.revision if served else "none")
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s %(name)s [{settings.served_model_name}@{revision}]: "
+                               "%(message)s")
     holder: dict[str, Any] = {}
     engine = EngineProcess(
         settings.model_path,
@@ -114,8 +129,15 @@ def main() -> int:
         require_cuda=settings.require_cuda,
         on_step=lambda size: holder["metrics"].batch_size.observe(size),
     )
-    app = build_app(settings, engine)
+    try:
+        app = build_app(settings, engine)
+    except KeysFileError as error:
+        print(f"servestack: SERVESTACK_API_KEYS_FILE: {error}", file=sys.stderr)
+        return 2
     holder["metrics"] = app.state.ctx.metrics
+    if settings.metrics_port is not None:
+        prometheus_client.start_http_server(settings.metrics_port, addr=settings.host,
+                                            registry=app.state.ctx.metrics.registry)
     config = uvicorn.Config(
         app,
         host=settings.host,

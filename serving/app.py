@@ -2,8 +2,9 @@
 
 Routes only parse, call and shape: the checks and preparation of a request live in serving.context, its
 generation and its OpenAI body or stream in serving.generation; they never touch torch. `Edge`, the one
-middleware, does what every exchange needs before routing. The lifespan starts the engine (loading happens
-in the background: until it is done, readiness and the /v1 routes answer 503) and stops it.
+middleware, does what every exchange needs before routing, the client's key and limits included. The
+lifespan starts the engine (loading happens in the background: until it is done, readiness and the /v1
+routes answer 503) and stops it.
 
 Probes: `/health/live` fails when the engine loop has died or has not stepped for SERVESTACK_STALL_SECONDS;
 `/health/ready` (and `/health`, as vLLM serves it) also while the model loads and while draining.
@@ -12,7 +13,6 @@ Probes: `/health/live` fails when the engine loop has died or has not stepped fo
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
 import re
 import time
@@ -29,6 +29,7 @@ from serving.context import COMPLETIONS_DEFAULT_MAX_TOKENS, ServingContext
 from serving.engine import Engine
 from serving.errors import PayloadTooLarge, ServingError, Unauthorized, error_response, install_error_handlers
 from serving.generation import ChatShape, CompletionShape, Generation, respond
+from serving.keys import Client
 from serving.settings import Settings
 
 log = logging.getLogger("serving.app")
@@ -39,10 +40,12 @@ _REQUEST_ID = re.compile(rb"[\x21-\x7e]{1,128}")  # visible ASCII, as ids are in
 class Edge:
     """Every HTTP exchange, before routing: its request id (the client's `x-request-id`, or a new one) on the
     response; for /v1 routes, the API key (checked before the body is read, so that a stranger's body is
-    never parsed) and the body size (a declared length over SERVESTACK_MAX_BODY_BYTES is refused here with
-    413; a body sent without a length goes through Starlette's limiter, which counts it as it is read), and
-    the count of requests in flight that the drain waits for; the answer counted by route, method and
-    status; and an unexpected exception answered as a 500 in the OpenAI shape, logged with the request id."""
+    never parsed; the client it belongs to goes into the request's state), the body size (a declared length
+    over SERVESTACK_MAX_BODY_BYTES is refused here with 413; a body sent without a length goes through
+    Starlette's limiter, which counts it as it is read), the client's requests per minute and tokens per
+    minute (429 with Retry-After), and the count of requests in flight that the drain waits for; the answer
+    counted by route, method and status; and an unexpected exception answered as a 500 in the OpenAI shape,
+    logged with the request id."""
 
     def __init__(self, app: ASGIApp, ctx: ServingContext) -> None:
         self.app = app
@@ -69,8 +72,9 @@ class Edge:
                 await self.app(scope, receive, answer)
                 return
             headers = dict(scope["headers"])
-            refusal = self._refusal(headers)
-            if refusal is not None:
+            try:
+                scope.setdefault("state", {})["client"] = await self._admit(headers)
+            except ServingError as refusal:
                 await error_response(refusal)(scope, receive, answer)
                 return
             with self.ctx.lifecycle.track():
@@ -88,19 +92,25 @@ class Edge:
                 log.warning("%s %s answered %d (request id %s)", scope["method"], scope["path"], status,
                             request_id.decode())
 
-    def _refusal(self, headers: dict[bytes, bytes]) -> ServingError | None:
-        key = self.ctx.settings.key
-        if key is not None:
+    async def _admit(self, headers: dict[bytes, bytes]) -> Client | None:
+        """The client the request's key belongs to (None where no key is required), or the refusal."""
+        ctx = self.ctx
+        client = None
+        if ctx.keys.required:
             scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), key.encode()):
-                self.ctx.metrics.rejected("unauthorized")
-                return Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
-        limit = self.ctx.settings.max_body_bytes
+            text = given.strip().decode("latin-1")
+            client = ctx.keys.identify(text) if scheme.lower() == b"bearer" and text else None
+            if client is None:
+                ctx.metrics.rejected("unauthorized")
+                raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+        limit = ctx.settings.max_body_bytes
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
-            self.ctx.metrics.rejected("too_large")
-            return PayloadTooLarge(f"the request body has {int(length)} bytes; this server takes at most {limit}")
-        return None
+            ctx.metrics.rejected("too_large")
+            raise PayloadTooLarge(f"the request body has {int(length)} bytes; this server takes at most {limit}")
+        if client is not None:
+            await ctx.hold_to_limits(client)
+        return client
 
 
 def build_app(settings: Settings, engine: Engine) -> FastAPI:
@@ -113,7 +123,7 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
             yield
         finally:
             await engine.stop()
-            ctx.close()
+            await ctx.aclose()
 
     app = FastAPI(title="servestack", lifespan=lifespan)
     app.state.ctx = ctx
@@ -133,9 +143,10 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
     async def ready() -> JSONResponse:
         return status(*ctx.ready())
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+    if settings.metrics_port is None:  # otherwise served on their own port (python -m serving)
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     v1 = APIRouter(prefix="/v1")
 
@@ -164,7 +175,8 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
                                   default_max_tokens=COMPLETIONS_DEFAULT_MAX_TOKENS, logprobs=req.logprobs,
                                   prompt_logprobs=req.logprobs if req.echo else None)
             prompts = await ctx.completion_prompts(req)
-            gen = Generation(ctx, prompts, n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived)
+            gen = Generation(ctx, prompts, n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived,
+                             client=request.state.client)
         return await respond(gen, CompletionShape(ctx, gen, req), request, req)
 
     @v1.post("/chat/completions", response_model=None)
@@ -182,7 +194,8 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
                                   default_max_tokens=settings.max_tokens,
                                   logprobs=(req.top_logprobs or 0) if req.logprobs else None, prompt_logprobs=None)
             prompt = await ctx.chat_prompt(req)
-            gen = Generation(ctx, [prompt], n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived)
+            gen = Generation(ctx, [prompt], n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived,
+                             client=request.state.client)
         return await respond(gen, ChatShape(ctx, gen, req), request, req)
 
     app.include_router(v1)

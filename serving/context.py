@@ -1,7 +1,9 @@
 """What the routes check and prepare before a request reaches the engine.
 
-`ServingContext` holds what one app shares: settings, engine, metrics and lifecycle. It says whether the
-server is alive and ready, admits a request or refuses it (draining, loading, engine dead, queue full),
+`ServingContext` holds what one app shares: settings, engine, metrics, lifecycle, the clients' API keys and
+their limits. It says whether the server is alive and ready, identifies the client and holds it to its
+limits (serving.keys, serving.limits), admits a request or refuses it (draining, loading, engine dead, queue
+full),
 turns prompts and conversations into token ids on a thread of its own (a tokenizer holds the CPU for as
 long as the text is long, and never on the event loop, where every stream and probe waits), checks them
 against the limits (characters before tokenizing, tokens after), and builds each choice's sampling
@@ -18,9 +20,22 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NamedTuple, TypeVar
 
+from serving import manifest
 from serving import protocol as p
 from serving.engine import Engine, SamplingParams
-from serving.errors import BadRequest, EngineDead, NotFound, NotReady, Overloaded, ServingError, quote, shorten
+from serving.errors import (
+    BadRequest,
+    EngineDead,
+    NotFound,
+    NotReady,
+    Overloaded,
+    RateLimited,
+    ServingError,
+    quote,
+    shorten,
+)
+from serving.keys import ApiKeys, Client
+from serving.limits import Limits
 from serving.metrics import Metrics
 from serving.settings import Settings
 
@@ -73,9 +88,11 @@ class ServingContext:
         self.settings = settings
         self.engine = engine
         self.model_name = settings.served_model_name
+        self.revision = settings.model_revision or _manifest_revision(settings) or "none"
         self.lifecycle = Lifecycle()
         self.metrics = Metrics(
             self.model_name,
+            self.revision,
             running=lambda: engine.num_running,
             waiting=lambda: engine.num_waiting,
             load_seconds=lambda: engine.load_seconds or 0.0,
@@ -85,9 +102,36 @@ class ServingContext:
         # One thread: the tokenizer is not safe to share between threads, and one is enough to keep it off
         # the event loop (the Rust tokenizer does not hold the interpreter lock while it works).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self.keys = ApiKeys(settings.api_keys_file, settings.key)
+        store = settings.limits_store_url.get_secret_value() if settings.limits_store_url else None
+        self.limits = Limits.from_url(store, on_store_error=self.metrics.limits_store_errors.inc)
+        self._charges: set[asyncio.Task[None]] = set()
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
+        if self._charges:
+            await asyncio.wait(self._charges, timeout=1.0)
+        await self.limits.close()
+
+    # -- clients --
+
+    async def hold_to_limits(self, client: Client) -> None:
+        """Count one request of the client, or refuse it (429) when the client is over a limit this minute."""
+        decision = await self.limits.admit(client)
+        if not decision.allowed:
+            self.metrics.rate_limited(client.id, decision.kind)
+            raise RateLimited(decision.kind, decision.limit, decision.used, decision.retry_after)
+        self.metrics.admitted(client.id)
+
+    def charge(self, client: Client | None, prompt_tokens: int, generation_tokens: int) -> None:
+        """Count an answer's tokens against its client (in the background: the answer is already out)."""
+        if client is None:
+            return
+        self.metrics.client_tokens(client.id, prompt_tokens, generation_tokens)
+        if client.tokens_per_minute:
+            task = asyncio.ensure_future(self.limits.charge(client, prompt_tokens + generation_tokens))
+            self._charges.add(task)
+            task.add_done_callback(self._charges.discard)
 
     async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
         """Run tokenizer work off the event loop."""
@@ -261,3 +305,12 @@ class ServingContext:
         seed = params.seed if params.seed is None or choice == 0 else (params.seed + choice) % 2**64
         return dataclasses.replace(params, max_tokens=min(params.max_tokens, self.engine.max_model_len
                                                           - len(prompt.ids)), seed=seed)
+
+
+def _manifest_revision(settings: Settings) -> str | None:
+    """The revision the model directory's manifest names, for a server run without SERVESTACK_MODEL_REVISION."""
+    try:
+        found = manifest.read(settings.model_path)
+    except (manifest.ManifestError, OSError):
+        return None
+    return found.revision if found is not None else None

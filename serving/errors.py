@@ -4,7 +4,8 @@ Every failure is a `ServingError`; one function (`error_response`) turns it into
 `{"error": {"message", "type", "param", "code"}}` with its HTTP status and headers; the handlers installed by
 `install_error_handlers` route pydantic's validation errors and Starlette's HTTP errors through it, and the
 app's edge middleware anything unexpected. Recoverable, the client's side: `BadRequest` (400),
-`Unauthorized` (401), `NotFound` (404), `PayloadTooLarge` (413), `Overloaded` (429, with Retry-After).
+`Unauthorized` (401), `NotFound` (404), `PayloadTooLarge` (413), `Overloaded` (429, with Retry-After: the
+server is full) and `RateLimited` (429, with Retry-After: the client's limit per minute).
 Recoverable, the server's side: `NotReady` (503 while loading or draining; a draining server also closes the
 connection, so that the client's next try reaches another replica), `RequestTimeout` (504, with
 `x-should-retry: false`: the same request would time out again), and a plain `ServingError` (500) for one
@@ -82,6 +83,26 @@ class Overloaded(ServingError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)}
+
+
+class RateLimited(ServingError):
+    """A client over its requests or tokens per minute: OpenAI's shape (type `requests` or `tokens`, code
+    `rate_limit_exceeded`) and headers, so that its clients back off as they do from OpenAI."""
+
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, kind: str, limit: int, used: int, retry_after: int) -> None:
+        unit = "RPM" if kind == "requests" else "TPM"
+        super().__init__(f"Rate limit reached on {kind} per min ({unit}): Limit {limit}, Used {used}. "
+                         f"Please try again in {retry_after}s.")
+        self.type = kind
+        self.retry_after = retry_after
+        self.limit = limit
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after), f"x-ratelimit-limit-{self.type}": str(self.limit),
+                f"x-ratelimit-remaining-{self.type}": "0", f"x-ratelimit-reset-{self.type}": f"{self.retry_after}s"}
 
 
 class NotReady(ServingError):

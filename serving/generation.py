@@ -27,6 +27,7 @@ from serving import protocol as p
 from serving.context import Prompt, ServingContext
 from serving.engine import Output, RequestHandle, SamplingParams, TokenLogprobs
 from serving.errors import RequestTimeout, ServingError
+from serving.keys import Client
 
 # A token of a completions logprobs list: its id, its log-probability and the best alternatives (neither
 # for the first token of an echoed prompt).
@@ -52,9 +53,11 @@ class Choice:
 
 class Generation:
     def __init__(self, ctx: ServingContext, prompts: list[Prompt], n: int,
-                 params_of: Callable[[Prompt, int], SamplingParams], arrived: float) -> None:
+                 params_of: Callable[[Prompt, int], SamplingParams], arrived: float,
+                 client: Client | None = None) -> None:
         self.ctx = ctx
         self.prompts = prompts
+        self.client = client  # whose limits the answer's tokens count against
         self.arrived = arrived  # when the request came in: TTFT and end-to-end latency include tokenizing
         self.choices: list[Choice] = []
         self._ended = False
@@ -153,7 +156,8 @@ class Generation:
                              prefill=max(0.0, choice.first_at - choice.in_batch_at), decode=now - choice.first_at)
 
     def close(self, reason: str = "abort") -> None:
-        """Cancel the choices still running (counted as `reason`); a no-op once done."""
+        """Cancel the choices still running (counted as `reason`), and count the tokens of the answer against
+        its client (what was generated, however it ended); a no-op once done."""
         if self._ended:
             return
         self._ended = True
@@ -161,6 +165,8 @@ class Generation:
             if choice.finish_reason is None:
                 choice.handle.cancel()
                 self.ctx.metrics.ended(reason)
+        usage = self.usage()
+        self.ctx.charge(self.client, usage.prompt_tokens, usage.completion_tokens)
 
     async def collect(self, request: Request) -> bool:
         """Run every choice to its end (True), or until the client goes away (False: the work is cancelled)."""

@@ -48,6 +48,7 @@ class Decision:
 class Counter(Protocol):
     async def incr(self, key: str, amount: int) -> int: ...
     async def get(self, key: str) -> int: ...
+    async def close(self) -> None: ...
 
 
 class MemoryCounter:
@@ -65,6 +66,9 @@ class MemoryCounter:
     async def get(self, key: str) -> int:
         self._forget_old(key)
         return self._values.get(key, 0)
+
+    async def close(self) -> None:
+        pass
 
     def _forget_old(self, key: str) -> None:
         window = int(key.rsplit(":", 1)[1])
@@ -106,6 +110,9 @@ class Limits:
     @classmethod
     def from_url(cls, url: str | None, on_store_error: Callable[[], None] = lambda: None) -> Limits:
         return cls(StoreCounter(url) if url else MemoryCounter(), on_store_error=on_store_error)
+
+    async def close(self) -> None:
+        await self._counter.close()
 
     def _window(self) -> tuple[int, int]:
         """The current window's number and the seconds left in it (at least 1)."""

@@ -1,10 +1,13 @@
-"""Prometheus metrics, named like vLLM's (`vllm:x` -> `servestack_x`) and labelled with the model.
+"""Prometheus metrics, named like vLLM's (`vllm:x` -> `servestack_x`) and labelled with the model and the
+revision it serves (`model_name`, `revision`), so that a canary's figures stand apart from the stable ones.
 
 Each app gets its own registry, so several apps (as in the tests) never collide. Counters and histograms
 export no `*_created` series (vLLM turns them off too). Besides vLLM's, `servestack_requests_rejected`
 counts requests refused before they reached the engine (by reason), `servestack_http_requests` every HTTP
-answer by route and status (as vLLM's `http_requests_total` does), and `servestack_batch_size` the
-sequences of each decode step.
+answer by route and status (as vLLM's `http_requests_total` does), `servestack_batch_size` the
+sequences of each decode step, and per client (the API key's client id, never the key)
+`servestack_client_requests`, `servestack_client_tokens` and `servestack_rate_limited`, with
+`servestack_limits_store_errors` when the shared store of the limits does not answer.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Metrics:
     def __init__(
         self,
         model_name: str,
+        revision: str,
         *,
         running: Callable[[], float],
         waiting: Callable[[], float],
@@ -36,11 +40,12 @@ class Metrics:
     ) -> None:
         self.registry = CollectorRegistry()
         self.model_name = model_name
-        labels = ["model_name"]
+        self.revision = revision
+        labels = ["model_name", "revision"]
         r = self.registry
 
         def gauge(name: str, doc: str, read: Callable[[], float]) -> None:
-            Gauge(name, doc, labels, registry=r).labels(model_name).set_function(read)
+            Gauge(name, doc, labels, registry=r).labels(model_name, revision).set_function(read)
 
         gauge("servestack_num_requests_running", "Requests in the running batch.", running)
         gauge("servestack_num_requests_waiting", "Requests waiting for a batch slot.", waiting)
@@ -50,10 +55,10 @@ class Metrics:
               kv_cache_usage)
 
         def histogram(name: str, doc: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=r).labels(model_name)
+            return Histogram(name, doc, labels, buckets=buckets, registry=r).labels(model_name, revision)
 
         def counter(name: str, doc: str) -> Counter:
-            return Counter(name, doc, labels, registry=r).labels(model_name)
+            return Counter(name, doc, labels, registry=r).labels(model_name, revision)
 
         self.ttft = histogram("servestack_time_to_first_token_seconds", "Time to first token.")
         self.itl = histogram("servestack_inter_token_latency_seconds", "Time between output tokens.",
@@ -86,12 +91,22 @@ class Metrics:
                                  [*labels, "reason"], registry=r)
         self._http = Counter("servestack_http_requests", "HTTP requests answered, by route, method and status.",
                              ["handler", "method", "status"], registry=r)
+        self._client_requests = Counter("servestack_client_requests", "Requests admitted, by client.",
+                                        [*labels, "client"], registry=r)
+        self._client_tokens = Counter("servestack_client_tokens",
+                                      "Tokens of answers, by client and kind (prompt, generation).",
+                                      [*labels, "client", "kind"], registry=r)
+        self._rate_limited = Counter("servestack_rate_limited",
+                                     "Requests refused by the client's limit per minute, by client and limit "
+                                     "(requests, tokens).", [*labels, "client", "limit"], registry=r)
+        self.limits_store_errors = counter("servestack_limits_store_errors",
+                                           "Calls to the limits store that failed (requests then pass unlimited).")
 
     def finished(self, reason: str, *, prompt_tokens: int, generation_tokens: int, max_tokens: int,
                  prefill: float, decode: float) -> None:
         """One request (one choice) done: `prefill` from entering the batch to the first token, `decode`
         from there to the last."""
-        self._success.labels(self.model_name, reason).inc()
+        self._success.labels(self.model_name, self.revision, reason).inc()
         self._request_prompt_tokens.observe(prompt_tokens)
         self._request_generation_tokens.observe(generation_tokens)
         self._request_max_tokens.observe(max_tokens)
@@ -103,10 +118,21 @@ class Metrics:
 
     def ended(self, reason: str) -> None:
         """One request (one choice) that did not finish: "abort" (cancelled) or "error" (it failed)."""
-        self._success.labels(self.model_name, reason).inc()
+        self._success.labels(self.model_name, self.revision, reason).inc()
 
     def rejected(self, reason: str) -> None:
-        self._rejected.labels(self.model_name, reason).inc()
+        self._rejected.labels(self.model_name, self.revision, reason).inc()
+
+    def admitted(self, client: str) -> None:
+        self._client_requests.labels(self.model_name, self.revision, client).inc()
+
+    def client_tokens(self, client: str, prompt: int, generation: int) -> None:
+        self._client_tokens.labels(self.model_name, self.revision, client, "prompt").inc(prompt)
+        self._client_tokens.labels(self.model_name, self.revision, client, "generation").inc(generation)
+
+    def rate_limited(self, client: str, limit: str) -> None:
+        self.rejected("rate_limited")
+        self._rate_limited.labels(self.model_name, self.revision, client, limit).inc()
 
     def http(self, handler: str, method: str, status: int) -> None:
         self._http.labels(handler, method, str(status)).inc()

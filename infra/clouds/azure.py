@@ -276,7 +276,7 @@ class GpuCluster(pulumi.ComponentResource):
             cluster=cluster,
             cluster_name=cluster.name,
             kubeconfig=self.kubeconfig,
-            image_upload=lambda tag: acr_upload(registry.name, self.registry_url, tag),
+            image_upload=lambda tag, build: acr_upload(registry.name, self.registry_url, tag, build),
             model_upload=lambda model, revision: blob_upload(uploads_account, MODELS_CONTAINER, model, revision),
             system_node_selector=SYSTEM_NODE_SELECTOR,
             system_tolerations=(SYSTEM_TOLERATION,),
@@ -662,14 +662,14 @@ def kubelogin_kubeconfig(kubeconfigs: Any, login: str) -> str:
     return str(yaml.safe_dump(document, sort_keys=False))
 
 
-def acr_upload(registry: pulumi.Input[str], login_server: pulumi.Input[str], tag: str) -> Upload:
+def acr_upload(registry: pulumi.Input[str], login_server: pulumi.Input[str], tag: str, build: str) -> Upload:
     image = pulumi.Output.concat(login_server, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
     return Upload(
         what=f"the serving image {DEFAULT_IMAGE_REPOSITORY}:{tag}",
         check=pulumi.Output.concat("az acr repository show --name ", registry,
                                    f" --image {DEFAULT_IMAGE_REPOSITORY}:{tag}"),
         steps=[pulumi.Output.concat("az acr login --name ", registry),
-               pulumi.Output.concat("docker build -t ", image, " serving"),
+               pulumi.Output.concat(f"docker build {build}-t ", image, " serving"),
                pulumi.Output.concat("docker push ", image)])
 
 

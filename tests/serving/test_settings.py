@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
+from serving import manifest
 from serving.settings import Settings, describe
 
 
 @pytest.fixture
 def labelled(tmp_path: Path) -> Path:
+    """A model directory with its manifest (the model's name and revision), as serving.models writes it."""
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")
-    (model / "servestack-model.json").write_text(json.dumps({"name": "tiny"}))
+    manifest.write(manifest.build(model, "tiny", "r1"), model)
     return model
 
 
@@ -30,11 +31,11 @@ def test_a_labelled_model_is_not_served_under_another_name(labelled: Path) -> No
     with pytest.raises(ValidationError) as error:
         Settings(model_path=labelled, model_name="llama-3-8b")
     assert describe(error.value) == ("SERVESTACK_MODEL_NAME: the model directory holds 'tiny' (its "
-                                     "servestack-model.json says so), not 'llama-3-8b' (got 'llama-3-8b')")
+                                     "manifest.json says so), not 'llama-3-8b' (got 'llama-3-8b')")
 
 
 def test_an_unlabelled_model_is_served_under_its_directory_name(labelled: Path) -> None:
-    (labelled / "servestack-model.json").unlink()
+    (labelled / "manifest.json").unlink()
     assert Settings(model_path=labelled).served_model_name == "model"
     assert Settings(model_path=labelled, model_name="any").served_model_name == "any"
 

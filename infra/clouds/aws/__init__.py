@@ -132,7 +132,7 @@ class GpuCluster(pulumi.ComponentResource):
         # The uploads' instructions name the identity to upload as when the stack deploys as an assumed role.
         as_role = [f"(as {config.aws.role_arn}, the role this stack deploys as)"] if config.aws.role_arn else []
 
-        def image_upload(tag: str) -> Upload:
+        def image_upload(tag: str, build: str) -> Upload:
             image = pulumi.Output.concat(registry.url, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
             return Upload(
                 what=f"the serving image {DEFAULT_IMAGE_REPOSITORY}:{tag}",
@@ -141,7 +141,7 @@ class GpuCluster(pulumi.ComponentResource):
                                            f" --image-ids imageTag={tag}"),
                 steps=[*as_role, pulumi.Output.concat(cli, " ecr get-login-password | docker login --username AWS ",
                                             "--password-stdin ", registry.url.apply(_registry_host)),
-                       pulumi.Output.concat("docker build -t ", image, " serving"),
+                       pulumi.Output.concat(f"docker build {build}-t ", image, " serving"),
                        pulumi.Output.concat("docker push ", image)])
 
         def model_upload(model: str, revision: str) -> Upload:

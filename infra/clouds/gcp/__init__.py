@@ -165,13 +165,13 @@ class GpuCluster(pulumi.ComponentResource):
         self.serving_service_account = serving_sa.email
         project = f"--project {commands.quote(args.project)}"
 
-        def image_upload(tag: str) -> Upload:
+        def image_upload(tag: str, build: str) -> Upload:
             image = pulumi.Output.concat(self.registry_url, f"/{DEFAULT_IMAGE_REPOSITORY}:{tag}")
             return Upload(
                 what=f"the serving image {DEFAULT_IMAGE_REPOSITORY}:{tag}",
                 check=pulumi.Output.concat(f"gcloud {project} artifacts docker images describe ", image, " --quiet"),
                 steps=[f"gcloud auth configure-docker {args.region}-docker.pkg.dev --quiet",
-                       pulumi.Output.concat("docker build -t ", image, " serving"),
+                       pulumi.Output.concat(f"docker build {build}-t ", image, " serving"),
                        pulumi.Output.concat("docker push ", image)])
 
         def model_upload(model: str, revision: str) -> Upload:

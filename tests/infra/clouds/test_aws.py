@@ -636,6 +636,15 @@ def test_the_model_upload_check_waits_for_the_revisions_manifest(prod: dict[str,
     assert re.search(r"s3 ls s3://aws-models-bucket-[0-9a-f]+/models/tiny/r1/manifest\.json", check)
 
 
+def test_the_image_upload_bakes_the_model_at_its_revision_where_the_image_carries_it(
+        dev: dict[str, Any], prod: dict[str, Any]) -> None:
+    # aws-dev serves the tiny model from the image, at revision r1: the build the first `up` asks for bakes it.
+    build = inputs(dev, "command:local:Command", "servestack-wait-for-image")["create"]
+    assert "docker build --build-arg MODEL=tiny --build-arg MODEL_REVISION=r1 -t " in build
+    # aws-prod fetches its model from the bucket: an image built with defaults bakes none.
+    assert "docker build -t " in inputs(prod, "command:local:Command", "servestack-wait-for-image")["create"]
+
+
 def test_bottlerocket_brings_its_device_plugin(plan: dict[str, Any]) -> None:
     assert resources(plan, "kubernetes:apps/v1:DaemonSet") == []
 
