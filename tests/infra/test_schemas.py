@@ -48,3 +48,24 @@ def test_custom_resources_are_checked_against_their_published_crd_schemas() -> N
     assert route.error is not None and "weight must be >= 0" in route.error
     assert monitor.error is None and not monitor.skipped
     assert widget.skipped and widget.error is None
+
+
+@pytest.mark.parametrize(("kind", "api_version", "spec", "expected"), [
+    ("Gateway", "gateway.networking.k8s.io/v1",
+     {"gatewayClassName": "servestack", "listeners": [{"name": "https", "port": "443", "protocol": "HTTPS"}]},
+     "port"),
+    ("EnvoyProxy", "gateway.envoyproxy.io/v1alpha1",
+     {"provider": {"type": "Kubernetes", "kubernetes": {"envoyService": {"type": "Public"}}}}, "type"),
+    ("BackendTrafficPolicy", "gateway.envoyproxy.io/v1alpha1",
+     {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "servestack"}],
+      "retry": {"retryOn": {"triggers": ["whenever"]}}}, "triggers"),
+    ("Certificate", "cert-manager.io/v1",
+     {"secretName": "servestack-tls", "dnsNames": ["api.example.com"], "issuerRef": {"name": "acme"},
+      "privateKey": {"algorithm": "DSA"}}, "algorithm"),
+    ("ClusterIssuer", "cert-manager.io/v1", {"acme": {"server": "https://acme", "solvers": []}}, "privateKeySecretRef"),
+])
+def test_the_gateway_and_certificate_objects_are_checked_too(kind: str, api_version: str, spec: dict[str, Any],
+                                                            expected: str) -> None:
+    (result,) = validate_plan({"resources": [_custom(kind, api_version, spec)]}, "1.35")
+    assert not result.skipped
+    assert result.error is not None and expected in result.error, result.error
