@@ -26,7 +26,7 @@ lint: $(INSTALLED)
 	$(BIN)/ruff check .
 
 typecheck: $(INSTALLED)
-	$(BIN)/mypy infra serving policies
+	$(BIN)/mypy infra serving policies servestack reading
 
 pytest: $(INSTALLED)
 	$(BIN)/pytest

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from infra.offline.plan import plan_in_subprocess
 from infra.versions import TODAY_VARIABLE
+from servestack.offline.plan import plan_in_subprocess
 from tests.storage import azure_store, gcs_store, s3_store, store  # noqa: F401  (the emulated object stores)
 
 # The stacks' Kubernetes versions are judged on a fixed day, so that no test ages out of a support window

@@ -27,7 +27,8 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
-from policies.rules.values import Unknown, dig, plain
+from reading.resources import Resource
+from reading.values import Unknown, plain
 
 
 class CannotVerify(UnknownValueError):
@@ -70,26 +71,6 @@ def settings(config: Mapping[str, Any], schema: PolicyConfigSchema) -> dict[str,
     values = {k: v["default"] for k, v in schema.properties.items() if "default" in v}
     values.update(plain(config))
     return values
-
-
-@dataclass
-class Resource:
-    """One resource as a rule sees it: inputs as plain values, unknowns as `Unknown`."""
-
-    type: str
-    urn: str
-    name: str
-    props: dict[str, Any]
-    parent: str | None = None
-    dependencies: tuple[str, ...] = ()
-    property_dependencies: Mapping[str, Sequence[str]] = field(default_factory=dict)
-    provider: str | None = None  # the URN of the provider resource that manages it
-
-    @property
-    def namespace(self) -> str | None:
-        """A Kubernetes object's namespace, where it sets one."""
-        ns = dig(self.props, "metadata", "namespace")
-        return ns if isinstance(ns, str) else None
 
 
 class Judge:

@@ -26,10 +26,11 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules import values as v
-from policies.rules.common import Judge, Resource, Rule
+from policies.rules.common import Judge, Rule
 from policies.rules.kubernetes import WORKLOADS, containers, pod_spec
-from policies.rules.values import Unknown
+from reading import values as v
+from reading.resources import Resource
+from reading.values import Unknown
 
 
 def _kinds(name: str) -> frozenset[str]:

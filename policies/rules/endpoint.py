@@ -38,19 +38,12 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules import values as v
-from policies.rules.common import Judge, Resource, Rule
-from policies.rules.kubernetes import (
-    AWS_LB,
-    PATCHES,
-    SERVICE,
-    SERVICE_PATCH,
-    WORKLOADS,
-    containers,
-    internal_load_balancer,
-    pod_spec,
-)
-from policies.rules.values import BadValue, Unknown
+from policies.rules.common import Judge, Rule
+from policies.rules.kubernetes import PATCHES, SERVICE, SERVICE_PATCH, WORKLOADS, containers, pod_spec
+from reading import values as v
+from reading.load_balancers import AWS_LB, internal_load_balancer
+from reading.resources import Resource
+from reading.values import BadValue, Unknown
 
 INGRESSES = frozenset(f"kubernetes:networking.k8s.io/{version}:Ingress{suffix}"
                       for version in ("v1", "v1beta1") for suffix in ("", "Patch"))

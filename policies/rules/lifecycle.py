@@ -19,10 +19,11 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules import values as v
-from policies.rules.common import Judge, Resource, Rule
-from policies.rules.kubernetes import GATEWAY, gateway_service
-from policies.rules.values import Unknown
+from policies.rules.common import Judge, Rule
+from reading import values as v
+from reading.load_balancers import GATEWAY, gateway_service
+from reading.resources import Resource
+from reading.values import Unknown
 
 SERVICE = "kubernetes:core/v1:Service"
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"

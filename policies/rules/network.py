@@ -16,9 +16,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules import values as v
-from policies.rules.common import Judge, Resource, Rule
-from policies.rules.values import ALL, ICMP_PROTOCOLS, PORT_PROTOCOLS, BadValue, PortRanges, Unknown
+from policies.rules.common import Judge, Rule
+from reading import values as v
+from reading.resources import Resource
+from reading.values import ALL, ICMP_PROTOCOLS, PORT_PROTOCOLS, BadValue, PortRanges, Unknown
 
 AWS_SG = "aws:ec2/securityGroup:SecurityGroup"
 AWS_DEFAULT_SG = "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"

@@ -22,9 +22,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules import values as v
-from policies.rules.common import Judge, Resource, Rule
-from policies.rules.values import BadValue, Unknown
+from policies.rules.common import Judge, Rule
+from reading import values as v
+from reading.resources import Resource
+from reading.values import BadValue, Unknown
 
 ECR_REPOSITORY = "aws:ecr/repository:Repository"
 ECR_TEMPLATE = "aws:ecr/repositoryCreationTemplate:RepositoryCreationTemplate"

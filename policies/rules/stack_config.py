@@ -73,14 +73,14 @@ def committed(stack: str) -> dict[str, Any]:
 
 def render(stack: str) -> str:
     """What policies/config/<stack>.json must hold: its own entries plus what the stack file says."""
-    from infra.offline.plan import read_stack_config
+    from servestack.offline.plan import read_stack_config
 
     config = merged(committed(stack), pack_config(read_stack_config(stack)))
     return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def main() -> int:
-    from infra.offline.plan import stack_names
+    from servestack.offline.plan import stack_names
 
     CONFIG_DIR.mkdir(parents=True, exist_ok=True)
     for stack in stack_names():

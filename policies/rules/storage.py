@@ -16,9 +16,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules import values as v
-from policies.rules.common import Judge, Resource, Rule
-from policies.rules.values import BadValue, Unknown
+from policies.rules.common import Judge, Rule
+from reading import values as v
+from reading.resources import Resource
+from reading.values import BadValue, Unknown
 
 S3_ACLS = frozenset({"aws:s3/bucketAcl:BucketAcl", "aws:s3/bucketAclV2:BucketAclV2"})
 S3_OBJECTS = frozenset({"aws:s3/bucketObject:BucketObject", "aws:s3/bucketObjectv2:BucketObjectv2",

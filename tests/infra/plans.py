@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from infra.offline.plan import ROOT, STACKS_DIR
+from servestack.offline.plan import ROOT, STACKS_DIR
 
 
 def stack_variant(stacks_dir: Path, stack: str, name: str, **config: Any) -> Path:
@@ -29,10 +29,10 @@ def stack_variant(stacks_dir: Path, stack: str, name: str, **config: Any) -> Pat
 
 def run_plan_script(stack: str, stacks_dir: Path = STACKS_DIR, before: str = "",
                     secrets: bool = False) -> subprocess.CompletedProcess[str]:
-    """Plan in a fresh process, like every plan, running `before` (Python, with `infra.offline.plan` as `p`)
+    """Plan in a fresh process, like every plan, running `before` (Python, with `servestack.offline.plan` as `p`)
     first: to show secrets, or to change the program the way a code change would."""
     script = "\n".join([
-        "import json, sys; from pathlib import Path; import infra.offline.plan as p",
+        "import json, sys; from pathlib import Path; import servestack.offline.plan as p",
         "p._masked = lambda value: value" if secrets else "",
         before,
         "print(json.dumps(p.run_plan(sys.argv[1], Path(sys.argv[2]))))",

@@ -12,7 +12,7 @@ import pytest
 
 from infra import drain
 from infra.gateway import ENVOY_GATEWAY_NAMESPACE, ENVOY_GATEWAY_VERSION, REQUEST_TIMEOUT_SECONDS
-from infra.offline.plan import plan_in_subprocess
+from servestack.offline.plan import plan_in_subprocess
 from tests.infra.plans import inputs, one, plan_unmasked, resources, stack_variant
 
 HOSTNAME = "llm.example.test"

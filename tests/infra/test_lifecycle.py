@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.check import check_plan
-from infra.offline.plan import PlanError, plan_in_subprocess
 from policies.rules.lifecycle import GATEWAY_CONTROLLER_CHARTS, LOAD_BALANCER_CONTROLLER_CHARTS, NETWORK_PLUMBING
+from servestack.check import check_plan
+from servestack.offline.plan import PlanError, plan_in_subprocess
 from tests.infra.plans import inputs, one, plan_unmasked, resources, run_plan_script, stack_variant
 
 CLOUD_STACKS = ("aws-dev", "aws-prod", "gcp-dev", "gcp-prod", "azure-dev", "azure-prod")
@@ -211,7 +211,7 @@ def test_a_fake_that_fails_fails_the_plan_at_once() -> None:
     """An exception whose chain loops back on itself (as the engine's wrapping can make) ends the plan with
     the error, instead of spinning."""
     result = run_plan_script("aws-dev", before=(
-        "import infra.offline.fakes.aws as f\n"
+        "import servestack.offline.fakes.aws as f\n"
         "def boom(args, ctx):\n"
         "    error = RuntimeError('the fake VPC failed')\n"
         "    error.__context__ = RuntimeError('wrapped'); error.__context__.__context__ = error\n"
@@ -221,8 +221,8 @@ def test_a_fake_that_fails_fails_the_plan_at_once() -> None:
 
 
 def test_a_kubeconfig_path_is_the_operators_own_and_not_judged(tmp_path: Path) -> None:
-    from infra.offline.fakes import FakeContext
-    from infra.offline.plan import unreachable_api
+    from servestack.offline.fakes import FakeContext
+    from servestack.offline.plan import unreachable_api
 
     assert unreachable_api({"kubeconfig": str(tmp_path / "kubeconfig")}, FakeContext("local", {})) is None
     private = "apiVersion: v1\nclusters:\n- cluster: {server: 'https://10.0.0.5'}\n  name: c\n"

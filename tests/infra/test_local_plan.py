@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from infra.drain import LB_UNHEALTHY_AFTER, MARGIN_SECONDS
-from infra.offline.plan import ROOT, STACKS_DIR, PlanError, plan_in_subprocess
+from servestack.offline.plan import ROOT, STACKS_DIR, PlanError, plan_in_subprocess
 from tests.infra.plans import inputs, one, resources
 
 NS = "servestack"
@@ -266,7 +266,7 @@ def test_prometheus_operator_gets_a_pod_monitor_of_the_metrics_port(gpu_plan: di
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True, cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "servestack.cli", *args], capture_output=True, text=True, cwd=cwd,
                           check=False)
 
 

@@ -267,8 +267,8 @@ def _preview(servicer: Any, plan: dict[str, Any]) -> set[tuple[str, str, str, st
 @pytest.mark.parametrize("stack", ["aws-prod", "gcp-dev", "azure-prod"])
 def test_preview_with_the_committed_config_finds_what_servestack_check_finds(
         launched: tuple[Any, _ServerStandIn, bytes], stack: str, stack_plan: Any) -> None:
-    from infra import check
     from policies.rules.stack_config import CONFIG_DIR
+    from servestack import check
 
     config = json.loads((CONFIG_DIR / f"{stack}.json").read_text())
     servicer = launched[0]

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE, UNKNOWN_STRING_VALUE, unknown_checking_proxy
 
-from policies.rules import values as v
+from reading import values as v
 
 
 @pytest.mark.parametrize("sources", [

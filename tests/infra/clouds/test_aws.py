@@ -12,14 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.check import check_plan
 from infra.clouds.aws.dns import _record_name
 from infra.clouds.aws.kube import kubeconfig
 from infra.clouds.aws.network import EKS_UNSUPPORTED_ZONE_IDS, gpu_zones
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes.aws import EKS_ADDON_BUILDS, HOSTED_ZONES, ZONE_IDS_WITHOUT_GPUS, zone_ids
-from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
-from infra.offline.schemas import validate_plan
+from servestack.check import check_plan
+from servestack.offline.fakes.aws import EKS_ADDON_BUILDS, HOSTED_ZONES, ZONE_IDS_WITHOUT_GPUS, zone_ids
+from servestack.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess
+from servestack.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, resources, stack_variant
 
 STACKS = ("aws-dev", "aws-prod")

@@ -15,10 +15,10 @@ from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
 from infra.clouds import azure
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes import FakeContext
-from infra.offline.fakes import azure as fakes
-from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess, read_stack_config
-from infra.offline.schemas import validate_plan
+from servestack.offline.fakes import FakeContext
+from servestack.offline.fakes import azure as fakes
+from servestack.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess, read_stack_config
+from servestack.offline.schemas import validate_plan
 from serving.fetch import parse_source
 from serving.settings import Settings
 from tests.infra.plans import inputs, one, resources, stack_variant

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from infra.check import check_plan
 from infra.clouds.gcp import (
     ACME_DNS_PERMISSIONS,
     NODE_PORTS,
@@ -24,11 +23,12 @@ from infra.clouds.gcp import (
 from infra.clouds.gcp.kubeconfig import kubeconfig
 from infra.clouds.gcp.zones import GPU_ZONES, gpu_zones
 from infra.config import ConfigError, parse_config
-from infra.offline.fakes import CloudError
-from infra.offline.fakes import gcp as fake_gcp
-from infra.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess, read_stack_config
-from infra.offline.schemas import validate_plan
 from infra.platform import GPU_POOL_LABEL, GPU_POOL_VALUE
+from servestack.check import check_plan
+from servestack.offline.fakes import CloudError
+from servestack.offline.fakes import gcp as fake_gcp
+from servestack.offline.plan import STACKS_DIR, PlanError, plan_in_subprocess, read_stack_config
+from servestack.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, plan_unmasked, resources, stack_variant
 
 STACKS = ("gcp-dev", "gcp-prod")

@@ -41,8 +41,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from infra import terminal
-from infra.offline.plan import ROOT, STACKS_DIR, PlanError, read_stack_config
+from servestack import terminal
+from servestack.offline.plan import ROOT, STACKS_DIR, PlanError, read_stack_config
 from serving.fetch import FetchError, Source, explain, human, list_sizes, open_filesystem, parse_source, storage_errors
 from serving.manifest import MANIFEST, NAME, REVISION, Manifest, ManifestError, build, few, model_files, parse
 

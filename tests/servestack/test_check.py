@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from pulumi_policy.proxy import UNKNOWN_ARRAY_VALUE
 
-from infra import check
-from infra.offline.plan import STACKS_DIR, stack_names
 from policies.rules.stack_config import CONFIG_DIR, StackConfigError, committed, merged, pack_config, render
+from servestack import check
+from servestack.offline.plan import STACKS_DIR, stack_names
 
 STACKS = stack_names(STACKS_DIR)
 SG = "aws:ec2/securityGroup:SecurityGroup"
@@ -173,7 +173,7 @@ def test_servestack_check_command_end_to_end(tmp_path: Path) -> None:
 
     plan, out = tmp_path / "plan.json", tmp_path / "out.json"
     plan.write_text(json.dumps(_plan(SSH_WORLD)))
-    result = subprocess.run([sys.executable, "-m", "infra.cli", "check", "--plan", str(plan), "--json", str(out)],
+    result = subprocess.run([sys.executable, "-m", "servestack.cli", "check", "--plan", str(plan), "--json", str(out)],
                             capture_output=True, text=True, check=False, timeout=120)
     assert result.returncode == 1, result.stderr
     assert json.loads(out.read_text())["violations"][0]["policy"] == "no-world-admin-ports"

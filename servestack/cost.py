@@ -28,12 +28,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from infra import catalog, terminal
-from policies.rules import values as v
-from policies.rules.budget import AKS_CLUSTER, pools
-from policies.rules.common import Resource
-from policies.rules.kubernetes import GATEWAY, gateway_service, internal_load_balancer
-from policies.rules.values import BadValue, Unknown
+from infra import catalog
+from reading import values as v
+from reading.load_balancers import GATEWAY, gateway_service, internal_load_balancer
+from reading.pools import AKS_CLUSTER, pools
+from reading.resources import Resource
+from reading.values import BadValue, Unknown
+from servestack import terminal
 
 GPU_RESOURCE = "nvidia.com/gpu"
 EKS_CLUSTER = "aws:eks/cluster:Cluster"
@@ -291,7 +292,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.offline.plan import PlanError, load_plan, plan_in_subprocess
+    from servestack.offline.plan import PlanError, load_plan, plan_in_subprocess
 
     try:
         if args.plan is not None:

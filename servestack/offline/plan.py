@@ -27,7 +27,7 @@ from pulumi.runtime import mocks, rpc
 from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
-from infra.offline.fakes import CloudError, FakeContext, load
+from servestack.offline.fakes import CloudError, FakeContext, load
 
 PROJECT = "servestack"
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ class _PlanMocks(mocks.Mocks):
         fake = self._calls.get(args.token)
         if fake is None:
             raise PlanError(f"the offline plan has no fake for the call {args.token}; add one to "
-                            "infra/offline/fakes/")
+                            "servestack/offline/fakes/")
         try:
             result = fake(args, self._context)
         except CloudError as error:
@@ -301,7 +301,7 @@ def plan_in_subprocess(stack: str, json_path: Path | None = None, stacks_dir: Pa
     with tempfile.TemporaryDirectory() as tmp:
         target = json_path or Path(tmp) / f"{stack}.json"
         result = subprocess.run(
-            [sys.executable, "-m", "infra.cli", "plan", "--stack", stack, "--stacks-dir", str(stacks_dir),
+            [sys.executable, "-m", "servestack.cli", "plan", "--stack", stack, "--stacks-dir", str(stacks_dir),
              "--json", str(target), "--quiet", "--life", str(life)],
             capture_output=True, text=True, cwd=ROOT, check=False)
         if result.returncode != 0:

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from infra import model_push
-from infra.cli import main
-from infra.offline.plan import ROOT
+from servestack import model_push
+from servestack.cli import main
+from servestack.offline.plan import ROOT
 from serving import fetch as fetch_module
 from serving.fetch import FetchError, fetch
 from serving.manifest import FileEntry, Manifest, check_served_model, content_revision

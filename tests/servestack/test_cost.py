@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from infra.cost import Estimate, Line, estimate
+from servestack.cost import Estimate, Line, estimate
 
 REPO = Path(__file__).resolve().parents[2]
 Plan = Callable[[str], dict[str, Any]]
@@ -117,7 +117,7 @@ def test_the_cost_command_prints_the_lines_and_writes_json(stack_plan: Plan, tmp
     plan_file = tmp_path / "aws-prod.json"
     plan_file.write_text(json.dumps(stack_plan("aws-prod")))
     out = tmp_path / "cost.json"
-    result = subprocess.run([sys.executable, "-m", "infra.cli", "cost", "--plan", str(plan_file), "--json",
+    result = subprocess.run([sys.executable, "-m", "servestack.cli", "cost", "--plan", str(plan_file), "--json",
                              str(out)], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "NAT gateway aws-network-nat-2" in result.stdout
@@ -130,7 +130,7 @@ def test_the_cost_command_prints_the_lines_and_writes_json(stack_plan: Plan, tmp
 
 def test_the_cost_command_refuses_a_missing_plan_naming_it(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
-    result = subprocess.run([sys.executable, "-m", "infra.cli", "cost", "--plan", str(missing)],
+    result = subprocess.run([sys.executable, "-m", "servestack.cli", "cost", "--plan", str(missing)],
                             capture_output=True, text=True, timeout=60, cwd=REPO)
     assert result.returncode == 2
     assert str(missing) in result.stderr and "Traceback" not in result.stderr

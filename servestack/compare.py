@@ -3,7 +3,7 @@
     servestack compare [--plans out/plans] [--bench STACK=BENCH.json[@REPLICAS] ...]
                        [--sidebyside SIDEBYSIDE.json] [--out out/compare]
 
-For every planned stack: the estimated $/hour idle and at peak (infra.cost) and the hourly price of one
+For every planned stack: the estimated $/hour idle and at peak (servestack.cost) and the hourly price of one
 serving replica. Where a stack has a measurement (`--bench`: the JSON of `python -m serving.bench`
 run against that stack's endpoint, with REPLICAS serving it, by default the Deployment's minimum), its
 best output throughput and TTFT, and what its output tokens cost: $ per million = replica $/h /
@@ -30,8 +30,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from infra import terminal
-from infra.cost import Estimate, estimate
+from servestack import terminal
+from servestack.cost import Estimate, estimate
 
 EXIT_BAD_INPUT = 2
 THROUGHPUTS = (50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)  # output tokens/s per replica, for the curve

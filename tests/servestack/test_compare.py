@@ -51,7 +51,7 @@ def sidebyside_file(path: Path) -> Path:
 
 
 def compare(*arguments: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "infra.cli", "compare", *arguments], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "servestack.cli", "compare", *arguments], capture_output=True,
                           text=True, timeout=120, cwd=REPO)
 
 

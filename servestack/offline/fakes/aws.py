@@ -8,7 +8,7 @@ from typing import Any
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
 from infra import versions
-from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
+from servestack.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 # A placeholder account, the one AWS's own documentation uses.
 ACCOUNT = "123456789012"

@@ -8,8 +8,8 @@ from typing import Any
 
 from pulumi.runtime.mocks import MockResourceArgs
 
-from infra.offline.fakes import FakeContext, ResourceFake
-from policies.rules.kubernetes import internal_load_balancer
+from reading.load_balancers import internal_load_balancer
+from servestack.offline.fakes import FakeContext, ResourceFake
 
 # Where Envoy Gateway puts the Service of a Gateway's Envoy pods (its controller's own namespace).
 ENVOY_GATEWAY_NAMESPACE = "envoy-gateway-system"

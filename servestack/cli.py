@@ -1,4 +1,4 @@
-"""The `servestack` command line (also `python -m infra.cli`).
+"""The `servestack` command line (also `python -m servestack.cli`).
 
   servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
   servestack check (--stack NAME | --plan FILE)  the policy pack on that plan [--json FILE]
@@ -25,12 +25,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from infra.check import register as register_check
-from infra.compare import register as register_compare
-from infra.cost import register as register_cost
-from infra.model_push import register as register_model
-from infra.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
-from infra.terminal import console, errors
+from servestack.check import register as register_check
+from servestack.compare import register as register_compare
+from servestack.cost import register as register_cost
+from servestack.model_push import register as register_model
+from servestack.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
+from servestack.terminal import console, errors
 
 OUT_DIR = ROOT / "out"
 EXIT_BAD_INPUT = 2
@@ -80,8 +80,8 @@ def _plan(args: argparse.Namespace) -> int:
 def _plan_one(stack: str, json_path: Path | None, stacks_dir: Path, quiet: bool, life: int = 0) -> int:
     # Imported here: the mock runtime is configured once per process, for this stack only.
     from infra.config import ConfigError
-    from infra.offline.plan import DeployError, read_stack_config, run_plan, write_plan
-    from infra.offline.schemas import CrdValidatorMissing, validate_plan
+    from servestack.offline.plan import DeployError, read_stack_config, run_plan, write_plan
+    from servestack.offline.schemas import CrdValidatorMissing, validate_plan
 
     try:
         read_stack_config(stack, stacks_dir)
@@ -116,7 +116,7 @@ def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
     for stack in stack_names(stacks_dir):
         console.rule(f"[bold]{stack}")
         # One process per stack: the mock runtime keeps one root stack per process.
-        code = subprocess.run([sys.executable, "-m", "infra.cli", "plan", "--stack", stack, "--stacks-dir",
+        code = subprocess.run([sys.executable, "-m", "servestack.cli", "plan", "--stack", stack, "--stacks-dir",
                                str(stacks_dir), "--json", str(out_dir / f"{stack}.json")],
                               cwd=ROOT, check=False).returncode
         worst = max(worst, code)
@@ -124,9 +124,9 @@ def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from infra.check import check_all
-    from infra.compare import CompareError, compare, load_sidebyside, print_rows, write_report
-    from infra.cost import print_estimate
+    from servestack.check import check_all
+    from servestack.compare import CompareError, compare, load_sidebyside, print_rows, write_report
+    from servestack.cost import print_estimate
 
     plans = OUT_DIR / "plans"
     shutil.rmtree(plans, ignore_errors=True)  # a removed stack's old plan must not be checked

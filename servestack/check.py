@@ -41,9 +41,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from infra import terminal
 from policies.rules import build_policies
 from policies.rules.stack_config import StackConfigError, committed, merged, pack_config
+from servestack import terminal
 
 EXIT_BAD_INPUT = 2
 
@@ -219,7 +219,7 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from infra.offline.plan import PlanError, load_plan, plan_in_subprocess
+    from servestack.offline.plan import PlanError, load_plan, plan_in_subprocess
 
     console, errors = terminal.console, terminal.errors
     try:

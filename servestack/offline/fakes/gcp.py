@@ -9,7 +9,7 @@ from typing import Any
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
 from infra import versions
-from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
+from servestack.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 FAKE_PROJECT_NUMBER = "123456789012"
 # The Cloud DNS managed zones the stacks' projects hold (servestack:gateway.dnsZone), by zone name.

@@ -1,7 +1,7 @@
 // Validates custom resources against their published CRD schemas, as the @kubernetes-models packages
 // carry them (Gateway API, Envoy Gateway, cert-manager, KEDA, Prometheus Operator, GKE).
 //
-//   node infra/offline/validate_crds.mjs < objects.json
+//   node servestack/offline/validate_crds.mjs < objects.json
 //
 // Reads a JSON array of Kubernetes objects and writes a JSON array with one result per object:
 // {"error": null} when valid, {"error": "..."} when not, {"skipped": "why"} when no package has its schema.

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from infra.offline.plan import stack_names
-from infra.offline.schemas import kubernetes_objects, validate_plan
+from servestack.offline.plan import stack_names
+from servestack.offline.schemas import kubernetes_objects, validate_plan
 
 
 @pytest.mark.parametrize("stack", stack_names())

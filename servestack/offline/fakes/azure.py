@@ -17,7 +17,7 @@ import yaml
 from pulumi.runtime.mocks import MockCallArgs, MockResourceArgs
 
 from infra import versions
-from infra.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
+from servestack.offline.fakes import CallFake, CloudError, FakeContext, ResourceFake
 
 SUBSCRIPTION_ID = "00000000-0000-4000-8000-000000000001"
 TENANT_ID = "00000000-0000-4000-8000-000000000002"
