@@ -2,17 +2,24 @@
 
 import pulumi
 
+from infra.autoscaling import Keda, QueueScaling
 from infra.clouds import build_platform
 from infra.config import load_stack_config
 from infra.gateway import EntryGateway, GatewayArgs
+from infra.monitoring import PROMETHEUS_URL
 from infra.serving import ServingArgs, ServingDeployment
 
 config = load_stack_config()
 platform = build_platform(config)
+# Where Prometheus runs, the servers scale on their queue through KEDA (infra/autoscaling.py).
+queue_scaling = None
+if config.serving.prometheus_operator:
+    keda = Keda("servestack", platform)
+    queue_scaling = QueueScaling(prometheus_url=PROMETHEUS_URL, ready=[keda.release])
 serving = ServingDeployment(
     "servestack",
     ServingArgs(serving=config.serving, model=config.model, gpu=config.gpu, access=config.access,
-                platform=platform, behind_gateway=config.gateway.enabled),
+                platform=platform, behind_gateway=config.gateway.enabled, queue_scaling=queue_scaling),
 )
 endpoint, connect = serving.endpoint, serving.connect
 if config.gateway.enabled:

@@ -73,6 +73,10 @@ class AccessConfig:
     api_cidrs: tuple[str, ...]
     internal_load_balancer: bool
     api_access: str = "public"
+    # Who on-call is, per cloud (infra/operators.py): EKS IAM role or user ARNs, Google Group e-mails (GKE
+    # Google Groups for RBAC), Entra ID group object ids (AKS), Kubernetes group names (local).
+    viewer_groups: tuple[str, ...] = ()
+    operator_groups: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,8 @@ class GcpConfig:
     # GKE refuses to delete the cluster while set: on by default in prod, turned off (and `up`) before a
     # `destroy`.
     deletion_protection: bool = False
+    # Google Groups for RBAC: the domain's gke-security-groups@ group, which holds the on-call groups.
+    security_group: str | None = None
 
 
 # Azure CNI overlay's pod range and the cluster's service range: neither may overlap the VNet.
@@ -446,6 +452,16 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
                          explicit=root.object("serving").has("drainSeconds"))
     if cloud in versions.RELEASES:
         _check_version_window(root, cloud, kubernetes_version, gcp.release_channel == "EXTENDED", today)
+    on_call = access.viewer_groups or access.operator_groups
+    if cloud == "gcp" and on_call and gcp.security_group is None:
+        problems.append(f"{NAMESPACE}:gcp.securityGroup: missing, but {NAMESPACE}:access lists on-call Google Groups; "
+                        "GKE sees a user's groups only through gke-security-groups@<your domain>: name it")
+    if cloud == "aws":
+        for key, groups in (("viewerGroups", access.viewer_groups), ("operatorGroups", access.operator_groups)):
+            for i, arn in enumerate(groups):
+                if arn in aws.admin_principal_arns:
+                    problems.append(f"{NAMESPACE}:access.{key}[{i}]: {arn!r} is a cluster admin already "
+                                    f"({NAMESPACE}:aws.adminPrincipalArns); EKS gives a principal one access entry")
     if cloud == "azure" and model.source == "bucket" and not azure.storage_cidrs:
         # The storage account's firewall denies by default: whoever uploads the model (and the first `up`,
         # which waits for it) must be admitted.
@@ -549,7 +565,13 @@ def _access(r: _Reader, environment: str, cloud: str | None) -> AccessConfig:
     internal = r.flag("internalLoadBalancer", False)
     modes = API_ACCESS.get(cloud or "", ("public",))
     api_access = r.text("apiAccess", modes[0], allowed=modes, what=f"a way to reach the API on {cloud}")
+    viewers = _access_groups(r, "viewerGroups", cloud)
+    operators = _access_groups(r, "operatorGroups", cloud)
     r.reject_unknown()
+    for i, group in enumerate(operators):
+        if group in viewers:
+            r.problem(f"operatorGroups[{i}]", f"{group!r} is also in {r.key('viewerGroups')}; list it in one "
+                                              "(operators can view too)")
     for i, cidr in enumerate(endpoint):
         if is_world(cidr):
             r.problem(f"endpointCidrs[{i}]", f"{cidr!r} opens the endpoint to the whole internet, which is "
@@ -565,7 +587,44 @@ def _access(r: _Reader, environment: str, cloud: str | None) -> AccessConfig:
                                    f"{r.key('internalLoadBalancer')} to true")
     if cloud not in (None, "local"):
         _check_api_access(r, cloud, api_access, api)
-    return AccessConfig(endpoint, api, internal, api_access)
+    return AccessConfig(endpoint, api, internal, api_access, viewers, operators)
+
+
+# What names an on-call group on each cloud (infra/operators.py binds them).
+_ACCESS_GROUPS = {
+    "aws": (re.compile(r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$"),
+            "an IAM role or user ARN such as arn:aws:iam::123456789012:role/oncall (EKS gives it an access entry)"),
+    "gcp": (re.compile(r"^[a-z0-9][a-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$"),
+            "a Google Group e-mail such as oncall@example.com (a member of gke-security-groups@ of its domain)"),
+    "azure": (re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"),
+              "an Entra ID group's object id such as 00000000-0000-0000-0000-000000000000"),
+    "local": (re.compile(r"^(?!system:)[A-Za-z0-9][A-Za-z0-9:._@-]{0,252}$"),
+              "a Kubernetes group name such as oncall (not system:...)"),
+}
+
+
+def _access_groups(r: _Reader, name: str, cloud: str | None) -> tuple[str, ...]:
+    raw = r._raw(name)
+    if raw is _MISSING or raw is None:
+        return ()
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raw = [raw]
+    pattern, what = _ACCESS_GROUPS.get(cloud or "local", _ACCESS_GROUPS["local"])
+    if not isinstance(raw, list):
+        r.problem(name, f"{raw!r} is not a list; each item is {what}")
+        return ()
+    groups: list[str] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str) or not pattern.match(item):
+            r.problem(f"{name}[{i}]", f"{item!r} is not {what}")
+        elif item in groups:
+            r.problem(f"{name}[{i}]", f"{item!r} is listed twice")
+        else:
+            groups.append(item)
+    return tuple(groups)
 
 
 def _check_api_access(r: _Reader, cloud: str, api_access: str, api: tuple[str, ...]) -> None:
@@ -973,8 +1032,12 @@ def _gcp(r: _Reader, values: Mapping[str, Any], cloud: str | None, environment: 
         services_cidr=_gcp_range(r, "servicesCidr", defaults.services_cidr, shortest=27, longest=16),
         master_cidr=_gcp_range(r, "masterCidr", defaults.master_cidr, shortest=28, longest=28),
         deletion_protection=r.flag("deletionProtection", environment == "prod"),
+        security_group=r.text("securityGroup", None),
     )
     r.reject_unknown()
+    if config.security_group is not None and not _GKE_SECURITY_GROUP.match(config.security_group):
+        r.problem("securityGroup", f"{config.security_group!r} is not gke-security-groups@ of a domain, the only "
+                                   "group GKE's Google Groups for RBAC reads, such as gke-security-groups@example.com")
     ranges = {"networkCidr": config.network_cidr, "podsCidr": config.pods_cidr,
               "servicesCidr": config.services_cidr, "masterCidr": config.master_cidr}
     names = list(ranges)
@@ -1001,6 +1064,7 @@ def _gcp_range(r: _Reader, name: str, default: str, shortest: int, longest: int)
     return value
 
 
+_GKE_SECURITY_GROUP = re.compile(r"^gke-security-groups@[a-z0-9.-]+\.[a-z]{2,}$")
 _GCP_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 
 

@@ -115,5 +115,8 @@ class Platform:
     # backend takes to drain): AWS NLB target group attributes; nothing elsewhere, where the load balancers
     # keep established connections to an unhealthy backend.
     drain_annotations: Callable[[int], Mapping[str, str]] = lambda _seconds: {}
+    # The Kubernetes groups (RBAC Group subjects) that on-call's cloud identities arrive in, by the servestack
+    # Role they are bound to ("viewer", "operator"; infra/operators.py): the cloud maps its identities to them.
+    access_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # ACME DNS-01 in the cloud's DNS zone (servestack:gateway.dnsZone), None where the stack names no zone.
     acme_dns: AcmeDns | None = None

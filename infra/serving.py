@@ -20,8 +20,10 @@ import pulumi_random as random
 from pulumi_command import local
 
 from infra import commands, drain
+from infra.autoscaling import SCALE_DOWN_WINDOW_SECONDS, QueueScaling, scaled_object
 from infra.config import DEFAULT_IMAGE_REPOSITORY, AccessConfig, GpuConfig, ModelConfig, ServingConfig
 from infra.gateway import ENVOY_GATEWAY_NAMESPACE, GATEWAY_NAME, Backend
+from infra.operators import operator_access
 from infra.platform import Platform
 
 PORT = 8000
@@ -70,6 +72,9 @@ class ServingArgs:
     platform: Platform
     # Whether the gateway fronts the servers (their Services are then ClusterIP, reached only by Envoy).
     behind_gateway: bool = False
+    # KEDA and the Prometheus it asks, where the monitoring stack runs: each track scales on its queue (else
+    # on CPU).
+    queue_scaling: QueueScaling | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ def tracks(args: ServingArgs) -> list[Track]:
 
 class ServingDeployment(pulumi.ComponentResource):
     """Namespace, identity, API keys and their limits store, a Deployment and Service per track (stable,
-    canary), autoscaling, disruption budgets and the network policy."""
+    canary), autoscaling, disruption budgets, the network policy and on-call's Roles."""
 
     # The stable and canary Services with their weights, for the gateway's route.
     backends: list[Backend]
@@ -153,6 +158,7 @@ class ServingDeployment(pulumi.ComponentResource):
             self.backends.append(Backend(service=service.metadata.name, port=serving.port, weight=track.weight))
 
         _network_policy(name, args, labels, ns, in_ns)
+        operator_access(name, ns, dict(platform.access_groups), labels, in_ns)
         if serving.prometheus_operator:
             _pod_monitor(name, labels, ns, in_ns)
         if platform.needs_device_plugin and args.gpu.count > 0:
@@ -195,7 +201,6 @@ def _track(name: str, args: ServingArgs, track: Track, labels: dict[str, str], n
            pod: PodInputs, uploads: list[pulumi.Resource], in_ns: pulumi.ResourceOptions,
            ) -> tuple[k8s.apps.v1.Deployment, k8s.core.v1.Service]:
     """One track's Deployment, Service, autoscaler and disruption budget."""
-    serving = args.serving
     suffix = "" if track.component == "server" else f"-{track.component}"
     selector = {**labels, "app.kubernetes.io/component": track.component}
     # Pulumi waits for the rollout (ROLLOUT_MINUTES); the Service waits for ready endpoints too.
@@ -224,7 +229,7 @@ def _track(name: str, args: ServingArgs, track: Track, labels: dict[str, str], n
             ignore_changes=["spec.replicas"], depends_on=uploads)),
     )
     service = _service(f"{name}-service{suffix}", track.name, args, selector, ns, first_rollout)
-    _autoscaler(f"{name}-autoscaler{suffix}", track, serving, deployment, ns, selector, in_ns)
+    _autoscaler(f"{name}-autoscaler{suffix}", track, args, deployment, ns, selector, in_ns)
     k8s.policy.v1.PodDisruptionBudget(
         f"{name}-disruption-budget{suffix}",
         metadata=k8s.meta.v1.ObjectMetaArgs(name=track.name, namespace=ns, labels=selector),
@@ -569,21 +574,17 @@ def _service(resource_name: str, service_name: str, args: ServingArgs, selector:
     )
 
 
-def _autoscaler(resource_name: str, track: Track, serving: ServingConfig, deployment: k8s.apps.v1.Deployment,
+def _autoscaler(resource_name: str, track: Track, args: ServingArgs, deployment: k8s.apps.v1.Deployment,
                 ns: pulumi.Input[str], labels: dict[str, str], opts: pulumi.ResourceOptions) -> None:
-    metrics = [k8s.autoscaling.v2.MetricSpecArgs(
-        type="Resource",
-        resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
-            name="cpu", target=k8s.autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=70)),
-    )]
-    if serving.prometheus_operator:
-        # Queued requests are the honest load signal of a GPU server; it needs prometheus-adapter.
-        metrics.append(k8s.autoscaling.v2.MetricSpecArgs(
-            type="Pods",
-            pods=k8s.autoscaling.v2.PodsMetricSourceArgs(
-                metric=k8s.autoscaling.v2.MetricIdentifierArgs(name="servestack_num_requests_waiting"),
-                target=k8s.autoscaling.v2.MetricTargetArgs(type="AverageValue", average_value="4")),
-        ))
+    """KEDA on the track's queue where Prometheus runs (infra/autoscaling.py), else an HPA on CPU."""
+    serving = args.serving
+    if args.queue_scaling is not None:
+        scaled_object(resource_name, ns, serving.namespace, track.name, track.min_replicas, track.max_replicas,
+                      serving.max_batch_size, labels, args.queue_scaling,
+                      pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])))
+        return
+    # CPU alone: a Pods metric would need an adapter serving the custom metrics API, and an HPA missing one
+    # of its metrics never scales down.
     k8s.autoscaling.v2.HorizontalPodAutoscaler(
         resource_name,
         metadata=k8s.meta.v1.ObjectMetaArgs(name=track.name, namespace=ns, labels=labels),
@@ -592,10 +593,16 @@ def _autoscaler(resource_name: str, track: Track, serving: ServingConfig, deploy
                 api_version="apps/v1", kind="Deployment", name=deployment.metadata.name),
             min_replicas=track.min_replicas,
             max_replicas=track.max_replicas,
-            metrics=metrics,
+            metrics=[k8s.autoscaling.v2.MetricSpecArgs(
+                type="Resource",
+                resource=k8s.autoscaling.v2.ResourceMetricSourceArgs(
+                    name="cpu",
+                    target=k8s.autoscaling.v2.MetricTargetArgs(type="Utilization", average_utilization=70)),
+            )],
             # GPU nodes take minutes to arrive; do not give them back at the first quiet minute.
             behavior=k8s.autoscaling.v2.HorizontalPodAutoscalerBehaviorArgs(
-                scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(stabilization_window_seconds=600)),
+                scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(
+                    stabilization_window_seconds=SCALE_DOWN_WINDOW_SECONDS)),
         ),
         opts=opts,
     )

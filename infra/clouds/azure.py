@@ -93,6 +93,8 @@ STORAGE_BLOB_DATA_READER = "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1"
 STORAGE_BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 NETWORK_CONTRIBUTOR = "4d97b98b-1d4f-4787-a291-c67834d212e7"
 AKS_RBAC_CLUSTER_ADMIN = "b1ff04bb-8a4e-4dc4-8eb5-8693973ce19b"
+# listClusterUserCredential only: on-call fetches the Entra ID kubeconfig; Kubernetes RBAC decides the rest.
+AKS_CLUSTER_USER = "4abbcc35-e782-43d8-92c5-2d3f1bd2253f"
 
 # The Entra ID application behind every AKS API server: the audience kubelogin asks tokens for.
 AKS_SERVER_APP_ID = "6dae42f8-4368-4678-94ff-3960e28e3630"
@@ -281,6 +283,8 @@ class GpuCluster(pulumi.ComponentResource):
             system_node_selector=SYSTEM_NODE_SELECTOR,
             system_tolerations=(SYSTEM_TOLERATION,),
             acme_dns=acme,
+            # Entra ID groups arrive as their object ids (Kubernetes RBAC still decides beside Azure RBAC).
+            access_groups={"viewer": config.access.viewer_groups, "operator": config.access.operator_groups},
         )
         self.register_outputs({
             "cluster_name": cluster.name,
@@ -426,6 +430,12 @@ class GpuCluster(pulumi.ComponentResource):
             principal_type=self._deployer_type,
             role_definition_id=role_definition(self._client.subscription_id, AKS_RBAC_CLUSTER_ADMIN),
             scope=cluster.id, opts=self._child)
+        on_call = dict.fromkeys([*config.access.viewer_groups, *config.access.operator_groups])
+        for group in on_call:
+            authorization.RoleAssignment(
+                f"{name}-on-call-{group}", principal_id=group, principal_type="Group",
+                role_definition_id=role_definition(self._client.subscription_id, AKS_CLUSTER_USER),
+                scope=cluster.id, opts=self._child)
         return cluster, admin_access
 
     def _gpu_pool(self, net: _Network, cluster: containerservice.ManagedCluster) -> containerservice.AgentPool:

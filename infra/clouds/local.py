@@ -32,4 +32,5 @@ def build(config: StackConfig) -> Platform:
         needs_device_plugin=True,
         service_type="LoadBalancer" if local.load_balancer else "ClusterIP",
         kubectl=kubectl,
+        access_groups={"viewer": config.access.viewer_groups, "operator": config.access.operator_groups},
     )

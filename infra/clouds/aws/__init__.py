@@ -46,6 +46,10 @@ from infra.serving import SERVICE_ACCOUNT as SERVING_SERVICE_ACCOUNT
 # The AMI types whose nodes advertise nvidia.com/gpu without the device plugin DaemonSet.
 AMI_TYPES_WITH_DEVICE_PLUGIN = ("BOTTLEROCKET_x86_64_NVIDIA",)
 LB_ANNOTATION = "service.beta.kubernetes.io/aws-load-balancer"
+# The Kubernetes groups on-call's access entries put their IAM principals in (EKS refuses system:, eks:, aws:,
+# amazon: and iam: prefixes).
+VIEWER_GROUP = "servestack-viewers"
+OPERATOR_GROUP = "servestack-operators"
 
 
 @dataclass(frozen=True)
@@ -92,13 +96,15 @@ class GpuCluster(pulumi.ComponentResource):
             max_nodes=gpu.max_nodes, spot=gpu.spot, disk_gb=gpu.disk_gb,
             labels=gpu_pool_labels(str(gpu.type)), taints=gpu_taints(),
             gpus=machine.gpus if machine else gpu.count)
+        on_call = {group: principals for group, principals in (
+            (VIEWER_GROUP, config.access.viewer_groups), (OPERATOR_GROUP, config.access.operator_groups)) if principals}
         eks = EksCluster(f"{name}-eks", ClusterArgs(
             name=stem, cluster_name=cluster_name, network_ready=network.ready,
             kubernetes_version=config.kubernetes_version, partition=partition,
             is_prod=config.is_prod, private_subnet_ids=network.private_subnet_ids,
             cluster_security_group_id=network.cluster_security_group.id,
             node_security_group_id=network.node_security_group.id, api_cidrs=config.access.api_cidrs,
-            admin_principal_arns=config.aws.admin_principal_arns, system_pool=system_pool,
+            admin_principal_arns=config.aws.admin_principal_arns, on_call=on_call, system_pool=system_pool,
             gpu_pool=gpu_pool, aws_cli=aws_cli(config.aws.profile, config.aws.role_arn, region)), opts=child)
 
         registry = Registry(f"{name}-registry", prefix=stem, force_delete=not config.is_prod, opts=child)
@@ -173,6 +179,8 @@ class GpuCluster(pulumi.ComponentResource):
             # The system group carries no taint: the selector alone keeps the add-ons off the GPU nodes.
             system_node_selector={GPU_POOL_LABEL: SYSTEM_POOL_LABEL_VALUE},
             drain_annotations=_drain_annotations,
+            access_groups={role: [group] for role, group in (("viewer", VIEWER_GROUP), ("operator", OPERATOR_GROUP))
+                           if group in on_call},
             acme_dns=dns.acme_dns(name, config, eks.oidc_provider, region, partition, self)
             if config.gateway.enabled and config.gateway.dns_zone else None,
         )

@@ -71,6 +71,8 @@ class ClusterArgs:
     node_security_group_id: pulumi.Input[str]
     api_cidrs: Sequence[str]
     admin_principal_arns: Sequence[str]
+    # On-call IAM principals by Kubernetes group (infra/operators.py binds the groups to their Roles).
+    on_call: Mapping[str, Sequence[str]]
     system_pool: NodePoolSpec
     gpu_pool: NodePoolSpec
     # The AWS CLI as the provider's identity (infra.commands.aws_cli), for the node groups' bounds.
@@ -158,6 +160,14 @@ class EksCluster(pulumi.ComponentResource):
                 f"{entry_name}-policy", cluster_name=self.cluster.name, principal_arn=principal,
                 policy_arn=policy_arn, access_scope=aws.eks.AccessPolicyAssociationAccessScopeArgs(type="cluster"),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[entry])))
+
+        # On-call principals: an access entry each, with no access policy, only a Kubernetes group that a
+        # namespaced RoleBinding gives its Role.
+        for group, principals in args.on_call.items():
+            for principal in principals:
+                aws.eks.AccessEntry(f"{name}-on-call-{hashlib.sha256(principal.encode()).hexdigest()[:8]}",
+                                    cluster_name=self.cluster.name, principal_arn=principal, type="STANDARD",
+                                    kubernetes_groups=[group], opts=child)
 
         # The CNI's AWS permissions go to its own service account, not to every pod on the node.
         cni_role = iam.irsa_role(f"{name}-vpc-cni-role", self.oidc_provider, "kube-system", "aws-node", child)

@@ -27,8 +27,10 @@ from infra.clouds.aws.iam import partition_of
 # The node port range Kubernetes services use (also the NLB's health check port for Local traffic).
 NODE_PORTS = (30000, 32767)
 # What the control plane calls on the nodes: kubelet, webhooks on 443, the AWS Load Balancer Controller's
-# webhook on 9443 and the metrics-server add-on (the metrics API) on 10251.
-CONTROL_PLANE_TO_NODE_PORTS = ((443, "admission webhooks"), (9443, "AWS Load Balancer Controller webhook"),
+# (and KEDA's) webhook on 9443, the metrics-server add-on (the metrics API) on 10251 and KEDA's metrics API
+# server (the external metrics the serving autoscaler reads) on 6443.
+CONTROL_PLANE_TO_NODE_PORTS = ((443, "admission webhooks"), (6443, "KEDA metrics API"),
+                               (9443, "AWS Load Balancer Controller webhook"),
                                (10250, "kubelet API"), (10251, "metrics-server add-on"))
 FLOW_LOG_RETENTION_DAYS = 90
 # Zones (by zone ID: zone names map to IDs differently in every account) where EKS places no control

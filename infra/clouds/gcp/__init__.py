@@ -75,8 +75,9 @@ HEALTH_CHECK_RANGES = ("35.191.0.0/16", "209.85.152.0/22", "209.85.204.0/22")
 INTERNAL_HEALTH_CHECK_RANGES = ("35.191.0.0/16", "130.211.0.0/22")
 # With externalTrafficPolicy Local they probe the Service's healthCheckNodePort, one of the node ports.
 NODE_PORTS = "30000-32767"
-# The control plane reaches the nodes for the kubelet (10250) and for admission webhooks (443, 8443, 9443).
-CONTROL_PLANE_PORTS = ("443", "8443", "9443", "10250")
+# The control plane reaches the nodes for the kubelet (10250), for admission webhooks (443, 8443, 9443) and
+# for KEDA's metrics API server (6443: GKE calls the pod's port, not the Service's 443).
+CONTROL_PLANE_PORTS = ("443", "6443", "8443", "9443", "10250")
 # GKE's own rules (the load balancers' included) have priority 1000; ours sit beside them, and the
 # logged deny-all sits below everything, just above the implied deny.
 ALLOW_PRIORITY = 1000
@@ -198,6 +199,7 @@ class GpuCluster(pulumi.ComponentResource):
             internal_load_balancer_annotations={"networking.gke.io/load-balancer-type": "Internal"},
             internal_cidrs=(config.gcp.network_cidr,),
             ready=(system_pool, gpu_pool, *serving_grants),
+            access_groups={"viewer": config.access.viewer_groups, "operator": config.access.operator_groups},
             cluster=cluster,
             cluster_name=cluster.name,
             kubeconfig=self.kubeconfig,
@@ -611,6 +613,9 @@ class GpuCluster(pulumi.ComponentResource):
                     issue_client_certificate=False)),
             workload_identity_config=gcp.container.ClusterWorkloadIdentityConfigArgs(
                 workload_pool=f"{args.project}.svc.id.goog"),
+            # Google Groups for RBAC: a user's groups (members of gke-security-groups@) reach RoleBindings.
+            authenticator_groups_config=gcp.container.ClusterAuthenticatorGroupsConfigArgs(
+                security_group=config.gcp.security_group) if config.gcp.security_group else None,
             release_channel=gcp.container.ClusterReleaseChannelArgs(channel=config.gcp.release_channel),
             min_master_version=config.kubernetes_version,
             # Dataplane V2 enforces NetworkPolicy itself (the network_policy add-on must stay off with it).
