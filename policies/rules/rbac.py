@@ -39,8 +39,11 @@ READ_VERBS = frozenset({"get", "list", "watch", "*"})
 CORE = frozenset({"", "*"})
 RBAC_GROUPS = frozenset({"rbac.authorization.k8s.io", "*"})
 IMPERSONATION_GROUPS = frozenset({"", "authentication.k8s.io", "*"})
-# Subresources that run commands in a pod, or reach every pod through the kubelet.
-EXEC_RESOURCES = ("pods/exec", "pods/attach", "nodes/proxy")
+# Subresources that run commands in a pod, tunnel to its ports past the gateway and the network policy, or
+# reach every pod through the kubelet.
+EXEC_RESOURCES = ("pods/exec", "pods/attach", "pods/portforward", "nodes/proxy")
+_EXEC_WHAT = {"pods/portforward": "any port of any pod, past the network policy",
+              "nodes/proxy": "the kubelet API of every node"}
 IMPERSONATED = frozenset({"users", "groups", "serviceaccounts", "uids", "userextras/*"})
 
 
@@ -159,7 +162,7 @@ def _rule_problems(rule: dict[str, Any], cluster_wide: bool) -> Iterator[str]:
     if core and verbs:
         for sub in EXEC_RESOURCES:
             if _grants(resources, sub) and "*" not in resources:
-                yield f"{sub} ({'commands in any pod' if sub != 'nodes/proxy' else 'the kubelet API of every node'})"
+                yield f"{sub} ({_EXEC_WHAT.get(sub, 'commands in any pod')})"
     if groups & RBAC_GROUPS and verbs & {"escalate", "bind"} and (
             resources & {"roles", "clusterroles", "*"}):
         yield f"{'/'.join(sorted(verbs & {'escalate', 'bind'}))} on roles (grant more than it holds)"
@@ -240,8 +243,8 @@ RBAC_RULES = [
     Rule(
         name="k8s-rbac-no-broad-roles",
         description="No Role or ClusterRole grants every verb or resource, reads secrets cluster-wide, reaches "
-                    "pods/exec, pods/attach or nodes/proxy, escalates or binds roles, impersonates, mints service "
-                    "account tokens, or aggregates every ClusterRole.",
+                    "pods/exec, pods/attach, pods/portforward or nodes/proxy, escalates or binds roles, impersonates, "
+                    "mints service account tokens, or aggregates every ClusterRole.",
         severity=Severity.HIGH,
         enforcement=EnforcementLevel.MANDATORY,
         remediation="List verbs and resources explicitly; read secrets in a namespaced Role, by resourceNames.",

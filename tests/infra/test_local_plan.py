@@ -67,6 +67,8 @@ def test_resources_are_the_serving_contract_under_one_component(plan: dict[str, 
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
         "kubernetes:networking.k8s.io/v1:NetworkPolicy",
         "kubernetes:policy/v1:PodDisruptionBudget",
+        "kubernetes:rbac.authorization.k8s.io/v1:Role",
+        "kubernetes:rbac.authorization.k8s.io/v1:Role",
         "random:index/randomPassword:RandomPassword",
         "random:index/randomPassword:RandomPassword",
     ]
@@ -261,8 +263,10 @@ def test_model_from_a_bucket_is_fetched_by_an_init_container(gpu_plan: dict[str,
 def test_prometheus_operator_gets_a_pod_monitor_of_the_metrics_port(gpu_plan: dict[str, Any]) -> None:
     monitor = inputs(gpu_plan, "kubernetes:monitoring.coreos.com/v1:PodMonitor")
     assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
-    hpa = inputs(gpu_plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")["spec"]
-    assert [m["type"] for m in hpa["metrics"]] == ["Resource", "Pods"]
+    # With Prometheus, KEDA scales the server on its queue (tests/infra/test_autoscaling.py), not an HPA on CPU.
+    assert resources(gpu_plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler") == []
+    scaled = inputs(gpu_plan, "kubernetes:keda.sh/v1alpha1:ScaledObject")["spec"]
+    assert (scaled["minReplicaCount"], scaled["maxReplicaCount"]) == (1.0, 4.0)
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -90,6 +90,8 @@ CASES = [
     Case("secrets-in-other-case", ROLES, CR, role(rule(["GET"], ["Secrets"]), namespace=None), "violation"),
     Case("pods-exec", ROLES, R, role(rule(["create"], ["pods/exec"])), "violation", "pods/exec"),
     Case("pods-exec-over-websocket-get", ROLES, R, role(rule(["get"], ["pods", "pods/exec"])), "violation"),
+    Case("pods-portforward", ROLES, R, role(rule(["create"], ["pods/portforward"])), "violation",
+         "pods/portforward"),
     Case("pods-subresource-wildcard", ROLES, R, role(rule(["create"], ["pods/*"])), "violation", "pods/attach"),
     Case("nodes-proxy", ROLES, CR, role(rule(["get"], ["nodes/proxy"]), namespace=None), "violation", "kubelet"),
     Case("escalate-roles", ROLES, CR,

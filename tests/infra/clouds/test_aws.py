@@ -238,8 +238,9 @@ def test_only_the_serving_load_balancer_admits_addresses_from_outside_and_only_o
 
 def test_node_group_rules_cover_what_eks_needs(plan: dict[str, Any]) -> None:
     rules = {r["name"]: r["inputs"] for r in resources(plan, INGRESS)}
-    # 10251: the metrics-server add-on (the API server calls it for the metrics API the HPA reads).
-    for port in (443, 9443, 10250, 10251):
+    # 10251: the metrics-server add-on (the API server calls it for the metrics API the HPA reads); 6443: KEDA's
+    # metrics API server (the external metrics of the queue).
+    for port in (443, 6443, 9443, 10250, 10251):
         assert rules[f"aws-network-nodes-from-cluster-{port}"]["fromPort"] == port
     assert rules["aws-network-cluster-from-nodes-https"]["fromPort"] == 443
     assert rules["aws-network-nodes-from-nodes"]["ipProtocol"] == "-1"

@@ -266,7 +266,7 @@ def test_health_checks_reach_only_the_node_ports(plan: dict[str, Any]) -> None:
 def test_control_plane_reaches_kubelet_and_webhooks(plan: dict[str, Any]) -> None:
     rule = _rules(plan)["servestack-allow-control-plane"]
     assert rule["sourceRanges"] == [inputs(plan, CLUSTER)["privateClusterConfig"]["masterIpv4CidrBlock"]]
-    assert rule["allows"] == [{"protocol": "tcp", "ports": ["443", "8443", "9443", "10250"]}]
+    assert rule["allows"] == [{"protocol": "tcp", "ports": ["443", "6443", "8443", "9443", "10250"]}]
 
 
 def test_nodes_and_pods_reach_each_other_inside_the_vpc(plan: dict[str, Any]) -> None:

@@ -1,0 +1,191 @@
+"""Scaling on the queue: the PromQL KEDA asks, the ScaledObject of each track (stable, canary) in a plan with the
+monitoring stack, KEDA's pinned chart, and the CPU-only HPA without it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra.autoscaling import KEDA_REPOSITORY, KEDA_VERSION, scaled_object_spec, scaling_queries
+from infra.monitoring import PROMETHEUS_URL
+from servestack.check import check_plan
+from servestack.offline.plan import plan_in_subprocess
+from servestack.offline.schemas import validate_custom_resources, validate_plan
+from serving.metrics import Metrics
+from tests.infra.plans import inputs, one, resources, stack_variant
+
+SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
+HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
+HELM = "kubernetes:helm.sh/v3:Release"
+STABLE_PODS = 'namespace="servestack",pod=~"servestack-[a-z0-9]+-[a-z0-9]+"'
+CANARY_PODS = 'namespace="servestack",pod=~"servestack-canary-[a-z0-9]+-[a-z0-9]+"'
+
+
+def _stacks(tmp: Path) -> Path:
+    serving = {"image": "servestack-serving:0.1.0", "minReplicas": 2, "maxReplicas": 6, "cpu": "1",
+               "memory": "2Gi", "maxBatchSize": 8, "prometheusOperator": True,
+               "apiKeys": [{"client": "web", "requestsPerMinute": 600, "tokensPerMinute": 2000000}]}
+    model = {"name": "tiny", "source": "s3://models/tiny", "revision": "r1"}
+    stack_variant(tmp, "local", "local-queue", **{"servestack:serving": serving, "servestack:model": model})
+    stack_variant(tmp, "local", "local-queue-canary", **{
+        "servestack:serving": {**serving, "canary": {"revision": "r2", "weight": 10}},
+        "servestack:model": model,
+        "servestack:gateway": {"enabled": True, "tls": "secret", "hostname": "llm.example.test"},
+        "servestack:tlsCertificate": "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",
+        "servestack:tlsPrivateKey": "-----BEGIN PRIVATE KEY-----\nMIIEtest\n-----END PRIVATE KEY-----\n"})
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def stacks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _stacks(tmp_path_factory.mktemp("stacks"))
+
+
+@pytest.fixture(scope="module")
+def plan(stacks: Path) -> dict[str, Any]:
+    return plan_in_subprocess("local-queue", stacks_dir=stacks)
+
+
+@pytest.fixture(scope="module")
+def canary_plan(stacks: Path) -> dict[str, Any]:
+    return plan_in_subprocess("local-queue-canary", stacks_dir=stacks)
+
+
+# --- the queries -------------------------------------------------------------------------------------
+
+
+def test_queries_sum_the_tracks_queue_and_batch_fill() -> None:
+    assert scaling_queries("servestack", "servestack", 16) == {
+        "waiting": f"sum(servestack_num_requests_waiting{{{STABLE_PODS}}})",
+        "batch-fill": f"sum(servestack_num_requests_running{{{STABLE_PODS}}}) / 16",
+    }
+
+
+def test_the_pod_selector_tells_the_tracks_apart() -> None:
+    """Prometheus anchors `=~`: the stable selector takes exactly `<deployment>-<hash>-<suffix>`."""
+    def selector(deployment: str) -> re.Pattern[str]:
+        query = scaling_queries("servestack", deployment, 16)["waiting"]
+        found = re.search(r'pod=~"([^"]+)"', query)
+        assert found is not None
+        return re.compile(found.group(1))
+
+    stable, canary = selector("servestack"), selector("servestack-canary")
+    assert stable.fullmatch("servestack-7d9f8b6c5d-x2x4q")
+    assert not stable.fullmatch("servestack-canary-5f6d7c8b9-abcde")
+    assert not stable.fullmatch("servestack-limits-store-66b8d-k2j3h-extra")
+    assert canary.fullmatch("servestack-canary-5f6d7c8b9-abcde")
+    assert not canary.fullmatch("servestack-7d9f8b6c5d-x2x4q")
+
+
+def test_the_queries_name_metrics_the_server_exports() -> None:
+    metrics = Metrics("tiny", "r1", running=lambda: 3.0, waiting=lambda: 5.0, load_seconds=lambda: 1.0,
+                      kv_cache_usage=lambda: 0.0)
+    exported = {family.name for family in metrics.registry.collect()}
+    for query in scaling_queries("servestack", "servestack", 16).values():
+        (name,) = re.findall(r"(servestack_\w+)\{", query)
+        assert name in exported, (name, sorted(exported))
+
+
+@pytest.mark.parametrize(("namespace", "deployment", "batch", "message"), [
+    ("Servestack", "servestack", 16, "namespace 'Servestack'"),
+    ("servestack", "servestack.*", 16, "deployment 'servestack.*'"),
+    ("servestack", "servestack", 0, "max_batch_size 0"),
+])
+def test_bad_query_inputs_are_refused(namespace: str, deployment: str, batch: int, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        scaling_queries(namespace, deployment, batch)
+
+
+def test_a_track_never_scales_to_zero() -> None:
+    with pytest.raises(ValueError, match=r"min \(0\)"):
+        scaled_object_spec("servestack", "servestack", 0, 3, 16, PROMETHEUS_URL)
+
+
+# --- the plan with the monitoring stack --------------------------------------------------------------
+
+
+def test_keda_is_pinned_and_runs_on_the_system_nodes(plan: dict[str, Any]) -> None:
+    release = inputs(plan, HELM, "servestack-keda")
+    assert (release["chart"], release["version"], release["repositoryOpts"]) == (
+        "keda", KEDA_VERSION, {"repo": KEDA_REPOSITORY})
+    assert (release["name"], release["namespace"], release["createNamespace"]) == ("keda", "keda", True)
+    assert release["values"] == {"crds": {"install": True}, "nodeSelector": {}, "tolerations": []}
+    # The ScaledObject needs KEDA's CRD and webhook first.
+    keda = one(plan, HELM, "servestack-keda")
+    assert keda["urn"] in one(plan, SCALED_OBJECT)["dependencies"]
+
+
+def test_the_stable_track_scales_on_its_queue(plan: dict[str, Any]) -> None:
+    assert resources(plan, HPA) == []
+    scaled = inputs(plan, SCALED_OBJECT)
+    assert scaled["metadata"]["name"] == "servestack"
+    assert scaled["metadata"]["annotations"] == {"scaledobject.keda.sh/transfer-hpa-ownership": "true"}
+    assert scaled["spec"] == {
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "servestack"},
+        "pollingInterval": 15.0,
+        "minReplicaCount": 2.0,
+        "maxReplicaCount": 6.0,
+        "fallback": {"failureThreshold": 3.0, "replicas": 2.0, "behavior": "currentReplicasIfHigher"},
+        "advanced": {"horizontalPodAutoscalerConfig": {"name": "servestack", "behavior": {
+            "scaleUp": {"stabilizationWindowSeconds": 0.0, "selectPolicy": "Max",
+                        "policies": [{"type": "Pods", "value": 2.0, "periodSeconds": 60.0}]},
+            "scaleDown": {"stabilizationWindowSeconds": 600.0,
+                          "policies": [{"type": "Pods", "value": 1.0, "periodSeconds": 120.0}]},
+        }}},
+        "triggers": [
+            {"type": "prometheus", "name": "waiting", "metricType": "AverageValue", "metadata": {
+                "serverAddress": PROMETHEUS_URL, "threshold": "4", "ignoreNullValues": "false",
+                "query": f"sum(servestack_num_requests_waiting{{{STABLE_PODS}}})"}},
+            {"type": "prometheus", "name": "batch-fill", "metricType": "AverageValue", "metadata": {
+                "serverAddress": PROMETHEUS_URL, "threshold": "0.8", "ignoreNullValues": "false",
+                "query": f"sum(servestack_num_requests_running{{{STABLE_PODS}}}) / 8"}},
+        ],
+    }
+
+
+def test_the_canary_scales_on_its_own_queue(canary_plan: dict[str, Any]) -> None:
+    assert resources(canary_plan, HPA) == []
+    scaled = {r["inputs"]["metadata"]["name"]: r["inputs"]["spec"] for r in resources(canary_plan, SCALED_OBJECT)}
+    assert set(scaled) == {"servestack", "servestack-canary"}
+    canary = scaled["servestack-canary"]
+    assert canary["scaleTargetRef"]["name"] == "servestack-canary"
+    # 10 % of 6 replicas, at least one.
+    assert (canary["minReplicaCount"], canary["maxReplicaCount"], canary["fallback"]["replicas"]) == (1.0, 1.0, 1.0)
+    assert [t["metadata"]["query"] for t in canary["triggers"]] == [
+        f"sum(servestack_num_requests_waiting{{{CANARY_PODS}}})",
+        f"sum(servestack_num_requests_running{{{CANARY_PODS}}}) / 8"]
+    assert scaled["servestack"]["triggers"][0]["metadata"]["query"].endswith(f"{{{STABLE_PODS}}})")
+
+
+def test_scaled_objects_validate_against_kedas_published_schema(canary_plan: dict[str, Any]) -> None:
+    results = [r for r in validate_plan(canary_plan, "1.35") if r.kind == "ScaledObject"]
+    assert sorted((r.name, r.error, r.skipped) for r in results) == [
+        ("servestack", None, False), ("servestack-canary", None, False)]
+    # The schema does check: a fallback without its replica count is refused.
+    spec = scaled_object_spec("servestack", "servestack", 1, 2, 16, PROMETHEUS_URL)
+    del spec["fallback"]["replicas"]
+    (verdict,) = validate_custom_resources([{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                                             "metadata": {"name": "x", "namespace": "servestack"}, "spec": spec}])
+    assert verdict["error"] is not None and "replicas" in verdict["error"]
+
+
+def test_the_policy_pack_passes_with_keda(plan: dict[str, Any], canary_plan: dict[str, Any]) -> None:
+    assert [(v.policy, v.message) for v in check_plan(plan)] == []
+    assert [(v.policy, v.message) for v in check_plan(canary_plan)] == []
+
+
+# --- without the monitoring stack --------------------------------------------------------------------
+
+
+def test_without_prometheus_the_hpa_scales_on_cpu_alone(stack_plan: Any) -> None:
+    """A Pods metric would need an adapter nobody installs, and an HPA missing a metric never scales down."""
+    plan = stack_plan("local")
+    assert resources(plan, SCALED_OBJECT) == []
+    assert [r for r in resources(plan, HELM) if r["inputs"]["chart"] == "keda"] == []
+    hpa = inputs(plan, HPA)["spec"]
+    assert hpa["metrics"] == [{"type": "Resource", "resource": {
+        "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70.0}}}]
+    assert hpa["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600.0}}
