@@ -281,7 +281,7 @@ def test_plan_writes_the_plan_json_and_runs_from_any_directory(tmp_path: Path) -
     result = _cli("plan", "--stack", "local", "--json", str(target), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "servestack-deployment" in result.stdout
-    assert "Kubernetes 1.35 and published CRD schemas: 12 object(s) valid" in result.stdout
+    assert "Kubernetes 1.35 and published CRD schemas: 14 object(s) valid" in result.stdout
     plan = json.loads(target.read_text())
     assert set(plan) == {"project", "stack", "config", "resources", "outputs"}
     assert plan["project"] == "servestack" and plan["stack"] == "local"

@@ -56,7 +56,8 @@ DNS_ZONE = f"{DNS_GROUP}/providers/Microsoft.Network/dnszones/servestack.example
 # and grant on the zone, and the hostname's record.
 DEV_INVENTORY = {RG: 1, VNET: 1, SUBNET: 1, NSG: 1, PUBLIC_IP: 1, NAT: 1, CLUSTER: 1, POOL: 1, REGISTRY: 1,
                  ACCOUNT: 1, CONTAINER: 1, IDENTITY: 3, FEDERATION: 2, ROLE: 6, ROLE_DEFINITION: 1, RECORD: 1}
-PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 4, ROLE: 7}
+# azure-prod also lets its two on-call groups fetch a kubeconfig (tests/infra/test_operators.py).
+PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 4, ROLE: 9}
 
 
 @pytest.fixture(scope="module")
@@ -377,6 +378,10 @@ def test_role_assignments_are_scoped_to_single_resources(plan: dict[str, Any]) -
         logs = inputs(plan, ACCOUNT, "servestack-flow-logs")["accountName"]
         expected["servestack-flow-logs-writer"] = (
             azure.STORAGE_BLOB_DATA_CONTRIBUTOR, f"{providers}/Microsoft.Storage/storageAccounts/{logs}")
+        access = _config(plan).access
+        for group in access.viewer_groups + access.operator_groups:
+            expected[f"servestack-on-call-{group}"] = (
+                azure.AKS_CLUSTER_USER, expected["servestack-deployer-cluster-admin"][1])
     found = {r["name"]: (r["inputs"]["roleDefinitionId"], r["inputs"]["scope"]) for r in resources(plan, ROLE)}
     # cert-manager's custom role, on the one DNS zone (in the zone's own subscription).
     custom = f"/subscriptions/{DNS_SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/" + \

@@ -783,7 +783,7 @@ BAD_GCP_CONFIGS = [
     pytest.param({"regional": "yes"}, ["servestack:gcp.regional: 'yes' is not true or false"], id="regional"),
     pytest.param({"subnetCidr": "10.0.0.0/20"},
                  ["servestack:gcp.subnetCidr: unknown key; known: deletionProtection, masterCidr, networkCidr, "
-                  "podsCidr, regional, releaseChannel, servicesCidr, zones"], id="unknown-key"),
+                  "podsCidr, regional, releaseChannel, securityGroup, servicesCidr, zones"], id="unknown-key"),
 ]
 
 
