@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.autoscaling import KEDA_REPOSITORY, KEDA_VERSION, scaled_object_spec, scaling_queries
 from infra.monitoring import PROMETHEUS_URL
+from policies.rules.stack_config import committed, merged, pack_config
 from servestack.check import check_plan
-from servestack.offline.plan import plan_in_subprocess
+from servestack.offline.plan import STACKS_DIR, plan_in_subprocess
 from servestack.offline.schemas import validate_custom_resources, validate_plan
 from serving.metrics import Metrics
 from tests.infra.plans import inputs, one, resources, stack_variant
@@ -189,3 +191,19 @@ def test_without_prometheus_the_hpa_scales_on_cpu_alone(stack_plan: Any) -> None
     assert hpa["metrics"] == [{"type": "Resource", "resource": {
         "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70.0}}}]
     assert hpa["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600.0}}
+
+
+def test_on_a_cloud_keda_tolerates_the_system_pool_and_passes_the_pack(tmp_path: Path) -> None:
+    """AKS taints its system pool (CriticalAddonsOnly): KEDA's pods carry the selector and the toleration."""
+    serving = yaml.safe_load((STACKS_DIR / "Pulumi.azure-prod.yaml").read_text())["config"]["servestack:serving"]
+    stack_variant(tmp_path, "azure-prod", "azure-prod-queue", **{
+        "servestack:serving": {**serving, "prometheusOperator": True}})
+    plan = plan_in_subprocess("azure-prod-queue", stacks_dir=tmp_path)
+    values = inputs(plan, HELM, "servestack-keda")["values"]
+    assert values["nodeSelector"] == {"kubernetes.azure.com/mode": "system"}
+    assert values["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}]
+    assert resources(plan, HPA) == []
+    assert [r.error for r in validate_plan(plan, "1.35") if r.kind == "ScaledObject"] == [None]
+    # With azure-prod's own pack config (its exemptions are named for that stack).
+    config = merged(committed("azure-prod"), pack_config(plan["config"]))
+    assert [(v.policy, v.message) for v in check_plan(plan, config)] == []
