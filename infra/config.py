@@ -34,6 +34,8 @@ REGION_KEYS = {"aws": "aws:region", "gcp": "gcp:region", "azure": "azure-native:
 MODEL_URI_SCHEMES = ("s3://", "gs://", "az://", "abfs://")
 # The image the serving image bakes its model into (serving/Dockerfile).
 DEFAULT_IMAGE_REPOSITORY = "servestack-serving"
+# An IAM role or user, as EKS access entries take them (admins, on-call).
+_AWS_PRINCIPAL_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")
 
 
 class ConfigError(pulumi.RunError):
@@ -592,7 +594,7 @@ def _access(r: _Reader, environment: str, cloud: str | None) -> AccessConfig:
 
 # What names an on-call group on each cloud (infra/operators.py binds them).
 _ACCESS_GROUPS = {
-    "aws": (re.compile(r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$"),
+    "aws": (_AWS_PRINCIPAL_ARN,
             "an IAM role or user ARN such as arn:aws:iam::123456789012:role/oncall (EKS gives it an access entry)"),
     "gcp": (re.compile(r"^[a-z0-9][a-z0-9._%+-]*@[a-z0-9.-]+\.[a-z]{2,}$"),
             "a Google Group e-mail such as oncall@example.com (a member of gke-security-groups@ of its domain)"),
@@ -922,7 +924,6 @@ AWS_NAT_GATEWAYS = ("single", "perAz")
 # EKS managed node group AMI types that carry the NVIDIA driver (Bottlerocket also the device plugin).
 AWS_GPU_AMI_TYPES = ("BOTTLEROCKET_x86_64_NVIDIA", "AL2023_x86_64_NVIDIA")
 _AWS_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-_AWS_PRINCIPAL_ARN = re.compile(r"^arn:aws(-[a-z]+)*:iam::[0-9]{12}:(role|user)/[\w+=,.@/-]+$")
 
 
 # Provider settings whose credentials `aws eks get-token` (the kubeconfig) could not use.
