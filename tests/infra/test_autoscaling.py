@@ -3,12 +3,21 @@ monitoring stack, KEDA's pinned chart, and the CPU-only HPA without it."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import start_http_server
 
 from infra.autoscaling import KEDA_REPOSITORY, KEDA_VERSION, scaled_object_spec, scaling_queries
 from infra.monitoring import PROMETHEUS_URL
@@ -80,6 +89,58 @@ def test_the_pod_selector_tells_the_tracks_apart() -> None:
     assert not stable.fullmatch("servestack-limits-store-66b8d-k2j3h-extra")
     assert canary.fullmatch("servestack-canary-5f6d7c8b9-abcde")
     assert not canary.fullmatch("servestack-7d9f8b6c5d-x2x4q")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus (apt-get install prometheus)")
+def test_a_real_prometheus_answers_each_track_with_its_own_pods(tmp_path: Path) -> None:
+    """Three pods' real metrics, labelled as the Prometheus Operator labels them, scraped by a real Prometheus:
+    each track's queries add up its own pods only."""
+    pods = {"servestack-7d9f8b6c5d-x2x4q": (6, 5), "servestack-7d9f8b6c5d-b7k9m": (10, 7),
+            "servestack-canary-5f6d7c8b9-abcde": (2, 1)}  # pod -> (running, waiting)
+    targets, servers = [], []
+    for pod, (running, waiting) in pods.items():
+        metrics = Metrics("tiny", "r1", running=lambda r=running: float(r), waiting=lambda w=waiting: float(w),
+                          load_seconds=lambda: 1.0, kv_cache_usage=lambda: 0.0)
+        port = _free_port()
+        servers.append(start_http_server(port, addr="127.0.0.1", registry=metrics.registry)[0])
+        targets.append({"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "servestack", "pod": pod}})
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({"global": {"scrape_interval": "1s"},
+                                  "scrape_configs": [{"job_name": "servestack", "static_configs": targets}]}))
+    web = _free_port()
+    prometheus = subprocess.Popen(
+        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+         f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ask(query: str) -> list[str]:
+        url = f"http://127.0.0.1:{web}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return [r["value"][1] for r in json.load(answer)["data"]["result"]]
+
+    try:
+        expected = {("servestack", "waiting"): ["12"], ("servestack", "batch-fill"): ["1"],
+                    ("servestack-canary", "waiting"): ["1"], ("servestack-canary", "batch-fill"): ["0.125"]}
+        found: dict[tuple[str, str], list[str]] = {}
+        for _ in range(120):  # until all three pods are scraped (at most a minute)
+            with contextlib.suppress(OSError):  # Prometheus still starting
+                found = {(deployment, name): ask(query) for deployment in ("servestack", "servestack-canary")
+                         for name, query in scaling_queries("servestack", deployment, 16).items()}
+            if found == expected:
+                break
+            time.sleep(0.5)
+        assert found == expected
+    finally:
+        prometheus.terminate()
+        prometheus.wait(timeout=30)
+        for server in servers:
+            server.shutdown()
 
 
 def test_the_queries_name_metrics_the_server_exports() -> None:
