@@ -3,6 +3,9 @@
   servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
   servestack check (--stack NAME | --plan FILE)  the policy pack on that plan [--json FILE]
   servestack cost (--stack NAME | --plan FILE)   the estimated $/hour of that plan [--json FILE]
+  servestack cost-diff --base DIR --head DIR     policy verdicts and cost before -> after, as a pull request
+                                                 comment [--out FILE]; `cost-diff collect --out DIR` makes a
+                                                 result set from a checkout [--root DIR]
   servestack compare [--bench STACK=FILE ...]    the stacks side by side, and a report with plots
   servestack run [--model smollm2|tiny]          the main job: plans, checks, costs, serving benchmark,
                                                  comparison report
@@ -28,6 +31,7 @@ from rich.tree import Tree
 from servestack.check import register as register_check
 from servestack.compare import register as register_compare
 from servestack.cost import register as register_cost
+from servestack.cost_diff import register as register_cost_diff
 from servestack.model_push import register as register_model
 from servestack.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
 from servestack.terminal import console, errors
@@ -53,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     register_check(commands)
     register_cost(commands)
+    register_cost_diff(commands)
     register_compare(commands, OUT_DIR)
     register_model(commands)
 
