@@ -203,7 +203,7 @@ def _line_changes(before: StackResult | None, after: StackResult | None) -> list
     return rows
 
 
-def diff(base: Mapping[str, StackResult], head: Mapping[str, StackResult], base_label: str = "base",
+def diff(base: Mapping[str, StackResult], head: Mapping[str, StackResult], base_label: str = "the base branch",
          head_label: str = "this pull request") -> str:
     """The pull request comment: every stack of either side, its verdict and its cost before -> after."""
     stacks = sorted(base.keys() | head.keys())
