@@ -147,3 +147,9 @@ def test_collect_plans_checks_and_prices_every_stack_of_a_checkout(tmp_path: Pat
     local_result = json.loads((out / "local.json").read_text())
     assert local_result["cost"]["stack"] == "local" and local_result["cost"]["lines"] == []
     assert result_from_json(local_result, "local.json").verdict == "pass"
+
+
+def test_the_readme_shows_this_comment() -> None:
+    readme = (REPO / "README.md").read_text()
+    quoted = "\n".join(f"> {line}" if line else ">" for line in EXPECTED.rstrip("\n").split("\n"))
+    assert quoted in readme
