@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ class StackResult:
     mandatory: tuple[str, ...] = ()  # the policies with a mandatory violation, one entry per violation
     advisory: int = 0
     error: str | None = None
-    unpriced: tuple[str, ...] = field(default_factory=tuple)
+    unpriced: tuple[str, ...] = ()
 
     @property
     def verdict(self) -> str:
@@ -225,8 +225,8 @@ def diff(base: Mapping[str, StackResult], head: Mapping[str, StackResult], base_
         for side, results in ((base_label, base), (head_label, head)):
             error = results[stack].error if stack in results else None
             if error:
-                out.append(f"⚠️ The plan of **{_cell(stack)}** failed on {_cell(side)}: "
-                           f"`{_cell(error[-ERROR_CHARS:]).replace('`', chr(39))}`")
+                shown = _cell(error[-ERROR_CHARS:]).replace("`", "'")  # inside a code span
+                out.append(f"⚠️ The plan of **{_cell(stack)}** failed on {_cell(side)}: `{shown}`")
     if failed:
         out.append("")
 
