@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from servestack.pr_comment import MARKER
+from servestack.pr_comment import MARKER, MAX_BODY
 
 HOURS_PER_MONTH = 730
 EXIT_BAD_INPUT = 2
@@ -234,22 +234,23 @@ def diff(base: Mapping[str, StackResult], head: Mapping[str, StackResult], base_
                if not (s in base and base[s].error) and not (s in head and head[s].error)
                and (rows := _line_changes(base.get(s), head.get(s)))}
     count = sum(len(rows) for rows in changed.values())
-    if changed:
-        out += [f"<details><summary>{count} priced line item{'s' if count != 1 else ''} changed in "
-                f"{len(changed)} stack{'s' if len(changed) != 1 else ''}</summary>", ""]
-        for stack, rows in changed.items():
-            out += [f"**{_cell(stack)}**", "", "| | item | $/h each | idle units | peak units | idle $/month | "
+    summary = (f"{count} priced line item{'s' if count != 1 else ''} changed in {len(changed)} "
+               f"stack{'s' if len(changed) != 1 else ''}")
+    details = [f"<details><summary>{summary}</summary>", ""]
+    for stack, rows in changed.items():
+        details += [f"**{_cell(stack)}**", "", "| | item | $/h each | idle units | peak units | idle $/month | "
                     "peak $/month |", "|---|---|---|---|---|---|---|", *rows, ""]
-        out += ["</details>", ""]
-    else:
-        out += ["No priced line item changed.", ""]
+    details += ["</details>", ""]
     unpriced = sorted({f"{s}: {u}" for s, r in head.items() for u in r.unpriced})
-    if unpriced:
-        out += ["Not priced: " + "; ".join(_cell(u) for u in unpriced), ""]
-    out.append(f"Idle: every node pool at its minimum, with room for the serving minimum replicas; peak: every pool "
-               f"at its maximum; a month is {HOURS_PER_MONTH} h. Disks, storage and traffic are not priced. Made by "
-               "`servestack cost-diff`; a pass has no mandatory violation.")
-    return "\n".join(out) + "\n"
+    end = (["Not priced: " + "; ".join(_cell(u) for u in unpriced), ""] if unpriced else []) + [
+        f"Idle: every node pool at its minimum, with room for the serving minimum replicas; peak: every pool "
+        f"at its maximum; a month is {HOURS_PER_MONTH} h. Disks, storage and traffic are not priced. Made by "
+        "`servestack cost-diff`; a pass has no mandatory violation."]
+    if not changed:
+        details = ["No priced line item changed.", ""]
+    elif len("\n".join(out + details + end)) >= MAX_BODY:  # GitHub refuses a longer comment
+        details = [f"{summary}: too many to list within the 65,536 characters GitHub allows a comment.", ""]
+    return "\n".join(out + details + end) + "\n"
 
 
 # --- collecting a result set from a checkout ------------------------------------------------------------

@@ -22,7 +22,7 @@ import pytest
 
 from servestack.cli import main
 from servestack.cost_diff import CostDiffError, Line, StackResult, diff, load_results, result_from_json
-from servestack.pr_comment import MARKER
+from servestack.pr_comment import MARKER, MAX_BODY
 
 REPO = Path(__file__).resolve().parents[2]
 SETS = Path(__file__).resolve().parent / "plansets"
@@ -99,6 +99,16 @@ def test_a_changed_price_and_count_of_one_line() -> None:
     after = StackResult("s", 1.6, 3.2, (Line("GPU nodes pool: g6.xlarge spot", 0.4, 4, 8),))
     assert ("| ~ | GPU nodes pool: g6.xlarge spot | $0.2500 → $0.4000 | 2 → 4 | 4 → 8 | $365 → $1,168 (+$803) "
             "| $730 → $2,336 (+$1,606) |") in diff({"s": before}, {"s": after})
+
+
+def test_a_comment_too_long_for_github_leaves_the_line_items_out() -> None:
+    lines = tuple(Line(f"public IPv4 address-{n:04d}", 0.005, 1, 1) for n in range(1500))
+    comment = diff({}, {"s": StackResult("s", 7.5, 7.5, lines)})
+    assert len(comment) < MAX_BODY
+    assert "| s (new) | ✅ pass | — → $7.50 (+$7.50) |" in comment
+    assert ("1500 priced line items changed in 1 stack: too many to list within the 65,536 characters GitHub "
+            "allows a comment.") in comment
+    assert "<details>" not in comment
 
 
 def test_text_from_a_plan_cannot_break_the_table_or_the_html() -> None:
