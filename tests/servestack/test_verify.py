@@ -21,6 +21,7 @@ import servestack.cli
 from servestack.cli import main
 from servestack.compare import compare
 from servestack.verify import WORKLOAD, VerifyError, target_from_outputs
+from serving.bench import LoadResult, RequestResult
 from serving.models import build_tiny
 from tests.servestack.conftest import Pulumi
 from tests.serving.conftest import free_port, wait_ready
@@ -169,3 +170,22 @@ def test_the_target_from_the_outputs() -> None:
     assert unknown.value.code == 2
     with pytest.raises(VerifyError, match=r"stack aws-dev has no `endpoint` output \(yet\)"):
         target_from_outputs("aws-dev", {"endpoint": {"value": "", "secret": False}}, None)
+
+
+def test_make_runs_local_server_figures_reach_compare_as_the_local_stacks_measurement(
+        local_plans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # serving.sidebyside's (b): our server over HTTP, measured by serving.bench's load generator
+    results = [RequestResult(ok=True, ttft=0.2 + 0.01 * i, latency=4.0, output_tokens=128) for i in range(16)]
+    server_level = LoadResult(16, 16, 64, 128, None, 5.0, results).to_dict()
+    sidebyside = {"model": "smollm2", "date": "2026-11-29T23:00:00+00:00", "machine": {"cores": 2},
+                  "workload": {"concurrency": 16, "requests": 16, "input_len": 64, "output_len": 128},
+                  "results": {"server": server_level}}
+    monkeypatch.setattr(servestack.cli, "OUT_DIR", tmp_path)
+    servestack.cli._measured_locally(sidebyside)
+    recorded = json.loads((tmp_path / "verify" / "local.json").read_text())
+    assert recorded["source"] == "serving.sidebyside" and recorded["levels"] == [server_level]
+    measured = {row.estimate.stack: row.measured for row in compare(local_plans, measured_dir=tmp_path / "verify")}
+    local = measured["local"]
+    assert local is not None and local.output_throughput == 16 * 128 / 5.0 == server_level["output_throughput"]
+    assert local.ttft_p50_ms == server_level["ttft"]["p50"] and local.concurrency == 16
+    assert measured["aws-dev"] is None
