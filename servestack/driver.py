@@ -182,7 +182,7 @@ def preflight(verb: str, stack: str, stacks_dir: Path = STACKS_DIR, env: Mapping
 def open_stack(stack: str, create: bool) -> Any:
     """The stack in a LocalWorkspace on the repository, created when `create` and it does not exist yet."""
     from pulumi.automation import LocalWorkspace, PulumiCommand, Stack
-    from pulumi.automation.errors import InvalidVersionError, StackNotFoundError
+    from pulumi.automation.errors import CommandError, InvalidVersionError, StackNotFoundError
     from semver import VersionInfo
 
     try:
@@ -199,6 +199,8 @@ def open_stack(stack: str, create: bool) -> Any:
     except StackNotFoundError:
         raise DriverError(f"stack {stack} does not exist in the backend yet; `servestack up --stack {stack}` "
                           f"creates it") from None
+    except CommandError as error:  # e.g. the backend refused the login
+        raise DriverError(f"selecting stack {stack} failed:\n{_command_output(error)}", EXIT_FAILED) from None
 
 
 def policy_args(stack: str) -> dict[str, list[str]]:

@@ -74,6 +74,9 @@ def main() -> int:
     args = [a for a in argv if a != "--non-interactive"]
     stack = _flag(args, "--stack") or ""
 
+    if os.environ.get("STANDIN_FAIL") == "stack select" and args[:2] == ["stack", "select"]:
+        print("error: [401] Unauthorized: invalid access token", file=sys.stderr)
+        return 255
     if args == ["version"]:
         print(os.environ.get("STANDIN_VERSION", "v3.272.0"))
     elif args[:2] == ["stack", "select"]:

@@ -213,3 +213,12 @@ def test_an_unknown_stack_is_refused_before_pulumi_runs(pulumi: Pulumi, capsys: 
     assert main(["preview", "--stack", "nope"]) == 2
     assert "unknown stack 'nope'" in capsys.readouterr().err
     assert pulumi.calls() == []
+
+
+def test_a_backend_that_refuses_the_login_is_reported(pulumi: Pulumi, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("STANDIN_FAIL", "stack select")
+    pulumi.set_state(["aws-dev"])
+    assert main(["preview", "--stack", "aws-dev"]) == 1
+    err = capsys.readouterr().err
+    assert "selecting stack aws-dev failed" in err and "error: [401] Unauthorized: invalid access token" in err
