@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -43,6 +43,7 @@ INSTALL_URL = "https://www.pulumi.com/docs/install/"
 CLI_MINIMUM = package_version("pulumi")
 # The order in which a summary of changes lists the engine's operations.
 CHANGE_ORDER = ("create", "update", "replace", "delete", "same")
+REPLACEMENT_HALVES = ("create-replacement", "delete-replaced")
 
 
 class DriverError(Exception):
@@ -277,14 +278,8 @@ class LiveView:
 
 
 def change_counts(changes: Mapping[str, int] | None) -> dict[str, int]:
-    """The engine's operation counts folded into create/update/replace/delete/same (and any other op as is)."""
-    counts: dict[str, int] = {}
-    for op, count in (changes or {}).items():
-        key = "replace" if op in ("create-replacement", "delete-replaced", "replace") else op
-        if op in ("create-replacement", "delete-replaced"):
-            continue  # each replacement is counted once, as `replace`
-        counts[key] = counts.get(key, 0) + int(count)
-    return counts
+    """The engine's operation counts, each replacement once (as `replace`, not also as its two halves)."""
+    return {op: int(count) for op, count in (changes or {}).items() if op not in REPLACEMENT_HALVES}
 
 
 def print_summary(verb: str, stack: str, counts: Mapping[str, int]) -> None:
@@ -297,33 +292,24 @@ def print_summary(verb: str, stack: str, counts: Mapping[str, int]) -> None:
     terminal.console.print(table)
 
 
-def run_verb(verb: str, stack: str, *, policies: bool = True,
-             on_event: Callable[[Any], None] | None = None) -> tuple[dict[str, int], Mapping[str, Any]]:
-    """Run one verb on the stack: (the change counts, the stack's outputs after `up`)."""
+def run_verb(verb: str, stack: str, *, policies: bool = True) -> dict[str, int]:
+    """Run one of preview, up, destroy, refresh on the stack, shown live: the counts of its changes."""
     from pulumi.automation.errors import CommandError
 
     pulumi_stack = open_stack(stack, create=verb in ("preview", "up"))
     view = LiveView(verb, stack)
-    listeners = [view.on_event, *([on_event] if on_event else [])]
-
-    def events(event: Any) -> None:
-        for listener in listeners:
-            listener(event)
-
     extra = policy_args(stack) if policies and verb in ("preview", "up") else {}
     try:
         with view:
             if verb == "preview":
-                preview = pulumi_stack.preview(on_event=events, **extra)
-                return change_counts(preview.change_summary), {}
+                return change_counts(pulumi_stack.preview(on_event=view.on_event, **extra).change_summary)
             if verb == "up":
-                up = pulumi_stack.up(on_event=events, **extra)
-                return change_counts(up.summary.resource_changes), up.outputs
-            if verb == "destroy":
-                destroy = pulumi_stack.destroy(on_event=events)
-                return change_counts(destroy.summary.resource_changes), {}
-            refresh = pulumi_stack.refresh(on_event=events)
-            return change_counts(refresh.summary.resource_changes), {}
+                result = pulumi_stack.up(on_event=view.on_event, **extra)
+            elif verb == "destroy":
+                result = pulumi_stack.destroy(on_event=view.on_event)
+            else:
+                result = pulumi_stack.refresh(on_event=view.on_event)
+            return change_counts(result.summary.resource_changes)
     except CommandError as error:
         raise DriverError(f"`pulumi {verb}` on stack {stack} failed:\n{_command_output(error)}",
                           EXIT_FAILED) from None
@@ -381,7 +367,7 @@ def _handler(args: argparse.Namespace) -> int:
         preflight(args.command, args.stack)
         if args.command == "outputs":
             return _outputs(args)
-        counts, _ = run_verb(args.command, args.stack, policies=not getattr(args, "no_policies", False))
+        counts = run_verb(args.command, args.stack, policies=not getattr(args, "no_policies", False))
     except DriverError as error:
         terminal.errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return error.code

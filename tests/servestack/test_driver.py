@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from servestack.cli import main
-from servestack.driver import CLI_MINIMUM, INSTALL_URL, missing_credentials
+from servestack.driver import CLI_MINIMUM, INSTALL_URL, change_counts, missing_credentials
 from servestack.offline.plan import ROOT
 from tests.servestack.conftest import Pulumi
 
@@ -222,3 +222,8 @@ def test_a_backend_that_refuses_the_login_is_reported(pulumi: Pulumi, monkeypatc
     assert main(["preview", "--stack", "aws-dev"]) == 1
     err = capsys.readouterr().err
     assert "selecting stack aws-dev failed" in err and "error: [401] Unauthorized: invalid access token" in err
+
+
+def test_a_replacement_is_counted_once() -> None:
+    assert change_counts({"create-replacement": 1, "delete-replaced": 1, "replace": 1, "same": 4}) == {
+        "replace": 1, "same": 4}
