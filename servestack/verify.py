@@ -104,7 +104,9 @@ def wait_ready(target: Target, timeout_s: float) -> str:
     last = "no answer"
     while True:
         try:
-            response = httpx.get(url, headers=_headers(target), timeout=min(REQUEST_SECONDS, timeout_s))
+            # No request outlives the deadline by more than a second.
+            limit = min(REQUEST_SECONDS, max(deadline - time.monotonic(), 1.0))
+            response = httpx.get(url, headers=_headers(target), timeout=limit)
             if response.status_code == 200:
                 models = response.json().get("data") or []
                 if models:

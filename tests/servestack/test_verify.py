@@ -151,7 +151,7 @@ def test_an_endpoint_that_never_gets_ready_times_out_naming_it(kind: str, unavai
     started = time.monotonic()
     assert main(["verify", "--stack", "local", "--endpoint", endpoint, "--timeout", "3", "--out",
                  str(tmp_path)]) == 1
-    assert time.monotonic() - started < 3 + 10  # bounded: the timeout, and one request's own limit at most
+    assert time.monotonic() - started < 3 + 5  # bounded: the timeout, a second for the last request, start-up
     err = capsys.readouterr().err
     last = "HTTP 503" if kind == "answers 503" else "ConnectError"
     assert f"verify local: {endpoint}/v1/models not ready after 3s (last: {last}" in err, err
