@@ -285,7 +285,7 @@ def test_plan_writes_the_plan_json_and_runs_from_any_directory(tmp_path: Path) -
     assert deployment["urn"] == ("urn:pulumi:local::servestack::servestack:kubernetes:ServingDeployment$"
                                  "kubernetes:apps/v1:Deployment::servestack-deployment")
     assert set(deployment) >= {"urn", "type", "name", "parent", "custom", "inputs", "dependencies"}
-    namespace_urn = one(plan, "kubernetes:core/v1:Namespace")["urn"]
+    namespace_urn = one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")["urn"]
     assert namespace_urn in deployment["dependencies"]
 
 

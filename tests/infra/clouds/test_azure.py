@@ -339,7 +339,7 @@ def test_kubernetes_objects_wait_for_everything_the_pods_need(plan: dict[str, An
     """The init container fetches the model as the serving identity on the pod's first start: the namespace
     (and so every Kubernetes object) waits for the federation and the grant, as for the GPU pool, the
     deployer's cluster access and the kubelet's pull grant."""
-    waits_for = set(one(plan, "kubernetes:core/v1:Namespace")["dependencies"])
+    waits_for = set(one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")["dependencies"])
     access_wait = one(plan, "command:local:Command", "servestack-deployer-access-wait")
     needed = {one(plan, FEDERATION, "servestack-serving-federation")["urn"], one(plan, POOL)["urn"],
               access_wait["urn"]} | {
