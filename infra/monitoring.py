@@ -178,7 +178,8 @@ def _placement(platform: Platform) -> dict[str, Any]:
 def kube_prometheus_stack_values(config: MonitoringConfig, platform: Platform) -> dict[str, Any]:
     placement = _placement(platform)
     # Selects objects labelled `release: RELEASE` (SCRAPE_LABELS), in every namespace ({}).
-    selection = {f"{kind}SelectorNilUsesHelmValues": True for kind in ("podMonitor", "serviceMonitor", "rule")}
+    selection: dict[str, Any] = {f"{kind}SelectorNilUsesHelmValues": True
+                                 for kind in ("podMonitor", "serviceMonitor", "rule")}
     selection.update({f"{kind}NamespaceSelector": {} for kind in ("podMonitor", "serviceMonitor", "rule")})
     return {
         "fullnameOverride": FULLNAME,
@@ -207,6 +208,11 @@ def kube_prometheus_stack_values(config: MonitoringConfig, platform: Platform) -
             **placement,
         },
         "kube-state-metrics": placement,
+        # The managed control planes (EKS, GKE, AKS) expose no scheduler, controller manager or etcd to scrape, and
+        # their clusters run kube-proxy with metrics on localhost or none at all (Dataplane V2, Cilium): their
+        # scrapes and "...Down" alerts would fail forever.
+        **{component: {"enabled": False}
+           for component in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy")},
         # On every node, GPU nodes included, whatever their taints.
         "prometheus-node-exporter": {"tolerations": [{"operator": "Exists"}]},
     }

@@ -76,6 +76,9 @@ def test_prod_stacks_install_a_pinned_kube_prometheus_stack_on_the_system_nodes(
         assert component["tolerations"] == system["tolerations"]
     if stack in SYSTEM_NODES:
         assert system["nodeSelector"] == SYSTEM_NODES[stack.split("-")[0]]
+    # Nothing to scrape on a managed control plane: no scrape job, no alert that fires forever.
+    for component in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
+        assert values[component] == {"enabled": False}
     # The node exporter on every node, the tainted GPU nodes included.
     assert values["prometheus-node-exporter"]["tolerations"] == [{"operator": "Exists"}]
     spec = values["prometheus"]["prometheusSpec"]
