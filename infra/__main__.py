@@ -5,14 +5,20 @@ import pulumi
 from infra.clouds import build_platform
 from infra.config import load_stack_config
 from infra.gateway import EntryGateway, GatewayArgs
+from infra.monitoring import Monitoring, MonitoringArgs
 from infra.serving import ServingArgs, ServingDeployment
 
 config = load_stack_config()
 platform = build_platform(config)
+monitoring = None
+if config.monitoring.enabled:
+    monitoring = Monitoring("servestack-monitoring", MonitoringArgs(monitoring=config.monitoring, gpu=config.gpu,
+                                                         platform=platform))
 serving = ServingDeployment(
     "servestack",
     ServingArgs(serving=config.serving, model=config.model, gpu=config.gpu, access=config.access,
-                platform=platform, behind_gateway=config.gateway.enabled),
+                platform=platform, behind_gateway=config.gateway.enabled,
+                scraper=monitoring.scraper if monitoring else None),
 )
 endpoint, connect = serving.endpoint, serving.connect
 if config.gateway.enabled:
@@ -47,6 +53,10 @@ if platform.kubeconfig is not None:
     pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
 pulumi.export("registry_url", platform.registry_url or "")
 pulumi.export("model_bucket_uri", platform.model_bucket_uri or "")
+if monitoring is not None:
+    # `pulumi stack output grafana`, then http://127.0.0.1:3000 as admin with this password.
+    pulumi.export("grafana", monitoring.grafana)
+    pulumi.export("grafana_admin_password", monitoring.grafana_password)
 if serving.api_keys is not None:
     # Each client's key, by client id: `pulumi stack output api_keys --show-secrets`.
     pulumi.export("api_keys", serving.api_keys)
