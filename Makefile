@@ -22,8 +22,10 @@ run: $(INSTALLED)
 
 test: lint typecheck pytest
 
+# The workflows with actionlint, their run: scripts with its shellcheck (both wheels that carry the binary).
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
+	$(BIN)/actionlint -shellcheck=$(BIN)/shellcheck .github/workflows/*.yml
 
 typecheck: $(INSTALLED)
 	$(BIN)/mypy infra serving policies servestack reading

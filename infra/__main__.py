@@ -6,20 +6,25 @@ from infra.autoscaling import Keda, QueueScaling
 from infra.clouds import build_platform
 from infra.config import load_stack_config
 from infra.gateway import EntryGateway, GatewayArgs
-from infra.monitoring import PROMETHEUS_URL
+from infra.monitoring import Monitoring, MonitoringArgs
 from infra.serving import ServingArgs, ServingDeployment
 
 config = load_stack_config()
 platform = build_platform(config)
-# Where Prometheus runs, the servers scale on their queue through KEDA (infra/autoscaling.py).
+# The cluster's own Prometheus (servestack:monitoring); with it, KEDA scales the servers on their queue
+# (infra/autoscaling.py).
+monitoring = None
 queue_scaling = None
-if config.serving.prometheus_operator:
+if config.monitoring.enabled:
+    monitoring = Monitoring("servestack-monitoring", MonitoringArgs(monitoring=config.monitoring, gpu=config.gpu,
+                                                         platform=platform))
     keda = Keda("servestack", platform)
-    queue_scaling = QueueScaling(prometheus_url=PROMETHEUS_URL, ready=[keda.release])
+    queue_scaling = QueueScaling(prometheus_url=monitoring.prometheus_url, ready=[keda.release])
 serving = ServingDeployment(
     "servestack",
     ServingArgs(serving=config.serving, model=config.model, gpu=config.gpu, access=config.access,
-                platform=platform, behind_gateway=config.gateway.enabled, queue_scaling=queue_scaling),
+                platform=platform, behind_gateway=config.gateway.enabled,
+                scraper=monitoring.scraper if monitoring else None, queue_scaling=queue_scaling),
 )
 endpoint, connect = serving.endpoint, serving.connect
 if config.gateway.enabled:
@@ -54,6 +59,10 @@ if platform.kubeconfig is not None:
     pulumi.export("kubeconfig", pulumi.Output.secret(platform.kubeconfig))
 pulumi.export("registry_url", platform.registry_url or "")
 pulumi.export("model_bucket_uri", platform.model_bucket_uri or "")
+if monitoring is not None:
+    # `pulumi stack output grafana`, then http://127.0.0.1:3000 as admin with this password.
+    pulumi.export("grafana", monitoring.grafana)
+    pulumi.export("grafana_admin_password", monitoring.grafana_password)
 if serving.api_keys is not None:
     # Each client's key, by client id: `pulumi stack output api_keys --show-secrets`.
     pulumi.export("api_keys", serving.api_keys)

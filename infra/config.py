@@ -152,8 +152,6 @@ class ServingConfig:
     port: int  # the Service's port (the load balancer's, where no gateway fronts the servers)
     drain_seconds: int
     max_batch_size: int
-    prometheus_operator: bool
-    monitoring_namespace: str
     canary: CanaryConfig | None = None
 
     @property
@@ -167,6 +165,19 @@ class ServingConfig:
         if self.canary is None or not self.canary_pods:
             return 0
         return max(1, math.ceil(self.max_replicas * self.canary.weight / 100))
+
+
+@dataclass(frozen=True)
+class MonitoringConfig:
+    """The cluster's own Prometheus, Alertmanager and Grafana (kube-prometheus-stack), the serving pods' scrape
+    and alert rules, GPU metrics (DCGM) and the cloud's container log pipeline. On by default in prod."""
+
+    enabled: bool
+    namespace: str = "monitoring"
+    # The p95 time to first token the alert rules hold the servers to.
+    ttft_slo_seconds: float = 2.0
+    retention_days: int = 15
+    storage_gb: int = 50
 
 
 @dataclass(frozen=True)
@@ -252,6 +263,7 @@ class StackConfig:
     gcp: GcpConfig
     azure: AzureConfig
     gateway: GatewayConfig = GatewayConfig(enabled=False)
+    monitoring: MonitoringConfig = MonitoringConfig(enabled=False)
 
     @property
     def is_prod(self) -> bool:
@@ -445,9 +457,14 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     gcp = _gcp(root.object("gcp"), values, cloud, environment)
     azure = _azure(root.object("azure"), access, cloud, values)
     gateway = _gateway(root.object("gateway"), cloud, values)
+    monitoring = _monitoring(root.object("monitoring"), environment)
     for secret in ("tlsCertificate", "tlsPrivateKey"):
         root._raw(secret)  # read by _gateway
     root.reject_unknown()
+    if monitoring.enabled and monitoring.namespace == serving.namespace:
+        problems.append(f"{NAMESPACE}:monitoring.namespace: {monitoring.namespace!r} is the serving namespace; the "
+                        "node exporter and DCGM exporter need host access, which the serving namespace's restricted "
+                        "pod security refuses: name another namespace")
     if cloud is not None:
         _check_release(root, environment, model, serving, gateway)
     serving = _fit_drain(root, cloud, serving, gateway.enabled, gpu.spot and gpu.type is not None,
@@ -488,7 +505,7 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
     return StackConfig(stack=stack, cloud=cloud, environment=environment, region=region,
                        kubernetes_version=kubernetes_version, budget_per_hour=budget, gpu=gpu,
                        access=access, model=model, serving=serving, local=local, aws=aws, gcp=gcp,
-                       azure=azure, gateway=gateway)
+                       azure=azure, gateway=gateway, monitoring=monitoring)
 
 
 def _gpu(r: _Reader, cloud: str | None) -> GpuConfig:
@@ -760,8 +777,10 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
     port = r.integer("port", 80, minimum=1, maximum=65535)
     drain_seconds = r.integer("drainSeconds", drain.DEFAULT_DRAIN_SECONDS, minimum=1, maximum=3600)
     max_batch_size = r.integer("maxBatchSize", 16, minimum=1, maximum=1024)
-    prometheus_operator = r.flag("prometheusOperator", False)
-    monitoring_namespace = r.text("monitoringNamespace", "monitoring")
+    for old, new in (("prometheusOperator", "enabled"), ("monitoringNamespace", "namespace")):
+        if r.has(old):
+            r._raw(old)
+            r.problem(old, f"replaced by {NAMESPACE}:monitoring.{new} (see the README's Observability); remove it")
     canary = _canary(r.object("canary")) if r.has("canary") else None
     r.reject_unknown()
     if min_replicas > max_replicas:
@@ -770,16 +789,15 @@ def _serving(r: _Reader, cloud: str | None) -> ServingConfig:
     for name, value in (("cpu", cpu), ("memory", memory)):
         if not _QUANTITY.match(value):
             r.problem(name, f"{value!r} is not a Kubernetes quantity such as 2, 500m or 8Gi")
-    for name, value in (("namespace", namespace), ("monitoringNamespace", monitoring_namespace)):
-        if not _DNS_LABEL.match(value):
-            r.problem(name, f"{value!r} is not a Kubernetes namespace name (lower-case DNS label)")
+    if not _DNS_LABEL.match(namespace):
+        r.problem("namespace", f"{namespace!r} is not a Kubernetes namespace name (lower-case DNS label)")
     if image is None and cloud == "local":
         r.problem("image", "missing; the local stack has no registry of its own, so name the image "
                            "(for example servestack-serving:0.1.0)")
     if image is not None and (image.endswith(":latest") or ("@" not in image and ":" not in image.rsplit("/", 1)[-1])):
         r.problem("image", f"{image!r} has no fixed version; pin it by tag (not latest) or by digest")
     return ServingConfig(image, image_tag, namespace, min_replicas, max_replicas, cpu, memory, auth, api_keys,
-                         port, drain_seconds, max_batch_size, prometheus_operator, monitoring_namespace, canary)
+                         port, drain_seconds, max_batch_size, canary)
 
 
 # A client id is a Prometheus label value and part of a Pulumi resource name.
@@ -894,6 +912,19 @@ def _gateway(r: _Reader, cloud: str | None, values: Mapping[str, Any]) -> Gatewa
                          acme_server=ACME_SERVERS.get(server, server), dns_zone=dns_zone,
                          certificate=str(certificate) if certificate else None,
                          private_key=str(private_key) if private_key else None)
+
+
+def _monitoring(r: _Reader, environment: str) -> MonitoringConfig:
+    enabled = r.flag("enabled", environment == "prod")
+    namespace = r.text("namespace", "monitoring")
+    ttft = r.number("ttftSloSeconds", 2.0)
+    retention = r.integer("retentionDays", 15, minimum=1, maximum=365)
+    storage = r.integer("storageGb", 50, minimum=10, maximum=10_000)
+    r.reject_unknown()
+    if not _DNS_LABEL.match(namespace):
+        r.problem("namespace", f"{namespace!r} is not a Kubernetes namespace name (lower-case DNS label)")
+    return MonitoringConfig(enabled=enabled, namespace=namespace, ttft_slo_seconds=ttft or 2.0,
+                            retention_days=retention, storage_gb=storage)
 
 
 def _local(r: _Reader, cloud: str | None) -> LocalConfig:

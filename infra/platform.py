@@ -76,6 +76,15 @@ class AcmeDns:
 
 
 @dataclass(frozen=True)
+class ManagedExporter:
+    """A metrics exporter the cloud runs by itself: where its pods are and which named port serves metrics."""
+
+    namespace: str
+    pod_labels: Mapping[str, str]
+    port: str
+
+
+@dataclass(frozen=True)
 class Platform:
     cloud: str
     k8s_provider: k8s.Provider
@@ -120,3 +129,6 @@ class Platform:
     access_groups: Mapping[str, Sequence[str]] = field(default_factory=dict)
     # ACME DNS-01 in the cloud's DNS zone (servestack:gateway.dnsZone), None where the stack names no zone.
     acme_dns: AcmeDns | None = None
+    # The cloud's own NVIDIA DCGM exporter on the GPU nodes (GKE's), which the stack's Prometheus scrapes; None
+    # where the stack installs NVIDIA's.
+    managed_dcgm: ManagedExporter | None = None

@@ -23,6 +23,7 @@ from infra import commands, drain
 from infra.autoscaling import SCALE_DOWN_WINDOW_SECONDS, QueueScaling, scaled_object
 from infra.config import DEFAULT_IMAGE_REPOSITORY, AccessConfig, GpuConfig, ModelConfig, ServingConfig
 from infra.gateway import ENVOY_GATEWAY_NAMESPACE, GATEWAY_NAME, Backend
+from infra.monitoring import Scraper
 from infra.operators import operator_access
 from infra.platform import Platform
 
@@ -72,8 +73,9 @@ class ServingArgs:
     platform: Platform
     # Whether the gateway fronts the servers (their Services are then ClusterIP, reached only by Envoy).
     behind_gateway: bool = False
-    # KEDA and the Prometheus it asks, where the monitoring stack runs: each track scales on its queue (else
-    # on CPU).
+    # The stack's Prometheus (servestack:monitoring), None without one: nothing then reads the metrics port.
+    scraper: Scraper | None = None
+    # KEDA and the stack's Prometheus: each track scales on its queue (else on CPU).
     queue_scaling: QueueScaling | None = None
 
 
@@ -159,8 +161,9 @@ class ServingDeployment(pulumi.ComponentResource):
 
         _network_policy(name, args, labels, ns, in_ns)
         operator_access(name, ns, dict(platform.access_groups), labels, in_ns)
-        if serving.prometheus_operator:
-            _pod_monitor(name, labels, ns, in_ns)
+        if args.scraper is not None:
+            _pod_monitor(name, labels, args.scraper, ns, pulumi.ResourceOptions.merge(
+                in_ns, pulumi.ResourceOptions(depends_on=[namespace, *args.scraper.ready])))
         if platform.needs_device_plugin and args.gpu.count > 0:
             # Outside the namespace, so it waits for the platform by itself (the deployer's cluster access).
             _device_plugin(name, platform, pulumi.ResourceOptions.merge(
@@ -487,11 +490,6 @@ def _pod_template(args: ServingArgs, track: Track, labels: dict[str, str],
                            k8s.core.v1.VolumeMountArgs(name="tmp", mount_path="/tmp")],
         ))
 
-    annotations = {}
-    if not serving.prometheus_operator:
-        annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(METRICS_PORT),
-                       "prometheus.io/path": "/metrics"}
-
     def probe(path: str, period: int, timeout: int, failures: int) -> k8s.core.v1.ProbeArgs:
         return k8s.core.v1.ProbeArgs(http_get=k8s.core.v1.HTTPGetActionArgs(path=path, port="http"),
                                      period_seconds=period, timeout_seconds=timeout,
@@ -518,8 +516,7 @@ def _pod_template(args: ServingArgs, track: Track, labels: dict[str, str],
         volume_mounts=mounts,
     )
     return k8s.core.v1.PodTemplateSpecArgs(
-        metadata=k8s.meta.v1.ObjectMetaArgs(labels={**labels, REVISION_LABEL: track.revision, **platform.pod_labels},
-                                            annotations=annotations),
+        metadata=k8s.meta.v1.ObjectMetaArgs(labels={**labels, REVISION_LABEL: track.revision, **platform.pod_labels}),
         spec=k8s.core.v1.PodSpecArgs(
             service_account_name=pod.service_account.metadata.name,
             automount_service_account_token=False,
@@ -611,8 +608,8 @@ def _autoscaler(resource_name: str, track: Track, args: ServingArgs, deployment:
 def _network_policy(name: str, args: ServingArgs, labels: dict[str, str], ns: pulumi.Input[str],
                     opts: pulumi.ResourceOptions) -> None:
     """The API port from the gateway's Envoy pods (or, without a gateway, from the allowed clients); the
-    metrics port from the scraper's namespace; nothing else."""
-    access, platform, serving = args.access, args.platform, args.serving
+    metrics port from the stack's Prometheus pods only (none without one); nothing else."""
+    access, platform = args.access, args.platform
     api = [k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
     if args.behind_gateway:
         api_clients = [k8s.networking.v1.NetworkPolicyPeerArgs(
@@ -629,13 +626,15 @@ def _network_policy(name: str, args: ServingArgs, labels: dict[str, str], ns: pu
                              f"are unknown on the {platform.cloud} platform; list them in endpointCidrs")
         api_clients = [k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=c))
                        for c in clients]
-    rules = [
-        k8s.networking.v1.NetworkPolicyIngressRuleArgs(ports=api, from_=api_clients),
-        k8s.networking.v1.NetworkPolicyIngressRuleArgs(
+    rules = [k8s.networking.v1.NetworkPolicyIngressRuleArgs(ports=api, from_=api_clients)]
+    if args.scraper is not None:
+        # Namespace and pod labels in one peer: these pods in that namespace, not any pod there.
+        rules.append(k8s.networking.v1.NetworkPolicyIngressRuleArgs(
             ports=[k8s.networking.v1.NetworkPolicyPortArgs(port=METRICS_PORT, protocol="TCP")],
-            from_=[k8s.networking.v1.NetworkPolicyPeerArgs(namespace_selector=k8s.meta.v1.LabelSelectorArgs(
-                match_labels={"kubernetes.io/metadata.name": serving.monitoring_namespace}))]),
-    ]
+            from_=[k8s.networking.v1.NetworkPolicyPeerArgs(
+                namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels={"kubernetes.io/metadata.name": args.scraper.namespace}),
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels=args.scraper.pod_labels))]))
     k8s.networking.v1.NetworkPolicy(
         f"{name}-network-policy",
         metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
@@ -651,13 +650,16 @@ def _network_policy(name: str, args: ServingArgs, labels: dict[str, str], ns: pu
     )
 
 
-def _pod_monitor(name: str, labels: dict[str, str], ns: pulumi.Input[str], opts: pulumi.ResourceOptions) -> None:
-    """The Prometheus Operator scrapes the metrics port of every serving pod, stable and canary."""
+def _pod_monitor(name: str, labels: dict[str, str], scraper: Scraper, ns: pulumi.Input[str],
+                 opts: pulumi.ResourceOptions) -> None:
+    """The stack's Prometheus scrapes the metrics port of every serving pod, stable and canary."""
     k8s.apiextensions.CustomResource(
         f"{name}-pod-monitor",
         api_version="monitoring.coreos.com/v1",
         kind="PodMonitor",
-        metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=labels),
+        # The labels the stack's Prometheus selects PodMonitors by.
+        metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns,
+                                            labels={**labels, **scraper.monitor_labels}),
         spec={"selector": {"matchLabels": labels,
                            "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
                                                  "values": ["server", "canary"]}]},

@@ -3,11 +3,20 @@
   servestack plan [--stack NAME] [--json FILE]   the offline plan of one stack, or of every stack
   servestack check (--stack NAME | --plan FILE)  the policy pack on that plan [--json FILE]
   servestack cost (--stack NAME | --plan FILE)   the estimated $/hour of that plan [--json FILE]
+  servestack cost-diff --base DIR --head DIR     policy verdicts and cost before -> after, as a pull request
+                                                 comment [--out FILE]; `cost-diff collect --out DIR` makes a
+                                                 result set from a checkout [--root DIR]
   servestack compare [--bench STACK=FILE ...]    the stacks side by side, and a report with plots
   servestack run [--model smollm2|tiny]          the main job: plans, checks, costs, serving benchmark,
                                                  comparison report
   servestack model push --stack NAME DIR         upload a model directory as one revision of the stack's
                                                  models [--revision R] [--name N] [--bucket URI]
+  servestack preview|up|destroy|refresh --stack NAME
+                                                 the real Pulumi engine (Automation API) on the stack, with
+                                                 the policy pack; `up` then verifies the endpoint
+  servestack outputs --stack NAME                the stack's outputs [--show-secrets] [--json FILE]
+  servestack verify --stack NAME                 wait for the endpoint, one completion, the fixed benchmark;
+                                                 the result feeds `servestack compare`
 """
 
 from __future__ import annotations
@@ -28,9 +37,12 @@ from rich.tree import Tree
 from servestack.check import register as register_check
 from servestack.compare import register as register_compare
 from servestack.cost import register as register_cost
+from servestack.cost_diff import register as register_cost_diff
+from servestack.driver import register as register_driver
 from servestack.model_push import register as register_model
 from servestack.offline.plan import ROOT, STACKS_DIR, PlanError, stack_names
 from servestack.terminal import console, errors
+from servestack.verify import register as register_verify
 
 OUT_DIR = ROOT / "out"
 EXIT_BAD_INPUT = 2
@@ -53,8 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     register_check(commands)
     register_cost(commands)
+    register_cost_diff(commands)
     register_compare(commands, OUT_DIR)
     register_model(commands)
+    register_driver(commands, OUT_DIR)
+    register_verify(commands, OUT_DIR)
 
     run = commands.add_parser("run", help="the main job: offline plans, policy check and cost of every stack, "
                                           "the serving benchmark with a bundled model, the comparison report")
@@ -135,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     checked = check_all(plans, OUT_DIR / "check", console)
     console.rule("[bold]cost estimates")
     try:
-        rows = compare(plans)  # each plan priced once: here line by line, below side by side
+        rows = compare(plans)
     except CompareError as error:
         errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT
@@ -151,13 +166,31 @@ def _run(args: argparse.Namespace) -> int:
         if served == 0:
             try:
                 sidebyside = load_sidebyside(sidebyside_json)
+                _measured_locally(sidebyside)
             except CompareError as error:  # the report goes on without the benchmark, which failed anyway
                 errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
                 served = 1
     console.rule("[bold]comparison")
+    try:  # again: with what verify (or the benchmark above) measured
+        rows = compare(plans, measured_dir=OUT_DIR / "verify")
+    except CompareError as error:
+        errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
+        return EXIT_BAD_INPUT
     print_rows(rows)
     console.print(f"report written to {write_report(rows, sidebyside, OUT_DIR / 'compare')}")
     return max(planned, checked, served)
+
+
+def _measured_locally(sidebyside: Mapping[str, Any]) -> None:
+    """Our server on this machine is what the `local` stack serves: its figures become that stack's
+    measurement, the way `servestack verify` records a deployed stack's."""
+    from servestack.verify import write_measurement
+
+    if "local" not in stack_names():
+        return
+    write_measurement("local", "http://127.0.0.1 (serving.sidebyside)", [sidebyside["results"]["server"]],
+                      OUT_DIR / "verify", source="serving.sidebyside", model=sidebyside["model"],
+                      workload=sidebyside["workload"], machine=sidebyside["machine"])
 
 
 def _print_plan(plan: Mapping[str, Any]) -> None:

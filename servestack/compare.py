@@ -1,16 +1,16 @@
 """`servestack compare`: the clouds side by side, in the terminal and as a report with plots.
 
     servestack compare [--plans out/plans] [--bench STACK=BENCH.json[@REPLICAS] ...]
-                       [--sidebyside SIDEBYSIDE.json] [--out out/compare]
+                       [--measured out/verify] [--sidebyside SIDEBYSIDE.json] [--out out/compare]
 
 For every planned stack: the estimated $/hour idle and at peak (servestack.cost) and the hourly price of one
-serving replica. Where a stack has a measurement (`--bench`: the JSON of `python -m serving.bench`
-run against that stack's endpoint, with REPLICAS serving it, by default the Deployment's minimum), its
-best output throughput and TTFT, and what its output tokens cost: $ per million = replica $/h /
-(tokens/s per replica x 3600) x 1e6. Since no stack may have
-been measured yet, the report also plots that cost against throughput for every stack, so any measured
-or expected figure can be read off. `--sidebyside` adds the serving benchmark run on this machine
-(`python -m serving.sidebyside`): baseline, our server and our engine alone, on the CPU.
+serving replica. Where a stack has a measurement (`servestack verify`'s out/verify/STACK.json, or `--bench`:
+the JSON of `python -m serving.bench` run against that stack's endpoint, with REPLICAS serving it, by default
+the Deployment's minimum), its best output throughput and TTFT, and what its output tokens cost: $ per
+million = replica $/h / (tokens/s per replica x 3600) x 1e6. Since no stack may have been measured yet,
+the report also plots that cost against throughput for every stack, so any measured or expected figure can
+be read off. `--sidebyside` adds the serving benchmark run on this machine (`python -m serving.sidebyside`):
+baseline, our server and our engine alone, on the CPU.
 
 Writes `report.html` (self-contained: tables and plots), `comparison.json` and the plots as PNG files.
 """
@@ -109,7 +109,15 @@ def parse_bench_args(values: Sequence[str], stacks: Sequence[str]) -> dict[str, 
     return measured
 
 
-def compare(plans_dir: Path, bench: Sequence[str] = ()) -> list[Row]:
+def measured_results(measured_dir: Path | None, stacks: Sequence[str]) -> list[str]:
+    """`servestack verify`'s measurements (MEASURED_DIR/STACK.json) of the planned stacks, as --bench values."""
+    if measured_dir is None:
+        return []
+    return [f"{stack}={measured_dir / f'{stack}.json'}" for stack in stacks
+            if (measured_dir / f"{stack}.json").is_file()]
+
+
+def compare(plans_dir: Path, bench: Sequence[str] = (), measured_dir: Path | None = None) -> list[Row]:
     paths = sorted(plans_dir.glob("*.json"))
     if not paths:
         raise CompareError(f"--plans {plans_dir}: no plan files; run `servestack plan` first")
@@ -119,7 +127,9 @@ def compare(plans_dir: Path, bench: Sequence[str] = ()) -> list[Row]:
             estimates.append(estimate(json.loads(path.read_text())))
         except (OSError, ValueError) as error:  # PlanShapeError and JSONDecodeError are ValueErrors
             raise CompareError(f"{path}: {error}") from error
-    measured = parse_bench_args(bench, [e.stack for e in estimates])
+    stacks = [e.stack for e in estimates]
+    # What verify measured, unless --bench gives that stack's figures (later values win).
+    measured = parse_bench_args([*measured_results(measured_dir, stacks), *bench], stacks)
     return [Row(e, measured.get(e.stack)) for e in estimates]
 
 
@@ -328,6 +338,8 @@ def register(commands: Any, out_dir: Path) -> None:
                         help="plan JSON files, as `servestack plan` writes them (default: %(default)s)")
     parser.add_argument("--bench", action="append", default=[], metavar="STACK=FILE",
                         help="a `python -m serving.bench --json` file measured against that stack's endpoint")
+    parser.add_argument("--measured", type=Path, default=out_dir / "verify",
+                        help="`servestack verify`'s measurements, STACK.json each (default: %(default)s)")
     parser.add_argument("--sidebyside", type=Path, help="a `python -m serving.sidebyside --json` file")
     parser.add_argument("--out", type=Path, default=out_dir / "compare", help="report directory (default: "
                                                                               "%(default)s)")
@@ -336,7 +348,7 @@ def register(commands: Any, out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        rows = compare(args.plans, args.bench)
+        rows = compare(args.plans, args.bench, args.measured)
         sidebyside = None
         if args.sidebyside is not None:
             sidebyside = load_sidebyside(args.sidebyside)

@@ -10,8 +10,10 @@ Three figures per stack:
 - per replica: the GPU capacity one more serving replica takes, which turns a measured throughput into
   dollars per million output tokens.
 
-Left out, because they depend on traffic and data rather than on the plan: disks, object storage, data
-transfer, per-GB NAT and load-balancer processing, logs and metrics.
+Left out, because they depend on traffic and data rather than on the plan: disks (Prometheus' volume among
+them), object storage, data transfer, per-GB NAT and load-balancer processing, logs and metrics (CloudWatch
+Logs, Log Analytics and Cloud Logging ingestion of the container logs, GKE's managed metrics). The monitoring
+pods themselves run on the system nodes, which are priced.
 """
 
 from __future__ import annotations

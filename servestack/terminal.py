@@ -8,4 +8,5 @@ from rich.console import Console
 
 # Logs (CI, `make run | tee`) are not terminals; rich would fold their tables to 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 140)
-errors = Console(stderr=True, soft_wrap=True)
+# No emoji codes: a config key in a message (`servestack:cloud:`) must not turn into a picture.
+errors = Console(stderr=True, soft_wrap=True, emoji=False)

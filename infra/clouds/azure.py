@@ -42,7 +42,9 @@ from pulumi_azure_native import (
     containerservice,
     dns,
     managedidentity,
+    monitor,
     network,
+    operationalinsights,
     resources,
     storage,
 )
@@ -124,6 +126,10 @@ DNS_ZONE_ID = re.compile(r"^/subscriptions/(?P<subscription>[^/]+)/resourceGroup
 
 NODE_SUBNET = "nodes"
 FLOW_LOG_RETENTION_DAYS = 30
+# Container Insights, logs only (the "Logs and events" preset): the containers' stdout (ContainerLogV2), the
+# cluster's events and its pods' inventory; metrics are the stack's Prometheus's (infra/monitoring.py).
+CONTAINER_LOG_STREAMS = ("Microsoft-ContainerLogV2", "Microsoft-KubeEvents", "Microsoft-KubePodInventory")
+CONTAINER_LOG_RETENTION_DAYS = 30
 # NSG priorities: lower numbers are evaluated first; the deny sits last among ours, before Azure's defaults.
 PRIORITY_SERVING = 100
 PRIORITY_LB_PROBES = 110
@@ -394,6 +400,7 @@ class GpuCluster(pulumi.ComponentResource):
             # In prod the three system nodes spread over the region's zones.
             availability_zones=["1", "2", "3"] if config.is_prod else None,
         )
+        workspace = self._log_workspace(net) if config.monitoring.enabled else None
         cluster = containerservice.ManagedCluster(
             f"{name}-aks", resource_group_name=rg, location=config.region, resource_name_=f"{self._prefix}-aks",
             dns_prefix=self._prefix, kubernetes_version=config.kubernetes_version,
@@ -421,9 +428,15 @@ class GpuCluster(pulumi.ComponentResource):
             ),
             auto_upgrade_profile=containerservice.ManagedClusterAutoUpgradeProfileArgs(
                 upgrade_channel="patch", node_os_upgrade_channel="NodeImage"),
+            # Container Insights' agent (ama-logs), sending to the workspace as the cluster's identity (Entra ID).
+            addon_profiles={"omsagent": containerservice.ManagedClusterAddonProfileArgs(
+                enabled=True, config={"logAnalyticsWorkspaceResourceID": workspace.id, "useAADAuth": "true"})}
+            if workspace is not None else None,
             # The cluster autoscaler owns the system pool's size after creation.
             opts=self._opts(depends_on=[subnet_access], ignore_changes=["agentPoolProfiles[0].count"]),
         )
+        if workspace is not None:
+            self._container_logs(net, cluster, workspace)
         # Local accounts are off: whoever runs `pulumi up` needs Azure RBAC to deploy into the cluster.
         admin_access = authorization.RoleAssignment(
             f"{name}-deployer-cluster-admin", principal_id=self._client.object_id,
@@ -437,6 +450,35 @@ class GpuCluster(pulumi.ComponentResource):
                 role_definition_id=role_definition(self._client.subscription_id, AKS_CLUSTER_USER),
                 scope=cluster.id, opts=self._child)
         return cluster, admin_access
+
+    def _log_workspace(self, net: _Network) -> operationalinsights.Workspace:
+        return operationalinsights.Workspace(
+            f"{self._name}-logs", resource_group_name=net.resource_group.name, location=self._config.region,
+            workspace_name=f"{self._prefix}-logs",
+            sku=operationalinsights.WorkspaceSkuArgs(name="PerGB2018"),
+            retention_in_days=CONTAINER_LOG_RETENTION_DAYS,
+            # Entra ID only: the agent signs in as the cluster's identity, never with the workspace's keys.
+            features=operationalinsights.WorkspaceFeaturesArgs(disable_local_auth=True),
+            opts=self._child)
+
+    def _container_logs(self, net: _Network, cluster: containerservice.ManagedCluster,
+                        workspace: operationalinsights.Workspace) -> None:
+        """What the agent collects and where it sends it: a data collection rule, associated with the cluster (with
+        Entra ID authentication the agent reads its configuration from this association)."""
+        rule = monitor.DataCollectionRule(
+            f"{self._name}-container-logs", resource_group_name=net.resource_group.name,
+            location=self._config.region, data_collection_rule_name=f"MSCI-{self._prefix}", kind="Linux",
+            data_sources={"extensions": [{
+                "name": "ContainerInsightsExtension", "extension_name": "ContainerInsights",
+                "streams": list(CONTAINER_LOG_STREAMS),
+                "extension_settings": {"dataCollectionSettings": {
+                    "interval": "1m", "namespaceFilteringMode": "Off", "enableContainerLogV2": True}}}]},
+            destinations={"log_analytics": [{"name": "ciworkspace", "workspace_resource_id": workspace.id}]},
+            data_flows=[{"streams": list(CONTAINER_LOG_STREAMS), "destinations": ["ciworkspace"]}],
+            opts=self._child)
+        monitor.DataCollectionRuleAssociation(
+            f"{self._name}-container-logs-association", resource_uri=cluster.id,
+            association_name="ContainerInsightsExtension", data_collection_rule_id=rule.id, opts=self._child)
 
     def _gpu_pool(self, net: _Network, cluster: containerservice.ManagedCluster) -> containerservice.AgentPool:
         config, gpu = self._config, self._config.gpu

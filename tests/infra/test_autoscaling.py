@@ -16,18 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from prometheus_client import start_http_server
 
 from infra.autoscaling import KEDA_REPOSITORY, KEDA_VERSION, scaled_object_spec, scaling_queries
-from infra.monitoring import PROMETHEUS_URL
-from policies.rules.stack_config import committed, merged, pack_config
+from infra.monitoring import PROMETHEUS, PROMETHEUS_PORT
 from servestack.check import check_plan
-from servestack.offline.plan import STACKS_DIR, plan_in_subprocess
+from servestack.offline.plan import plan_in_subprocess
 from servestack.offline.schemas import validate_custom_resources, validate_plan
 from serving.metrics import Metrics
 from tests.infra.plans import inputs, one, resources, stack_variant
 
+# The stack's Prometheus (kube-prometheus-stack in the monitoring namespace), which KEDA asks.
+PROMETHEUS_URL = f"http://{PROMETHEUS}.monitoring.svc:{PROMETHEUS_PORT}"
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 HELM = "kubernetes:helm.sh/v3:Release"
@@ -37,12 +37,15 @@ CANARY_PODS = 'namespace="servestack",pod=~"servestack-canary-[a-z0-9]+-[a-z0-9]
 
 def _stacks(tmp: Path) -> Path:
     serving = {"image": "servestack-serving:0.1.0", "minReplicas": 2, "maxReplicas": 6, "cpu": "1",
-               "memory": "2Gi", "maxBatchSize": 8, "prometheusOperator": True,
+               "memory": "2Gi", "maxBatchSize": 8,
                "apiKeys": [{"client": "web", "requestsPerMinute": 600, "tokensPerMinute": 2000000}]}
     model = {"name": "tiny", "source": "s3://models/tiny", "revision": "r1"}
-    stack_variant(tmp, "local", "local-queue", **{"servestack:serving": serving, "servestack:model": model})
+    monitoring = {"enabled": True}
+    stack_variant(tmp, "local", "local-queue", **{"servestack:serving": serving, "servestack:model": model,
+                                                  "servestack:monitoring": monitoring})
     stack_variant(tmp, "local", "local-queue-canary", **{
         "servestack:serving": {**serving, "canary": {"revision": "r2", "weight": 10}},
+        "servestack:monitoring": monitoring,
         "servestack:model": model,
         "servestack:gateway": {"enabled": True, "tls": "secret", "hostname": "llm.example.test"},
         "servestack:tlsCertificate": "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",
@@ -242,7 +245,7 @@ def test_the_policy_pack_passes_with_keda(plan: dict[str, Any], canary_plan: dic
 
 def test_no_network_policy_keeps_keda_from_prometheus(plan: dict[str, Any]) -> None:
     """KEDA's operator asks Prometheus, not the pods: a policy on Prometheus's namespace must admit KEDA's."""
-    namespace = PROMETHEUS_URL.split("//", 1)[1].split(".")[1]
+    namespace = "monitoring"
     for policy in resources(plan, "kubernetes:networking.k8s.io/v1:NetworkPolicy"):
         spec, metadata = policy["inputs"]["spec"], policy["inputs"]["metadata"]
         if metadata.get("namespace") != namespace or "Ingress" not in spec.get("policyTypes", ["Ingress"]):
@@ -266,17 +269,19 @@ def test_without_prometheus_the_hpa_scales_on_cpu_alone(stack_plan: Any) -> None
     assert hpa["behavior"] == {"scaleDown": {"stabilizationWindowSeconds": 600.0}}
 
 
-def test_on_a_cloud_keda_tolerates_the_system_pool_and_passes_the_pack(tmp_path: Path) -> None:
-    """AKS taints its system pool (CriticalAddonsOnly): KEDA's pods carry the selector and the toleration."""
-    serving = yaml.safe_load((STACKS_DIR / "Pulumi.azure-prod.yaml").read_text())["config"]["servestack:serving"]
-    stack_variant(tmp_path, "azure-prod", "azure-prod-queue", **{
-        "servestack:serving": {**serving, "prometheusOperator": True}})
-    plan = plan_in_subprocess("azure-prod-queue", stacks_dir=tmp_path)
+@pytest.mark.parametrize("stack", ["aws-prod", "gcp-prod", "azure-prod"])
+def test_the_prod_stacks_scale_on_the_queue_with_keda_on_the_system_nodes(stack: str, stack_plan: Any) -> None:
+    """Monitoring is on in prod: KEDA runs where the platform puts add-ons (AKS taints its system pool with
+    CriticalAddonsOnly), and each track has a ScaledObject instead of an HPA."""
+    plan = stack_plan(stack)
+    placement = {
+        "aws-prod": ({"servestack.io/pool": "system"}, []),
+        "gcp-prod": ({"servestack.io/pool": "system"}, []),
+        "azure-prod": ({"kubernetes.azure.com/mode": "system"},
+                       [{"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}]),
+    }[stack]
     values = inputs(plan, HELM, "servestack-keda")["values"]
-    assert values["nodeSelector"] == {"kubernetes.azure.com/mode": "system"}
-    assert values["tolerations"] == [{"key": "CriticalAddonsOnly", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (values["nodeSelector"], values["tolerations"]) == placement
     assert resources(plan, HPA) == []
-    assert [r.error for r in validate_plan(plan, "1.35") if r.kind == "ScaledObject"] == [None]
-    # With azure-prod's own pack config (its exemptions are named for that stack).
-    config = merged(committed("azure-prod"), pack_config(plan["config"]))
-    assert [(v.policy, v.message) for v in check_plan(plan, config)] == []
+    (scaled,) = resources(plan, SCALED_OBJECT)
+    assert scaled["inputs"]["spec"]["triggers"][0]["metadata"]["serverAddress"] == PROMETHEUS_URL

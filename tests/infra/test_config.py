@@ -194,7 +194,7 @@ BAD_CONFIGS = [
     pytest.param(
         VALID_AWS, {"servestack:gpus": {"type": "nvidia-l4"}},
         ["servestack:gpus: unknown key; known: access, aws, azure, budgetPerHour, cloud, environment, gateway, "
-         "gcp, gpu, kubernetesVersion, local, model, serving, tlsCertificate, tlsPrivateKey"],
+         "gcp, gpu, kubernetesVersion, local, model, monitoring, serving, tlsCertificate, tlsPrivateKey"],
         id="unknown-key"),
     pytest.param(
         VALID_AWS, {"servestack:gpu": {"type": "nvidia-l4", "minNodes": "x", "maxNodes": 2, "spot": "yes"},

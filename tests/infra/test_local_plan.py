@@ -28,13 +28,14 @@ def plan(stack_plan: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gpu_plan(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The local stack with one GPU per pod, a model from a bucket URI and the Prometheus Operator."""
+    """The local stack with one GPU per pod, a model from a bucket URI and monitoring on."""
     stacks = tmp_path_factory.mktemp("stacks")
     config = yaml.safe_load((STACKS_DIR / "Pulumi.local.yaml").read_text())
     config["config"]["servestack:gpu"] = {"type": "nvidia-l4", "count": 1, "maxNodes": 2}
     config["config"]["servestack:model"] = {"name": "smollm2", "source": "s3://models-bucket/smollm2",
                                             "revision": "2026-11-01"}
-    config["config"]["servestack:serving"].update(prometheusOperator=True, maxReplicas=4)
+    config["config"]["servestack:serving"].update(maxReplicas=4)
+    config["config"]["servestack:monitoring"] = {"enabled": True}
     # A cluster with a load-balancer controller (cloud-provider-kind, MetalLB).
     config["config"]["servestack:local"]["loadBalancer"] = True
     (stacks / "Pulumi.local-gpu.yaml").write_text(yaml.safe_dump(config))
@@ -201,24 +202,21 @@ def test_autoscaler_and_disruption_budget(plan: dict[str, Any]) -> None:
     assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "servestack"}
     pdb = inputs(plan, "kubernetes:policy/v1:PodDisruptionBudget")["spec"]
     assert pdb == {"maxUnavailable": 1.0, "selector": {"matchLabels": LABELS}}
-    # Without the Prometheus Operator, scraping is by annotation, on the metrics port.
-    annotations = inputs(plan, "kubernetes:apps/v1:Deployment", SERVER)["spec"]["template"]["metadata"]["annotations"]
-    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/port": "9090",
-                           "prometheus.io/path": "/metrics"}
+    # No scrape annotations: no scraper reads them (monitoring's PodMonitor selects the pods).
+    assert "annotations" not in inputs(plan, "kubernetes:apps/v1:Deployment", SERVER)["spec"]["template"]["metadata"]
 
 
-def test_network_policy_admits_the_clients_to_the_api_and_the_scraper_to_the_metrics(plan: dict[str, Any]) -> None:
+def test_network_policy_admits_the_clients_to_the_api_and_nobody_to_the_metrics(plan: dict[str, Any]) -> None:
     spec = inputs(plan, "kubernetes:networking.k8s.io/v1:NetworkPolicy", "servestack-network-policy")["spec"]
     assert spec["podSelector"] == {
         "matchLabels": {k: v for k, v in LABELS.items() if k != "app.kubernetes.io/component"},
         "matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In", "values": ["server", "canary"]}]}
     assert spec["policyTypes"] == ["Ingress"]
-    clients, scraper = spec["ingress"]
+    # Monitoring is off on this stack: no scraper, so the metrics port admits nobody.
+    (clients,) = spec["ingress"]
     assert clients["ports"] == [{"port": 8000.0, "protocol": "TCP"}]
     assert [p["ipBlock"]["cidr"] for p in clients["from"]] == [
         "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
-    assert scraper["ports"] == [{"port": 9090.0, "protocol": "TCP"}]
-    assert scraper["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
 
 
 def test_an_internal_load_balancer_without_known_clients_fails_the_plan_by_name(tmp_path: Path) -> None:
@@ -260,8 +258,8 @@ def test_model_from_a_bucket_is_fetched_by_an_init_container(gpu_plan: dict[str,
     assert server_mount["readOnly"] is True
 
 
-def test_prometheus_operator_gets_a_pod_monitor_of_the_metrics_port(gpu_plan: dict[str, Any]) -> None:
-    monitor = inputs(gpu_plan, "kubernetes:monitoring.coreos.com/v1:PodMonitor")
+def test_monitoring_gets_a_pod_monitor_of_the_metrics_port(gpu_plan: dict[str, Any]) -> None:
+    monitor = inputs(gpu_plan, "kubernetes:monitoring.coreos.com/v1:PodMonitor", "servestack-pod-monitor")
     assert monitor["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
     # With Prometheus, KEDA scales the server on its queue (tests/infra/test_autoscaling.py), not an HPA on CPU.
     assert resources(gpu_plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler") == []
@@ -290,7 +288,7 @@ def test_plan_writes_the_plan_json_and_runs_from_any_directory(tmp_path: Path) -
     assert deployment["urn"] == ("urn:pulumi:local::servestack::servestack:kubernetes:ServingDeployment$"
                                  "kubernetes:apps/v1:Deployment::servestack-deployment")
     assert set(deployment) >= {"urn", "type", "name", "parent", "custom", "inputs", "dependencies"}
-    namespace_urn = one(plan, "kubernetes:core/v1:Namespace")["urn"]
+    namespace_urn = one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")["urn"]
     assert namespace_urn in deployment["dependencies"]
 
 

@@ -69,3 +69,14 @@ def test_the_gateway_and_certificate_objects_are_checked_too(kind: str, api_vers
     (result,) = validate_plan({"resources": [_custom(kind, api_version, spec)]}, "1.35")
     assert not result.skipped
     assert result.error is not None and expected in result.error, result.error
+
+
+@pytest.mark.parametrize(("kind", "spec", "expected"), [
+    ("PodMonitor", {"selector": {}, "podMetricsEndpoints": [{"port": 9090}]}, "port"),
+    ("ServiceMonitor", {"selector": {}, "endpoints": [{"port": "metrics", "scheme": "ftp"}]}, "scheme"),
+    ("PrometheusRule", {"groups": [{"rules": [{"alert": "X", "expr": "up == 0"}]}]}, "name"),
+])
+def test_the_monitoring_objects_are_checked_too(kind: str, spec: dict[str, Any], expected: str) -> None:
+    (result,) = validate_plan({"resources": [_custom(kind, "monitoring.coreos.com/v1", spec)]}, "1.35")
+    assert not result.skipped
+    assert result.error is not None and expected in result.error, result.error

@@ -35,7 +35,7 @@ from infra.clouds.aws.cluster import (
     gpu_taints,
 )
 from infra.clouds.aws.iam import bucket_reader_policy, irsa_role, partition_of
-from infra.clouds.aws.kube import cluster_autoscaler, kubeconfig_output, load_balancer_controller
+from infra.clouds.aws.kube import cluster_autoscaler, container_logs, kubeconfig_output, load_balancer_controller
 from infra.clouds.aws.network import Network, NetworkArgs
 from infra.clouds.aws.storage import ModelBucket, Registry
 from infra.commands import aws_cli
@@ -124,6 +124,9 @@ class GpuCluster(pulumi.ComponentResource):
         lb_controller = load_balancer_controller(
             f"{name}", eks.cluster, eks.oidc_provider, network.vpc.id, region, partition,
             replicas=2 if config.is_prod else 1, opts=child, provider=provider, depends_on=node_ready)
+        if config.monitoring.enabled:
+            # Named after the cluster's name with its random suffix: a new life of the stack never meets the old group.
+            container_logs(name, cluster_name, eks.oidc_provider, region, child, provider, node_ready)
 
         lb: dict[str, pulumi.Input[str]] = {
             f"{LB_ANNOTATION}-type": "external",

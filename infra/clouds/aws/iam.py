@@ -79,6 +79,16 @@ def acme_challenge_policy(partition: str, zone_id: str, challenge: str) -> str:
     ]})
 
 
+def log_writer_policy(log_group_arn: str) -> str:
+    """Write log streams of one log group (its ARN ends in `:*`, which covers the streams)."""
+    streams = log_group_arn if log_group_arn.endswith(":*") else f"{log_group_arn}:*"
+    return json.dumps({"Version": "2012-10-17", "Statement": [{
+        "Effect": "Allow",
+        "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+        "Resource": streams,
+    }]})
+
+
 def kms_key_user_policy(key_arn: str) -> str:
     """What EKS needs of the secrets key, on that key only."""
     return json.dumps({"Version": "2012-10-17", "Statement": [{

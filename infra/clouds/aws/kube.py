@@ -1,9 +1,10 @@
-"""Kubernetes access to the EKS cluster, and the two controllers the platform installs on it.
+"""Kubernetes access to the EKS cluster, and the controllers and agents the platform installs on it.
 
 The kubeconfig authenticates with `aws eks get-token` (the operator's AWS credentials, mapped by an EKS
 access entry). The cluster autoscaler scales the managed node groups, the GPU group from zero; the AWS
 Load Balancer Controller provisions the serving Network Load Balancer with the security group the
-network component owns. Both are Helm releases with pinned chart versions and IRSA roles.
+network component owns; with servestack:monitoring, AWS for Fluent Bit sends every container's stdout to
+CloudWatch Logs. All are Helm releases with pinned chart versions and IRSA roles.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ CLUSTER_AUTOSCALER_CHART = ("https://kubernetes.github.io/autoscaler", "cluster-
 # The autoscaler's minor version must match the cluster's (one entry per minor of ADDON_VERSIONS).
 CLUSTER_AUTOSCALER_IMAGES = {"1.34": "v1.34.3", "1.35": "v1.35.0"}
 LOAD_BALANCER_CONTROLLER_CHART = ("https://aws.github.io/eks-charts", "aws-load-balancer-controller", "1.13.4")
+# AWS's Fluent Bit image and chart (AWS for Fluent Bit 3.2.1): container logs only. The CloudWatch Observability
+# add-on would add Container Insights metrics (charged per observation), Application Signals and a second DCGM
+# exporter, all of which the stack's own Prometheus already covers.
+FLUENT_BIT_CHART = ("https://aws.github.io/eks-charts", "aws-for-fluent-bit", "0.2.0")
+FLUENT_BIT_SA = "aws-for-fluent-bit"
+CONTAINER_LOG_RETENTION_DAYS = 30
 CLUSTER_AUTOSCALER_SA = "cluster-autoscaler"
 LOAD_BALANCER_CONTROLLER_SA = "aws-load-balancer-controller"
 
@@ -125,6 +132,38 @@ def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.
     }
     return k8s.helm.v3.Release(
         f"{name}-lb-controller", name="aws-load-balancer-controller", chart=chart, version=version,
+        repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace="kube-system", values=values,
+        # The role's permissions before the pods that use them.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,
+                                                                       depends_on=[*depends_on, policy])))
+
+
+def container_logs(name: str, cluster_name: pulumi.Input[str], oidc: aws.iam.OpenIdConnectProvider, region: str,
+                   opts: pulumi.ResourceOptions, provider: k8s.Provider,
+                   depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
+    """Every container's stdout (the servers' JSON lines included), from every node, into one log group of the
+    cluster's, a stream per container; Fluent Bit may write to that group only."""
+    group = aws.cloudwatch.LogGroup(
+        f"{name}-container-logs", name=pulumi.Output.concat("/aws/eks/", cluster_name, "/containers"),
+        retention_in_days=CONTAINER_LOG_RETENTION_DAYS, opts=opts)
+    role = iam.irsa_role(f"{name}-fluent-bit-role", oidc, "kube-system", FLUENT_BIT_SA, opts)
+    policy = aws.iam.RolePolicy(f"{name}-fluent-bit-policy", role=role.id,
+                                policy=group.arn.apply(iam.log_writer_policy), opts=opts)
+    repo, chart, version = FLUENT_BIT_CHART
+    values = {
+        "serviceAccount": {"create": True, "name": FLUENT_BIT_SA,
+                           "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
+        "cloudWatchLogs": {"enabled": True, "region": region, "logGroupName": group.name,
+                           "logStreamPrefix": "", "logStreamTemplate":
+                               "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']",
+                           # The group is the stack's (its retention, its deletion); the role may not create one.
+                           "autoCreateGroup": False},
+        "cloudWatch": {"enabled": False},
+        # On every node, GPU nodes included, whatever their taints.
+        "tolerations": [{"operator": "Exists"}],
+    }
+    return k8s.helm.v3.Release(
+        f"{name}-fluent-bit", name="aws-for-fluent-bit", chart=chart, version=version,
         repository_opts=k8s.helm.v3.RepositoryOptsArgs(repo=repo), namespace="kube-system", values=values,
         # The role's permissions before the pods that use them.
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,

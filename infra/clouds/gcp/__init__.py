@@ -51,6 +51,7 @@ from infra.platform import (
     GPU_TAINT_VALUE,
     GPU_TOLERATION,
     AcmeDns,
+    ManagedExporter,
     Platform,
     Upload,
     model_push_step,
@@ -208,6 +209,11 @@ class GpuCluster(pulumi.ComponentResource):
             # The system pool carries no taint: the selector alone keeps the add-ons off the GPU nodes.
             system_node_selector=SYSTEM_POOL_LABELS,
             acme_dns=acme,
+            # GKE's DCGM package (monitoring_config DCGM): a DaemonSet on the GPU nodes that Cloud Monitoring
+            # collects through its own ClusterPodMonitoring; the stack's Prometheus scrapes the same pods.
+            managed_dcgm=ManagedExporter(namespace="gke-managed-system",
+                                         pod_labels={"app.kubernetes.io/name": "gke-managed-dcgm-exporter"},
+                                         port="metrics"),
         )
         self.register_outputs({
             "cluster_name": self.cluster_name,

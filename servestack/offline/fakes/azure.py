@@ -241,6 +241,13 @@ def _user_credentials(args: MockCallArgs, ctx: FakeContext) -> dict[str, Any]:
     return {"kubeconfigs": [{"name": "clusterUser", "value": value}]}
 
 
+def _rule_association(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """An extension resource: ARM puts it under the resource it is associated with."""
+    name = str(args.inputs.get("associationName") or args.name)
+    resource_id = f"{args.inputs.get('resourceUri')}/providers/Microsoft.Insights/dataCollectionRuleAssociations/{name}"
+    return resource_id, {"id": resource_id, "name": name, "provisioningState": "Succeeded"}
+
+
 RESOURCES: dict[str, ResourceFake] = {
     "azure-native:resources:ResourceGroup": _resource_group,
     "azure-native:network:VirtualNetwork": _arm("Microsoft.Network/virtualNetworks", "virtualNetworkName"),
@@ -267,6 +274,13 @@ RESOURCES: dict[str, ResourceFake] = {
                                                 _storage_account),
     "azure-native:storage:BlobContainer": _arm(
         "Microsoft.Storage/storageAccounts/{accountName}/blobServices/default/containers", "containerName"),
+    "azure-native:operationalinsights:Workspace": _arm(
+        "Microsoft.OperationalInsights/workspaces", "workspaceName",
+        lambda args, ctx, resource_id, name: {"customerId": _guid(ctx, "workspace", name)}),
+    "azure-native:monitor:DataCollectionRule": _arm(
+        "Microsoft.Insights/dataCollectionRules", "dataCollectionRuleName",
+        lambda args, ctx, resource_id, name: {"immutableId": f"dcr-{_guid(ctx, 'dcr', name).replace('-', '')}"}),
+    "azure-native:monitor:DataCollectionRuleAssociation": _rule_association,
     "azure-native:authorization:RoleAssignment": _role_assignment,
     "azure-native:authorization:RoleDefinition": _role_definition,
     "azure-native:dns:RecordSet": _record_set,

@@ -456,7 +456,7 @@ def test_the_serving_autoscaler_has_a_metrics_api(plan: dict[str, Any]) -> None:
     assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
     metrics_server = one(plan, "aws:eks/addon:Addon", "aws-eks-metrics-server")
     assert metrics_server["inputs"]["addonVersion"] == "v0.8.1-eksbuild.5"
-    assert metrics_server["urn"] in one(plan, "kubernetes:core/v1:Namespace")["dependencies"]
+    assert metrics_server["urn"] in one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")["dependencies"]
     # The add-on listens on 10251; the control plane (aggregated API) must reach it on the nodes.
     rule = inputs(plan, INGRESS, "aws-network-nodes-from-cluster-10251")
     assert (rule["fromPort"], rule["toPort"]) == (10251.0, 10251.0)
@@ -467,7 +467,7 @@ def test_pods_start_only_once_their_roles_have_their_permissions(plan: dict[str,
                             ("aws-lb-controller", "aws-lb-controller-policy")):
         assert one(plan, ROLE_POLICY, policy)["urn"] in one(plan, HELM, release)["dependencies"], release
     # The serving objects wait for the platform's `ready`, which holds the bucket read policy.
-    namespace = one(plan, "kubernetes:core/v1:Namespace")
+    namespace = one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")
     assert one(plan, ROLE_POLICY, "aws-serving-read-models")["urn"] in namespace["dependencies"]
 
 
@@ -846,3 +846,31 @@ def test_bad_aws_enum_config_lists_what_is_allowed() -> None:
         parse_config("aws-dev", _aws_config(natGateways="double", gpuAmiType="AL2_x86_64_GPU"))
     assert error.value.problems[0].endswith("allowed: single, perAz")
     assert error.value.problems[1].endswith("allowed: BOTTLEROCKET_x86_64_NVIDIA, AL2023_x86_64_NVIDIA")
+
+
+def test_container_logs_go_to_a_log_group_of_the_cluster_which_fluent_bit_alone_may_write(
+        stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    prod = stack_plan("aws-prod")
+    cluster_name = inputs(prod, CLUSTER)["name"]
+    group = inputs(prod, "aws:cloudwatch/logGroup:LogGroup", "aws-container-logs")
+    assert group == {"name": f"/aws/eks/{cluster_name}/containers", "retentionInDays": 30.0}
+    trust = json.loads(inputs(prod, ROLE, "aws-fluent-bit-role")["assumeRolePolicy"])["Statement"][0]
+    assert "system:serviceaccount:kube-system:aws-for-fluent-bit" in trust["Condition"]["StringEquals"].values()
+    (statement,) = json.loads(inputs(prod, ROLE_POLICY, "aws-fluent-bit-policy")["policy"])["Statement"]
+    assert statement == {
+        "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:DescribeLogStreams", "logs:PutLogEvents"],
+        "Resource": f"arn:aws:logs:us-east-1:123456789012:log-group:/aws/eks/{cluster_name}/containers:*"}
+    release = one(prod, HELM, "aws-fluent-bit")
+    chart = release["inputs"]
+    assert (chart["repositoryOpts"]["repo"], chart["chart"], chart["version"]) == \
+        ("https://aws.github.io/eks-charts", "aws-for-fluent-bit", "0.2.0")
+    values = chart["values"]
+    assert values["cloudWatchLogs"]["logGroupName"] == f"/aws/eks/{cluster_name}/containers"
+    assert values["cloudWatchLogs"]["autoCreateGroup"] is False and values["cloudWatch"] == {"enabled": False}
+    assert re.fullmatch(r"arn:aws:iam::123456789012:role/aws-fluent-bit-role-[0-9a-f]{7}",
+                        values["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"])
+    assert values["tolerations"] == [{"operator": "Exists"}]
+    assert one(prod, ROLE_POLICY, "aws-fluent-bit-policy")["urn"] in release["dependencies"]
+    # Without monitoring, no log pipeline of the stack's.
+    dev = stack_plan("aws-dev")
+    assert not [r for r in dev["resources"] if "fluent-bit" in r["name"] or r["name"] == "aws-container-logs"]

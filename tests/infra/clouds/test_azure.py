@@ -56,8 +56,11 @@ DNS_ZONE = f"{DNS_GROUP}/providers/Microsoft.Network/dnszones/servestack.example
 # and grant on the zone, and the hostname's record.
 DEV_INVENTORY = {RG: 1, VNET: 1, SUBNET: 1, NSG: 1, PUBLIC_IP: 1, NAT: 1, CLUSTER: 1, POOL: 1, REGISTRY: 1,
                  ACCOUNT: 1, CONTAINER: 1, IDENTITY: 3, FEDERATION: 2, ROLE: 6, ROLE_DEFINITION: 1, RECORD: 1}
-# azure-prod also lets its two on-call groups fetch a kubeconfig (tests/infra/test_operators.py).
-PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 4, ROLE: 9}
+# Prod has monitoring: Container Insights' workspace, data collection rule and its association with the cluster;
+# and lets its two on-call groups fetch a kubeconfig (tests/infra/test_operators.py).
+PROD_INVENTORY = {**DEV_INVENTORY, FLOW_LOG: 1, ACCOUNT: 2, IDENTITY: 4, ROLE: 9,
+                  "azure-native:operationalinsights:Workspace": 1, "azure-native:monitor:DataCollectionRule": 1,
+                  "azure-native:monitor:DataCollectionRuleAssociation": 1}
 
 
 @pytest.fixture(scope="module")
@@ -340,7 +343,7 @@ def test_kubernetes_objects_wait_for_everything_the_pods_need(plan: dict[str, An
     """The init container fetches the model as the serving identity on the pod's first start: the namespace
     (and so every Kubernetes object) waits for the federation and the grant, as for the GPU pool, the
     deployer's cluster access and the kubelet's pull grant."""
-    waits_for = set(one(plan, "kubernetes:core/v1:Namespace")["dependencies"])
+    waits_for = set(one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")["dependencies"])
     access_wait = one(plan, "command:local:Command", "servestack-deployer-access-wait")
     needed = {one(plan, FEDERATION, "servestack-serving-federation")["urn"], one(plan, POOL)["urn"],
               access_wait["urn"]} | {
@@ -707,3 +710,33 @@ def test_missing_cluster_outputs_fail_loudly() -> None:
         azure._issuer_url(None)
     with pytest.raises(ValueError, match="no kubelet identity"):
         azure._kubelet_object_id({})
+
+
+def test_container_insights_sends_the_container_logs_to_a_workspace_of_the_stack(
+        stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    prod = stack_plan("azure-prod")
+    group = f"{SUBSCRIPTION}/resourceGroups/servestack-azure-prod-rg"
+    workspace_id = f"{group}/providers/Microsoft.OperationalInsights/workspaces/servestack-azure-prod-logs"
+    workspace = inputs(prod, "azure-native:operationalinsights:Workspace", "servestack-logs")
+    assert workspace["retentionInDays"] == 30 and workspace["sku"] == {"name": "PerGB2018"}
+    assert workspace["features"] == {"disableLocalAuth": True}
+    assert inputs(prod, CLUSTER)["addonProfiles"] == {"omsagent": {"enabled": True, "config": {
+        "logAnalyticsWorkspaceResourceID": workspace_id, "useAADAuth": "true"}}}
+    streams = ["Microsoft-ContainerLogV2", "Microsoft-KubeEvents", "Microsoft-KubePodInventory"]
+    rule = inputs(prod, "azure-native:monitor:DataCollectionRule", "servestack-container-logs")
+    assert rule["kind"] == "Linux"
+    assert rule["dataSources"] == {"extensions": [{
+        "name": "ContainerInsightsExtension", "extensionName": "ContainerInsights", "streams": streams,
+        "extensionSettings": {"dataCollectionSettings": {"interval": "1m", "namespaceFilteringMode": "Off",
+                                                         "enableContainerLogV2": True}}}]}
+    assert rule["destinations"] == {"logAnalytics": [{"name": "ciworkspace", "workspaceResourceId": workspace_id}]}
+    assert rule["dataFlows"] == [{"streams": streams, "destinations": ["ciworkspace"]}]
+    association = inputs(prod, "azure-native:monitor:DataCollectionRuleAssociation")
+    assert association == {
+        "associationName": "ContainerInsightsExtension",
+        "resourceUri": f"{group}/providers/Microsoft.ContainerService/managedClusters/servestack-azure-prod-aks",
+        "dataCollectionRuleId": f"{group}/providers/Microsoft.Insights/dataCollectionRules/MSCI-servestack-azure-prod"}
+    # Without monitoring: no agent, no workspace.
+    dev = stack_plan("azure-dev")
+    assert "addonProfiles" not in inputs(dev, CLUSTER)
+    assert not resources(dev, "azure-native:operationalinsights:Workspace")

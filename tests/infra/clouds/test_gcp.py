@@ -607,7 +607,7 @@ def test_kubernetes_objects_use_the_cluster_provider_with_a_secret_kubeconfig(pl
     for r in plan["resources"]:
         if r["type"].startswith("kubernetes:") and r["custom"]:
             assert r["provider"] == provider["urn"], r["name"]
-    namespace = one(plan, "kubernetes:core/v1:Namespace")
+    namespace = one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")
     pools = [r["urn"] for r in resources(plan, POOL)]
     assert set(pools) <= set(namespace["dependencies"]), [by_urn[u]["name"] for u in namespace["dependencies"]]
     # The serving pods fetch the model as their Google account at first start: the Workload Identity
