@@ -451,9 +451,14 @@ def test_node_role_has_only_the_managed_policies_nodes_need(plan: dict[str, Any]
 
 
 def test_the_serving_autoscaler_has_a_metrics_api(plan: dict[str, Any]) -> None:
-    # EKS runs no metrics-server of its own: without the add-on the HPA's CPU target never reads a value.
-    hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
-    assert any(m["type"] == "Resource" for m in hpa["spec"]["metrics"])
+    # EKS runs no metrics-server of its own: without the add-on an HPA's CPU target never reads a value. With
+    # monitoring (prod), KEDA's HPA reads KEDA's external metrics API, which the control plane reaches on 6443.
+    if resources(plan, "kubernetes:keda.sh/v1alpha1:ScaledObject"):
+        rule = inputs(plan, INGRESS, "aws-network-nodes-from-cluster-6443")
+        assert (rule["fromPort"], rule["toPort"]) == (6443.0, 6443.0)
+    else:
+        hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+        assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Resource"]
     metrics_server = one(plan, "aws:eks/addon:Addon", "aws-eks-metrics-server")
     assert metrics_server["inputs"]["addonVersion"] == "v0.8.1-eksbuild.5"
     assert metrics_server["urn"] in one(plan, "kubernetes:core/v1:Namespace", "servestack-namespace")["dependencies"]

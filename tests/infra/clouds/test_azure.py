@@ -269,11 +269,14 @@ def test_a_rolling_update_at_full_scale_finds_a_gpu_node(plan: dict[str, Any]) -
     """At maxReplicas the rollout's surge pod (maxSurge 1, maxUnavailable 0) needs one more GPU node than the
     replicas hold; without it the rollout waits forever and `pulumi up` times out."""
     pool = inputs(plan, POOL)
-    hpa = inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")["spec"]
+    # KEDA's ScaledObject with monitoring (prod), else an HPA on CPU.
+    scaled = resources(plan, "kubernetes:keda.sh/v1alpha1:ScaledObject")
+    max_replicas = scaled[0]["inputs"]["spec"]["maxReplicaCount"] if scaled else \
+        inputs(plan, "kubernetes:autoscaling/v2:HorizontalPodAutoscaler")["spec"]["maxReplicas"]
     rollout = inputs(plan, DEPLOYMENT, "servestack-deployment")["spec"]["strategy"]["rollingUpdate"]
     gpus_per_pod = float(_pod(plan)["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
     assert gpus_per_pod == 1.0  # one pod per node on these one-GPU machines
-    assert pool["maxCount"] >= hpa["maxReplicas"] + rollout["maxSurge"]
+    assert pool["maxCount"] >= max_replicas + rollout["maxSurge"]
 
 
 def test_the_cluster_autoscaler_owns_the_node_counts(plan: dict[str, Any]) -> None:
