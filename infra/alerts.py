@@ -10,7 +10,7 @@ hours), a summary, a description with the figures, and a `runbook` annotation: w
 | alert | fires when |
 |---|---|
 | ServestackNoReadyPods | a Deployment of the namespace wants replicas and has none available, 5 min |
-| ServestackHighErrorRatio | over 5% of /v1 answers are 5xx, 5 min |
+| ServestackHighErrorRatio | over 5% of the API's answers are 5xx, 5 min |
 | ServestackTimeToFirstTokenOverSlo | p95 time to first token over the SLO, 10 min |
 | ServestackQueueGrowingAtMaxReplicas | the autoscaler is at its maximum and requests waiting keep growing, 10 min |
 | ServestackPodPending | a pod Pending for 15 min (no GPU node: stockout, quota, taints) |
@@ -27,7 +27,9 @@ from typing import Any
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
-ERROR_RATIO = 0.05  # of /v1 answers being 5xx
+ERROR_RATIO = 0.05  # of the API's answers being 5xx
+# The API's answers: not the probes nor the scrapes (a request refused before routing, a 401 say, has handler "none").
+API = 'handler!~"/health.*|/metrics"'
 RESTARTS = 2  # restarts in 15 minutes beyond which a container is crash-looping
 ROLLOUT_MINUTES = 30  # as long as Pulumi waits for a rollout (infra/serving.py's ROLLOUT_MINUTES)
 
@@ -58,12 +60,11 @@ def alert_rules(ttft_slo_seconds: float, *, namespace: str = "servestack") -> di
                f"{kubectl} get pods; {kubectl} describe deployment {{{{ $labels.deployment }}}}; "
                "the pods' events and logs say whether they wait for a GPU node, the model, or crash."),
         _alert("ServestackHighErrorRatio",
-               f'sum by (namespace) (rate(servestack_http_requests_total{{{ns},handler=~"/v1/.*",status=~"5.."}}'
-               f"[5m])) / sum by (namespace) (rate(servestack_http_requests_total{{{ns},handler=~\"/v1/.*\"}}"
-               f"[5m])) > {ERROR_RATIO:g}",
+               f"sum by (namespace) (rate(servestack_http_requests_total{{{ns},{API},status=~\"5..\"}}[5m])) "
+               f"/ sum by (namespace) (rate(servestack_http_requests_total{{{ns},{API}}}[5m])) > {ERROR_RATIO:g}",
                "5m", "critical",
                "{{ $value | humanizePercentage }} of the API's answers are server errors",
-               f"More than {ERROR_RATIO:.0%} of the /v1 answers in {{{{ $labels.namespace }}}} have been 5xx for "
+               f"More than {ERROR_RATIO:.0%} of the API's answers in {{{{ $labels.namespace }}}} have been 5xx for "
                "5 minutes (503: loading or draining; 504: the request timeout; 500: the engine).",
                f"The dashboard's requests panel by status; {kubectl} logs -l app.kubernetes.io/name=servestack "
                "| grep '\"status\": 5' for the request ids."),
