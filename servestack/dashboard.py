@@ -313,8 +313,9 @@ def render(dashboard: Mapping[str, Any], prometheus: LocalPrometheus, start: flo
     grid = figure.add_gridspec(rows, 24, left=0.04, right=0.99, top=1 - 0.9 / (rows * 0.42 + 1.0), bottom=0.02,
                                hspace=8.0, wspace=4.0)
     taken = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    figure.suptitle(f"{dashboard['title']}: the tiny model under a mixed load, {end - start:.0f} s ({taken}), "
-                    f"namespace {namespace}", color=_TEXT, fontsize=14, x=0.01, ha="left")
+    figure.suptitle(f"{dashboard['title']} (infra/dashboards/servestack.json): the tiny model on a CPU under a "
+                    f"mixed load, Prometheus scraping every second, {taken}, namespace {namespace}", color=_TEXT,
+                    fontsize=13, x=0.01, ha="left")
     for panel in panels:
         pos = panel["gridPos"]
         axes = figure.add_subplot(grid[pos["y"]:pos["y"] + pos["h"] - 1, pos["x"]:pos["x"] + pos["w"]])
@@ -358,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds < 20:
         parser.error(f"--seconds must be at least 20, so that every panel has a few points (got {args.seconds:g})")
+    from serving import manifest
     from serving.models import build_tiny
 
     dashboard = load()
@@ -365,8 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="servestack-dashboard-") as tmp:
         workdir = Path(tmp)
         model = build_tiny(workdir / "tiny")
-        with serving_process(model, workdir, clients, SERVESTACK_MAX_BATCH_SIZE="4", SERVESTACK_MAX_QUEUE="12") \
-                as (url, metrics), \
+        manifest.write(manifest.build(model, "tiny", "r1"), model)  # a revision to show, as a stack serves one
+        with serving_process(model, workdir, clients, SERVESTACK_MAX_BATCH_SIZE="4", SERVESTACK_MAX_QUEUE="12",
+                             SERVESTACK_MODEL_REVISION="r1") as (url, metrics), \
                 LocalPrometheus(metrics, {"namespace": NAMESPACE, "pod": POD}, workdir) as prometheus:
             prometheus.wait_for("servestack_num_requests_running")
             start = time.time()
