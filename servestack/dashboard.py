@@ -340,7 +340,7 @@ def render(dashboard: Mapping[str, Any], prometheus: LocalPrometheus, start: flo
         drawn = 0
         for query in queries:
             for series in prometheus.query_range(query.expr, start, end, step):
-                times = [datetime.fromtimestamp(float(t), UTC) for t, _ in series["values"]]
+                times = mdates.date2num([datetime.fromtimestamp(float(t), UTC) for t, _ in series["values"]])
                 values = [float(v) for _, v in series["values"]]
                 axes.plot(times, values, linewidth=1.4, label=_legend(query.legend, series["metric"]))
                 drawn += 1
