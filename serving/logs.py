@@ -1,8 +1,8 @@
 """The server's log lines, on stdout: one JSON object per line (the default, what the clouds' log pipelines
 parse into fields), or plain text for a terminal (SERVESTACK_LOG_FORMAT=text).
 
-Every line carries `time` (UTC, ISO 8601), `level`, `logger`, `message`, and the `model` and `revision` the
-server serves; a line logged with an exception adds its traceback as `exception`. The app's edge logs one
+Every line carries `time` (UTC, ISO 8601), `level` (and `severity`, the same, for Cloud Logging), `logger`,
+`message`, and the `model` and `revision` the server serves; a line logged with an exception adds its traceback as `exception`. The app's edge logs one
 line per /v1 request when it is answered (serving.app) with its fields passed as `extra={"fields": {...}}`:
 request_id, client, route, method, status, latency_seconds, prompt_tokens, completion_tokens, ttft_seconds,
 finish_reason (null where they do not apply: a request refused before generating has no tokens), and
@@ -36,6 +36,9 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
             .replace("+00:00", "Z"),
             "level": record.levelname,
+            # GKE's logging agent reads a line's severity from this field (and `time`, `message`): with `level`
+            # alone every line would land as DEFAULT; the names are the same (DEBUG ... CRITICAL).
+            "severity": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
             "model": self.model,

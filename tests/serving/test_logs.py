@@ -20,11 +20,11 @@ import pytest
 
 from serving import manifest
 from serving.keys import digest
-from tests.serving.conftest import ServerProcess
+from tests.serving.conftest import ServerProcess, metric
 
 WEB, SLOW = "key-of-web", "key-of-slow"
 SECRET = "the-password-is-swordfish"  # in prompts: must never reach the log unless prompts are logged
-BASE_FIELDS = {"time", "level", "logger", "message", "model", "revision"}
+BASE_FIELDS = {"time", "level", "severity", "logger", "message", "model", "revision"}
 REQUEST_FIELDS = {"request_id", "client", "route", "method", "status", "latency_seconds", "prompt_tokens",
                   "completion_tokens", "ttft_seconds", "finish_reason"}
 
@@ -164,12 +164,10 @@ def test_a_timeout_is_logged_as_504_and_a_full_queue_as_429(server: ServerProces
     thread = threading.Thread(target=long)
     thread.start()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:  # the long request is running: the queue of 1 is full
-        refused = post(server, "/v1/completions", {"prompt": "b", "max_tokens": 1}, request_id=refused_id)
-        if refused.status_code == 429:
-            break
-        refused_id = f"refused-{uuid.uuid4()}"
-        time.sleep(0.05)
+    while metric(server.base_url, "servestack_num_requests_running") < 1:  # the queue of 1 is now full
+        assert time.monotonic() < deadline, "the long request did not start"
+        time.sleep(0.02)
+    refused = post(server, "/v1/completions", {"prompt": "b", "max_tokens": 1}, request_id=refused_id)
     thread.join(60)
     assert refused.status_code == 429 and answers["long"].status_code == 504
     line = request_line(server, long_id)
@@ -184,6 +182,7 @@ def test_every_line_is_json_and_no_prompt_is_logged(server: ServerProcess) -> No
     post(server, "/v1/completions", {"prompt": SECRET, "max_tokens": 2})
     parsed = lines(server)
     assert all(line.keys() >= BASE_FIELDS for line in parsed)
+    assert all(line["severity"] == line["level"] for line in parsed)  # what GKE's agent reads
     assert any(line["logger"] == "uvicorn.error" for line in parsed)  # uvicorn's own lines, in the same form
     assert any(line["logger"] == "serving.engine" for line in parsed)  # and the engine process's
     assert all(line["revision"] == "r7" for line in parsed)
