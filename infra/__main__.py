@@ -12,8 +12,8 @@ config = load_stack_config()
 platform = build_platform(config)
 monitoring = None
 if config.monitoring.enabled:
-    monitoring = Monitoring("servestack-monitoring", MonitoringArgs(monitoring=config.monitoring, gpu=config.gpu,
-                                                         platform=platform))
+    monitoring = Monitoring("servestack-monitoring", MonitoringArgs(
+        monitoring=config.monitoring, gpu=config.gpu, platform=platform, serving_namespace=config.serving.namespace))
 serving = ServingDeployment(
     "servestack",
     ServingArgs(serving=config.serving, model=config.model, gpu=config.gpu, access=config.access,
