@@ -2,8 +2,9 @@
 parse into fields), or plain text for a terminal (SERVESTACK_LOG_FORMAT=text).
 
 Every line carries `time` (UTC, ISO 8601), `level` (and `severity`, the same, for Cloud Logging), `logger`,
-`message`, and the `model` and `revision` the server serves; a line logged with an exception adds its traceback as `exception`. The app's edge logs one
-line per /v1 request when it is answered (serving.app) with its fields passed as `extra={"fields": {...}}`:
+`message`, and the `model` and `revision` the server serves; a line logged with an exception adds its
+traceback as `exception`. The app's edge logs one line per /v1 request when it is answered (serving.app),
+with its fields passed as `extra={"fields": {...}}`:
 request_id, client, route, method, status, latency_seconds, prompt_tokens, completion_tokens, ttft_seconds,
 finish_reason (null where they do not apply: a request refused before generating has no tokens), and
 `prompt` only with SERVESTACK_LOG_PROMPTS=true. In text form the fields follow the message as `key=value`.
