@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest promtool clean
 
 $(INSTALLED): requirements.txt requirements-dev.txt serving/requirements.txt pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -30,8 +30,18 @@ lint: $(INSTALLED)
 typecheck: $(INSTALLED)
 	$(BIN)/mypy infra serving policies servestack reading
 
-pytest: $(INSTALLED)
+pytest: $(INSTALLED) promtool
 	$(BIN)/pytest
+
+# promtool and prometheus for the alert rules' and the dashboard's tests: Debian's `prometheus` package (2.42 on
+# bookworm). Its service is not started in a container without systemd; where systemd runs, it is stopped and
+# disabled, so that nothing listens on :9090 behind the tests' back.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+promtool:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || ( \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
+		if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus; fi )
 
 clean:
 	rm -rf $(VENV) node_modules .mypy_cache .pytest_cache .ruff_cache build

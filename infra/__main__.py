@@ -16,8 +16,8 @@ platform = build_platform(config)
 monitoring = None
 queue_scaling = None
 if config.monitoring.enabled:
-    monitoring = Monitoring("servestack-monitoring", MonitoringArgs(monitoring=config.monitoring, gpu=config.gpu,
-                                                         platform=platform))
+    monitoring = Monitoring("servestack-monitoring", MonitoringArgs(
+        monitoring=config.monitoring, gpu=config.gpu, platform=platform, serving_namespace=config.serving.namespace))
     keda = Keda("servestack", platform)
     queue_scaling = QueueScaling(prometheus_url=monitoring.prometheus_url, ready=[keda.release])
 serving = ServingDeployment(

@@ -70,6 +70,8 @@ class MonitoringArgs:
     monitoring: MonitoringConfig
     gpu: GpuConfig
     platform: Platform
+    # Where the servers run: the alert rules watch that namespace.
+    serving_namespace: str
 
 
 class Monitoring(pulumi.ComponentResource):
@@ -135,7 +137,7 @@ class Monitoring(pulumi.ComponentResource):
             api_version="monitoring.coreos.com/v1",
             kind="PrometheusRule",
             metadata=k8s.meta.v1.ObjectMetaArgs(name="servestack", namespace=ns, labels=SCRAPE_LABELS),
-            spec=alert_rules(ttft_slo_seconds=config.ttft_slo_seconds),
+            spec=alert_rules(ttft_slo_seconds=config.ttft_slo_seconds, namespace=args.serving_namespace),
             opts=after_stack,
         )
         if args.gpu.count > 0:

@@ -40,6 +40,7 @@ def _offline_environment() -> None:
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", "/tmp/torchinductor")
     os.environ.setdefault("TRITON_CACHE_DIR", "/tmp/triton")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars among the log lines
 
 
 class DrainingServer(uvicorn.Server):
@@ -99,6 +100,7 @@ def main() -> int:
     import prometheus_client
     from pydantic import ValidationError
 
+    from serving import logs
     from serving.app import build_app
     from serving.engine_process import EngineProcess
     from serving.keys import KeysFileError
@@ -117,9 +119,7 @@ def main() -> int:
         return 2
 
     revision = settings.model_revision or (served.revision if served else "none")
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format=f"%(asctime)s %(levelname)s %(name)s [{settings.served_model_name}@{revision}]: "
-                               "%(message)s")
+    logs.configure(settings.log_format, settings.log_level, settings.served_model_name, revision)
     holder: dict[str, Any] = {}
     engine = EngineProcess(
         settings.model_path,
@@ -127,6 +127,8 @@ def main() -> int:
         max_batch_size=settings.max_batch_size,
         threads=settings.torch_threads,
         require_cuda=settings.require_cuda,
+        log_format=settings.log_format,
+        revision=revision,
         on_step=lambda size: holder["metrics"].batch_size.observe(size),
     )
     try:
@@ -144,7 +146,8 @@ def main() -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,
-        access_log=False,
+        log_config=None,  # uvicorn's lines go through the root logger's handler (serving.logs), as ours do
+        access_log=False,  # the edge logs each /v1 request with its fields (serving.app)
     )
     server = DrainingServer(config, app.state.lifecycle, engine, settings.drain_seconds)
     server.run()

@@ -18,6 +18,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -56,9 +57,11 @@ class Edge:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = time.monotonic()
         given = dict(scope["headers"]).get(b"x-request-id", b"")
         request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex.encode()
         status = 0
+        state = scope.setdefault("state", {})  # the request's state: its client, and its generation once made
 
         async def answer(message: Message) -> None:
             nonlocal status
@@ -73,7 +76,7 @@ class Edge:
                 return
             headers = dict(scope["headers"])
             try:
-                scope.setdefault("state", {})["client"] = await self._admit(headers)
+                await self._admit(headers, state)
             except ServingError as refusal:
                 await error_response(refusal)(scope, receive, answer)
                 return
@@ -86,14 +89,39 @@ class Edge:
                 raise
             await error_response(ServingError("internal server error"))(scope, receive, answer)
         finally:
-            route = scope.get("route")
-            self.ctx.metrics.http(getattr(route, "path", "none"), scope["method"], status or 500)
-            if status >= 500 and status != 503:  # 503s (loading, draining, probes) are the lifecycle, not faults
+            route = getattr(scope.get("route"), "path", None)
+            self.ctx.metrics.http(route or "none", scope["method"], status or 500)
+            fault = status >= 500 and status != 503  # 503s (loading, draining, probes) are the lifecycle
+            if scope["path"].startswith("/v1/"):
+                fields = {"request_id": request_id.decode(), "route": route or scope["path"],
+                          "method": scope["method"], "status": status or 500,
+                          "latency_seconds": round(time.monotonic() - started, 6), **self._outcome(state)}
+                log.log(logging.WARNING if fault else logging.INFO, "%s %s %d", scope["method"], scope["path"],
+                        status or 500, extra={"fields": fields})
+            elif fault:
                 log.warning("%s %s answered %d (request id %s)", scope["method"], scope["path"], status,
                             request_id.decode())
 
-    async def _admit(self, headers: dict[bytes, bytes]) -> Client | None:
-        """The client the request's key belongs to (None where no key is required), or the refusal."""
+    def _outcome(self, state: dict[str, Any]) -> dict[str, Any]:
+        """What a request's log line says of its client and of its generation (null where there was none)."""
+        client: Client | None = state.get("client")
+        gen: Generation | None = state.get("generation")
+        fields: dict[str, Any] = {"client": client.id if client else None, "prompt_tokens": None,
+                                  "completion_tokens": None, "ttft_seconds": None, "finish_reason": None}
+        if gen is not None:
+            usage = gen.usage()
+            firsts = [choice.first_at for choice in gen.choices if choice.first_at is not None]
+            reasons = [choice.finish_reason or gen.ended_as for choice in gen.choices]
+            fields.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                          ttft_seconds=round(min(firsts) - gen.arrived, 6) if firsts else None,
+                          finish_reason=",".join(dict.fromkeys(reasons)))  # one per kind, in choice order
+        if self.ctx.settings.log_prompts and "prompt" in state:
+            fields["prompt"] = state["prompt"]
+        return fields
+
+    async def _admit(self, headers: dict[bytes, bytes], state: dict[str, Any]) -> None:
+        """Put the client the request's key belongs to (None where no key is required) into the request's
+        state, or raise the refusal."""
         ctx = self.ctx
         client = None
         if ctx.keys.required:
@@ -103,6 +131,7 @@ class Edge:
             if client is None:
                 ctx.metrics.rejected("unauthorized")
                 raise Unauthorized("missing or invalid API key (send Authorization: Bearer <key>)")
+        state["client"] = client
         limit = ctx.settings.max_body_bytes
         length = headers.get(b"content-length", b"")
         if length.isdigit() and int(length) > limit:
@@ -110,7 +139,6 @@ class Edge:
             raise PayloadTooLarge(f"the request body has {int(length)} bytes; this server takes at most {limit}")
         if client is not None:
             await ctx.hold_to_limits(client)
-        return client
 
 
 def build_app(settings: Settings, engine: Engine) -> FastAPI:
@@ -150,6 +178,12 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
 
     v1 = APIRouter(prefix="/v1")
 
+    def remember(request: Request, gen: Generation, prompt: Any) -> None:
+        """What the edge's log line reports of the request: its generation, and its prompt if prompts are logged."""
+        request.state.generation = gen
+        if settings.log_prompts:
+            request.state.prompt = prompt
+
     def card() -> p.ModelCard:
         return p.ModelCard(id=ctx.model_name, created=p.now(), max_model_len=engine.max_model_len)
 
@@ -177,6 +211,7 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
             prompts = await ctx.completion_prompts(req)
             gen = Generation(ctx, prompts, n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived,
                              client=request.state.client)
+        remember(request, gen, req.prompt)
         return await respond(gen, CompletionShape(ctx, gen, req), request, req)
 
     @v1.post("/chat/completions", response_model=None)
@@ -196,6 +231,8 @@ def build_app(settings: Settings, engine: Engine) -> FastAPI:
             prompt = await ctx.chat_prompt(req)
             gen = Generation(ctx, [prompt], n, lambda prompt, i: ctx.for_choice(params, prompt, i), arrived,
                              client=request.state.client)
+        remember(request, gen, [message.model_dump(exclude_none=True) for message in req.messages]
+                 if settings.log_prompts else None)
         return await respond(gen, ChatShape(ctx, gen, req), request, req)
 
     app.include_router(v1)

@@ -34,6 +34,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from serving import logs
 from serving.engine import (
     Engine,
     Output,
@@ -51,6 +52,7 @@ from serving.engine import (
     vocab_size,
 )
 from serving.errors import EngineDead, ServingError
+from serving.logs import LogFormat
 
 log = logging.getLogger("serving.engine")
 
@@ -82,12 +84,16 @@ class EngineProcess(Engine):
         threads: int = 0,
         require_cuda: bool = False,
         on_step: Callable[[int], None] | None = None,
+        log_format: LogFormat = "json",
+        revision: str = "none",
     ) -> None:
         self.model_path = Path(model_path)
         self.model_name = model_name
         self.max_batch_size = max_batch_size
         self.threads = threads
         self.require_cuda = require_cuda
+        self.log_format = log_format
+        self.revision = revision
         self.max_model_len = 0
         self.vocab_size = 0
         self.max_token_chars = 1
@@ -140,7 +146,7 @@ class EngineProcess(Engine):
             target=_engine_main,
             name="servestack-engine",
             args=(from_app, to_app, self._status, str(self.model_path), self.model_name, self.max_batch_size,
-                  self.threads, self.require_cuda, logging.getLogger().level),
+                  self.threads, self.require_cuda, logging.getLogger().level, self.log_format, self.revision),
             daemon=True,
         )
         self._process.start()
@@ -309,11 +315,12 @@ class _PipedEngine(TorchEngine):
 
 
 def _engine_main(from_app: Connection, to_app: Connection, status: Any, model_path: str, model_name: str,
-                 max_batch_size: int, threads: int, require_cuda: bool, log_level: int) -> None:
+                 max_batch_size: int, threads: int, require_cuda: bool, log_level: int, log_format: LogFormat,
+                 revision: str) -> None:
     """The engine process: the loop in a thread, this thread reading requests and cancels from the app."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_format, log_level, model_name, revision)  # the same lines as the app's
     engine = _PipedEngine(to_app, status, model_path, model_name=model_name, max_batch_size=max_batch_size,
                           threads=threads, require_cuda=require_cuda)
     engine.start()

@@ -61,6 +61,7 @@ class Generation:
         self.arrived = arrived  # when the request came in: TTFT and end-to-end latency include tokenizing
         self.choices: list[Choice] = []
         self._ended = False
+        self.ended_as = "abort"  # what the choices that did not finish count as (abort, error), once closed
         try:
             for i, prompt in enumerate(prompts):
                 ctx.metrics.prompt_tokens.inc(len(prompt.ids))
@@ -161,6 +162,7 @@ class Generation:
         if self._ended:
             return
         self._ended = True
+        self.ended_as = reason
         for choice in self.choices:
             if choice.finish_reason is None:
                 choice.handle.cancel()

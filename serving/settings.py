@@ -28,6 +28,10 @@
     SERVESTACK_TORCH_THREADS              CPU threads for torch; 0 (default) means one per core, or one in
                                           all for models under 50M parameters
     SERVESTACK_LOG_LEVEL                  uvicorn/python log level (default info)
+    SERVESTACK_LOG_FORMAT                 json (default: one JSON object per line on stdout) or text
+                                          (serving.logs)
+    SERVESTACK_LOG_PROMPTS                true: a request's log line carries its prompt or messages (default
+                                          false: prompts are the clients' data)
 """
 
 from __future__ import annotations
@@ -64,6 +68,8 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0)
     require_cuda: bool = False
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_format: Literal["json", "text"] = "json"
+    log_prompts: bool = False
 
     @field_validator("model_path")
     @classmethod

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from infra.alerts import alert_rules
 from infra.config import ConfigError, parse_config
@@ -19,7 +20,7 @@ from infra.monitoring import (
     KUBE_PROMETHEUS_STACK_VERSION,
     PROMETHEUS_COMMUNITY_REPOSITORY,
 )
-from servestack.offline.plan import SECRET, plan_in_subprocess
+from servestack.offline.plan import SECRET, STACKS_DIR, plan_in_subprocess
 from servestack.offline.schemas import validate_plan
 from tests.infra.plans import inputs, one, resources, stack_variant
 from tests.infra.test_config import TODAY, VALID_AWS, VALID_LOCAL
@@ -220,10 +221,13 @@ def test_without_monitoring_there_is_no_scraper_and_the_metrics_port_is_closed(
 
 @pytest.fixture(scope="module")
 def local_monitoring(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The local stack with monitoring on, another namespace and a stricter SLO."""
+    """The local stack with monitoring on, other namespaces and a stricter SLO."""
+    document = yaml.safe_load((STACKS_DIR / "Pulumi.local.yaml").read_text())
+    serving = {**document["config"]["servestack:serving"], "namespace": "llm"}
     stacks = stack_variant(tmp_path_factory.mktemp("stacks"), "local", "local-monitoring", **{
         "servestack:monitoring": {"enabled": True, "namespace": "observability", "ttftSloSeconds": 0.75,
-                                  "retentionDays": 3, "storageGb": 20}})
+                                  "retentionDays": 3, "storageGb": 20},
+        "servestack:serving": serving})
     return plan_in_subprocess("local-monitoring", stacks_dir=stacks)
 
 
@@ -231,8 +235,10 @@ def test_the_alert_rules_take_the_slo_from_the_config(local_monitoring: dict[str
     rule = inputs(local_monitoring, RULE)
     assert rule["metadata"] == {"name": "servestack", "namespace": "observability",
                                 "labels": {"release": "servestack-monitoring"}}
-    assert rule["spec"] == alert_rules(ttft_slo_seconds=0.75)
-    assert rule["spec"] != alert_rules(ttft_slo_seconds=2.0)
+    # The rules watch the serving namespace, not their own.
+    assert rule["spec"] == alert_rules(ttft_slo_seconds=0.75, namespace="llm")
+    assert rule["spec"] != alert_rules(ttft_slo_seconds=2.0, namespace="llm")
+    assert rule["spec"] != alert_rules(ttft_slo_seconds=0.75)
     values = _release(local_monitoring, "kube-prometheus-stack")["values"]
     assert values["prometheus"]["prometheusSpec"]["retention"] == "3d"
     # local has no system pool: no selector, no toleration.

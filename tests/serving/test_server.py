@@ -355,6 +355,8 @@ def test_a_gpu_node_without_cuda_does_not_serve_on_the_cpu(start_server: Callabl
     server = start_server(wait=False, SERVESTACK_REQUIRE_CUDA="1")
     assert server.process.wait(timeout=90) == 1
     log = server.log.read_text()
-    assert "CRITICAL serving.engine: SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable" in log
+    lines = [json.loads(line) for line in log.splitlines()]
+    assert any(line["level"] == "CRITICAL" and line["logger"] == "serving.engine" and
+               line["message"].startswith("SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable") for line in lines)
     assert "exiting with code 1" in log
     assert "Traceback" not in log  # one clear line, not a stack
