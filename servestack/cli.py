@@ -155,6 +155,7 @@ def _run(args: argparse.Namespace) -> int:
                 errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
                 served = 1
     console.rule("[bold]comparison")
+    rows = compare(plans, sidebyside=sidebyside)  # the local stack measured by the benchmark, the others estimated
     print_rows(rows)
     console.print(f"report written to {write_report(rows, sidebyside, OUT_DIR / 'compare')}")
     return max(planned, checked, served)
