@@ -2,6 +2,7 @@
 
 import pulumi
 
+from infra import catalog
 from infra.autoscaling import Keda, QueueScaling
 from infra.clouds import build_platform
 from infra.config import load_stack_config
@@ -46,9 +47,21 @@ pulumi.export("gpu_machine_type", config.gpu.machine_type or "")
 pulumi.export("gpus_per_node", config.gpu.count)
 pulumi.export("gpu_nodes_min", config.gpu.min_nodes)
 pulumi.export("gpu_nodes_max", config.gpu.max_nodes)
-# The catalog's list price of one GPU node (spot where the pool is); `servestack cost` prices the whole plan.
-machine = config.gpu_machine()
-pulumi.export("gpu_node_usd_per_hour", machine.price_per_hour(config.gpu.spot) if machine else 0.0)
+
+
+def _gpu_node_price() -> float | None:
+    """The catalog's list price of one GPU node in the stack's region (spot where the pool is); None in a region
+    the catalog does not hold, rather than another region's. `servestack cost` prices the whole plan."""
+    machine = config.gpu_machine()
+    if machine is None:
+        return 0.0
+    try:
+        return machine.price(config.region or "", config.gpu.spot).usd_per_hour
+    except catalog.Unpriced:
+        return None
+
+
+pulumi.export("gpu_node_usd_per_hour", _gpu_node_price())
 pulumi.export("namespace", serving.namespace)
 pulumi.export("model_revision", config.stable_revision)
 if config.serving.canary_pods and config.serving.canary is not None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import pulumi
 
-from infra import catalog, drain, versions
+from infra import catalog, drain, modelsize, versions
 
 NAMESPACE = "servestack"
 ENVIRONMENTS = ("dev", "staging", "prod")
@@ -487,6 +487,9 @@ def parse_config(stack: str, values: Mapping[str, Any], today: date | None = Non
         problems.append(f"{NAMESPACE}:azure.storageCidrs: empty, but {NAMESPACE}:model.source is bucket: the "
                         "storage account's firewall would refuse the model's upload; list the uploader's address")
 
+    if gpu.type is not None and cloud is not None:
+        _check_model_fits(problems, model, gpu.type, serving.max_batch_size)
+
     if gpu.type is not None and cloud not in (None, "local"):
         # A rolling update at full scale starts one extra pod before it stops an old one (maxSurge 1,
         # maxUnavailable 0): the pool must have a node for it, or the rollout waits forever.
@@ -742,6 +745,33 @@ def _model(r: _Reader, cloud: str | None) -> ModelConfig:
         r.problem("source", "'bucket' needs the stack's model bucket, and the local stack has none; use image "
                             "or a URI")
     return ModelConfig(name, source, disk_gb, revision)
+
+
+def _check_model_fits(problems: list[str], model: ModelConfig, gpu_type: str, batch: int) -> None:
+    """Weights plus the cache of a full batch at full context, with headroom, must fit one GPU (the server
+    uses one per pod). Only models whose config.json servestack holds (infra/models/) can be sized."""
+    try:
+        shape = modelsize.known(model.name)
+    except modelsize.ModelSizeError as error:
+        problems.append(f"{NAMESPACE}:model.name: {error}")
+        return
+    if shape is None:
+        return
+    needed, gpu = modelsize.needed_bytes(shape, batch), catalog.GPU_TYPES[gpu_type]
+    if needed <= gpu.memory_bytes:
+        return
+    per_sequence = shape.kv_cache_bytes(1)
+    room = gpu.memory_bytes / (1 + modelsize.FIT_HEADROOM) - shape.weight_bytes()
+    fitting = max(0, int(room // per_sequence))
+    gib = modelsize.GIB
+    problems.append(
+        f"{NAMESPACE}:model.name: {model.name} needs {needed / gib:.2f} GiB on one GPU (weights "
+        f"{shape.weight_bytes() / gib:.2f} GiB in {modelsize.GPU_DTYPE}, key-value cache "
+        f"{shape.kv_cache_bytes(batch) / gib:.2f} GiB for {NAMESPACE}:serving.maxBatchSize {batch} sequences of "
+        f"{shape.max_model_len} tokens, plus "
+        f"{modelsize.FIT_HEADROOM:.0%} headroom), but {NAMESPACE}:gpu.type {gpu_type} has "
+        f"{gpu.memory_bytes / gib:.2f} GiB; "
+        + (f"lower maxBatchSize to at most {fitting} or choose a larger GPU" if fitting else "choose a larger GPU"))
 
 
 # A revision is a path segment in the bucket and a Kubernetes label value. The same as serving/manifest.py's

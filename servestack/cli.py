@@ -9,6 +9,8 @@
   servestack compare [--bench STACK=FILE ...]    the stacks side by side, and a report with plots
   servestack run [--model smollm2|tiny]          the main job: plans, checks, costs, serving benchmark,
                                                  comparison report
+  servestack catalog refresh                     rebuild the machine prices (infra/prices.json) from the
+                                                 clouds' public price APIs [--region CLOUD:REGION ...]
   servestack model push --stack NAME DIR         upload a model directory as one revision of the stack's
                                                  models [--revision R] [--name N] [--bucket URI]
   servestack preview|up|destroy|refresh --stack NAME
@@ -34,6 +36,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from servestack.catalog_refresh import register as register_catalog
 from servestack.check import register as register_check
 from servestack.compare import register as register_compare
 from servestack.cost import register as register_cost
@@ -70,6 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_model(commands)
     register_driver(commands, OUT_DIR)
     register_verify(commands, OUT_DIR)
+    register_catalog(commands)
 
     run = commands.add_parser("run", help="the main job: offline plans, policy check and cost of every stack, "
                                           "the serving benchmark with a bundled model, the comparison report")

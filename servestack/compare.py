@@ -6,11 +6,13 @@
 For every planned stack: the estimated $/hour idle and at peak (servestack.cost) and the hourly price of one
 serving replica. Where a stack has a measurement (`servestack verify`'s out/verify/STACK.json, or `--bench`:
 the JSON of `python -m serving.bench` run against that stack's endpoint, with REPLICAS serving it, by default
-the Deployment's minimum), its best output throughput and TTFT, and what its output tokens cost: $ per
-million = replica $/h / (tokens/s per replica x 3600) x 1e6. Since no stack may have been measured yet,
-the report also plots that cost against throughput for every stack, so any measured or expected figure can
-be read off. `--sidebyside` adds the serving benchmark run on this machine (`python -m serving.sidebyside`):
-baseline, our server and our engine alone, on the CPU.
+the Deployment's minimum), its best output throughput, TTFT and TPOT, and what its output tokens cost: $ per
+million = replica $/h / (tokens/s per replica x 3600) x 1e6. Every stack nobody measured gets an estimate
+instead (servestack.estimate: decode speed from the GPU's memory bandwidth and the model's size, at batch 1
+and at the configured batch), marked as one everywhere: "~" and "est." in the tables, `"kind": "estimate"`
+in the JSON, open markers in the plots. A measured stack shows its measurement only. `--sidebyside` adds the
+serving benchmark run on this machine (`python -m serving.sidebyside`): baseline, our server and our engine
+alone, on the CPU (`servestack run` records its server run as the local stack's measurement, in out/verify).
 
 Writes `report.html` (self-contained: tables and plots), `comparison.json` and the plots as PNG files.
 """
@@ -32,6 +34,7 @@ from rich.table import Table
 
 from servestack import terminal
 from servestack.cost import Estimate, estimate
+from servestack.estimate import CONTEXT_TOKENS, EFFICIENCY, LatencyEstimate, for_plan
 
 EXIT_BAD_INPUT = 2
 THROUGHPUTS = (50, 100, 200, 500, 1_000, 2_000, 5_000, 10_000)  # output tokens/s per replica, for the curve
@@ -51,12 +54,26 @@ class Measured:
     ttft_p50_ms: float | None
     ttft_p99_ms: float | None
     replicas: int | None = None  # that served it, as given; None: the stack's minimum replicas
+    tpot_p50_ms: float | None = None
 
 
 @dataclass(frozen=True)
 class Row:
     estimate: Estimate
     measured: Measured | None
+    latency: LatencyEstimate | None = None  # only where nothing was measured
+    no_latency: str | None = None  # why a stack has neither
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Output tokens/s of one replica: measured, or else estimated at the configured batch."""
+        if self.measured is not None:
+            return self.measured.output_throughput / self.replicas if self.replicas else None
+        return self.latency.batched.tokens_per_second if self.latency is not None else None
+
+    @property
+    def kind(self) -> str | None:
+        return "measured" if self.measured is not None else "estimate" if self.latency is not None else None
 
     @property
     def replicas(self) -> int | None:
@@ -66,17 +83,20 @@ class Row:
 
     @property
     def per_million_tokens(self) -> float | None:
-        if self.measured is None or not self.replicas:
-            return None
-        return self.estimate.per_million_tokens(self.measured.output_throughput / self.replicas)
+        tokens = self.tokens_per_second
+        return None if tokens is None else self.estimate.per_million_tokens(tokens)
 
     def to_dict(self) -> dict[str, Any]:
         measured = None
         if self.measured is not None:
-            measured = {"source": self.measured.source, "concurrency": self.measured.concurrency,
+            measured = {"kind": "measured", "source": self.measured.source, "concurrency": self.measured.concurrency,
                         "replicas": self.replicas, "output_throughput": self.measured.output_throughput,
-                        "ttft_p50_ms": self.measured.ttft_p50_ms, "ttft_p99_ms": self.measured.ttft_p99_ms}
-        return {**self.estimate.to_dict(), "measured": measured, "per_million_tokens": self.per_million_tokens}
+                        "ttft_p50_ms": self.measured.ttft_p50_ms, "ttft_p99_ms": self.measured.ttft_p99_ms,
+                        "tpot_p50_ms": self.measured.tpot_p50_ms}
+        return {**self.estimate.to_dict(), "measured": measured,
+                "estimate": None if self.latency is None else self.latency.to_dict(), "no_latency": self.no_latency,
+                "per_million_tokens": self.per_million_tokens,
+                "per_million_tokens_kind": self.kind if self.per_million_tokens is not None else None}
 
 
 def load_bench(path: Path, replicas: int | None = None) -> Measured:
@@ -88,7 +108,7 @@ def load_bench(path: Path, replicas: int | None = None) -> Measured:
             raise CompareError(f"--bench {path}: no level completed a request")
         best = max(levels, key=lambda level: float(level["output_throughput"]))
         return Measured(str(path), int(best["concurrency"]), float(best["output_throughput"]),
-                        best["ttft"]["p50"], best["ttft"]["p99"], replicas)
+                        best["ttft"]["p50"], best["ttft"]["p99"], replicas, (best.get("tpot") or {}).get("p50"))
     except (OSError, ValueError, KeyError, TypeError) as error:
         if isinstance(error, CompareError):
             raise
@@ -118,19 +138,31 @@ def measured_results(measured_dir: Path | None, stacks: Sequence[str]) -> list[s
 
 
 def compare(plans_dir: Path, bench: Sequence[str] = (), measured_dir: Path | None = None) -> list[Row]:
+    """Every planned stack priced; measured where verify (MEASURED_DIR) or `bench` says, estimated elsewhere."""
     paths = sorted(plans_dir.glob("*.json"))
     if not paths:
         raise CompareError(f"--plans {plans_dir}: no plan files; run `servestack plan` first")
-    estimates = []
+    planned = []
     for path in paths:
         try:
-            estimates.append(estimate(json.loads(path.read_text())))
+            plan = json.loads(path.read_text())
+            planned.append((plan, estimate(plan)))
         except (OSError, ValueError) as error:  # PlanShapeError and JSONDecodeError are ValueErrors
             raise CompareError(f"{path}: {error}") from error
-    stacks = [e.stack for e in estimates]
+    stacks = [e.stack for _, e in planned]
     # What verify measured, unless --bench gives that stack's figures (later values win).
     measured = parse_bench_args([*measured_results(measured_dir, stacks), *bench], stacks)
-    return [Row(e, measured.get(e.stack)) for e in estimates]
+    rows = []
+    for plan, e in planned:
+        if e.stack in measured:
+            rows.append(Row(e, measured[e.stack]))
+            continue
+        latency = for_plan(plan, e.gpu_machine)
+        if isinstance(latency, LatencyEstimate):
+            rows.append(Row(e, None, latency))
+        else:
+            rows.append(Row(e, None, None, latency))
+    return rows
 
 
 def load_sidebyside(path: Path) -> dict[str, Any]:
@@ -161,26 +193,46 @@ def _money(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"${value:,.{digits}f}"
 
 
+COLUMNS = ("stack", "GPU", "idle $/h", "peak $/h", "replica $/h", "tok/s (~ est.)", "TPOT ms b1 / bN (~ est.)",
+           "TTFT p50 / p99 ms", "$/1M tok (~ est.)")
+ESTIMATE_NOTE = ("~ ... est.: estimated from the GPU's memory bandwidth and the model's size (servestack.estimate), "
+                 "an upper bound, not a measurement")
+
+
+def _cells(row: Row) -> tuple[str, ...]:
+    """One row's cells, estimates marked with ~ and est.; shared by the terminal and the report."""
+    e, m, lat = row.estimate, row.measured, row.latency
+    if m is not None:
+        speed = f"{m.output_throughput:,.1f} ({row.replicas} repl.)"
+        tpot = _ms(m.tpot_p50_ms)
+        ttft = f"{_ms(m.ttft_p50_ms)} / {_ms(m.ttft_p99_ms)}"
+        cost = _money(row.per_million_tokens, 3)
+    elif lat is not None:
+        speed = f"~{lat.batched.tokens_per_second:,.0f} est. (batch {lat.batched.batch})"
+        tpot = f"~{lat.single.tpot_ms:.3g} / ~{lat.batched.tpot_ms:.3g} est."
+        ttft = "-"
+        cost = "-" if row.per_million_tokens is None else f"~${row.per_million_tokens:.3g} est."
+    else:
+        speed = tpot = ttft = cost = "-"
+    return (e.stack, e.gpu or "-", _money(e.idle_per_hour if e.lines else None),
+            _money(e.peak_per_hour if e.lines else None), _money(e.replica_per_hour, 3), speed, tpot, ttft, cost)
+
+
 def print_rows(rows: Sequence[Row]) -> None:
     table = Table(title="clouds side by side (estimated list prices, US$)", title_justify="left",
                   caption="idle: pools at their minimum with the serving minimum replicas up; peak: pools at "
-                          "their maximum; $/1M tok: one replica at the measured throughput",
+                          "their maximum; tok/s: of the endpoint as measured, or of one replica as estimated; "
+                          "$/1M tok: one replica; " + ESTIMATE_NOTE,
                   caption_justify="left")
-    for column in ("stack", "GPU", "idle $/h", "peak $/h", "replica $/h", "measured tok/s", "TTFT p50/p99 ms",
-                   "$/1M tok"):
+    for column in COLUMNS:
         table.add_column(column, justify="left" if column in ("stack", "GPU") else "right")
     for row in rows:
-        e, m = row.estimate, row.measured
-        ttft = "-" if m is None else f"{_ms(m.ttft_p50_ms)} / {_ms(m.ttft_p99_ms)}"
-        table.add_row(e.stack, escape(e.gpu or "-"), _money(e.idle_per_hour if e.lines else None),
-                      _money(e.peak_per_hour if e.lines else None), _money(e.replica_per_hour, 3),
-                      "-" if m is None else f"{m.output_throughput:,.1f} ({row.replicas} repl.)", ttft,
-                      _money(row.per_million_tokens, 3))
+        table.add_row(*(escape(cell) for cell in _cells(row)))
     terminal.console.print(table)
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
+    return "-" if value is None else f"{value:,.1f}" if value < 100 else f"{value:,.0f}"
 
 
 # --- the report -------------------------------------------------------------------------------------
@@ -208,24 +260,53 @@ def _plots(rows: Sequence[Row], sidebyside: dict[str, Any] | None, out: Path) ->
         written["cost"] = _save(fig, out / "cost.png")
 
         fig, ax = plt.subplots(figsize=(8, 4.5))
+        span = list(THROUGHPUTS)
+        while span[-1] < 2 * max((r.tokens_per_second or 0 for r in priced), default=0):
+            span.append(span[-1] * 10)  # the curves reach every point
         for row in priced:
             e = row.estimate
             if e.replica_per_hour is None:
                 continue
-            costs = [e.per_million_tokens(t) or 0.0 for t in THROUGHPUTS]  # never None: the replica is priced
-            line = ax.plot(THROUGHPUTS, costs, label=e.stack)[0]
-            if row.measured is not None and row.replicas and row.per_million_tokens is not None:
-                ax.scatter([row.measured.output_throughput / row.replicas], [row.per_million_tokens],
-                           color=line.get_color(), zorder=3, edgecolors="black")
+            costs = [e.per_million_tokens(t) or 0.0 for t in span]  # never None: the replica is priced
+            line = ax.plot(span, costs, label=e.stack)[0]
+            if row.tokens_per_second and row.per_million_tokens is not None:
+                measured = row.kind == "measured"  # filled dot; an estimate is an open diamond
+                ax.scatter([row.tokens_per_second], [row.per_million_tokens], zorder=3, s=50,
+                           marker="o" if measured else "D", edgecolors=line.get_color() if not measured else "black",
+                           facecolors=line.get_color() if measured else "none", linewidths=1.5)
+        ax.scatter([], [], marker="o", color="grey", edgecolors="black", label="measured")
+        ax.scatter([], [], marker="D", facecolors="none", edgecolors="grey", label="estimate (bandwidth bound)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("output tokens/s of one replica")
         ax.set_ylabel("US$ per 1M output tokens")
-        ax.set_title("What a million output tokens cost (dots: measured)")
+        ax.set_title("What a million output tokens cost (filled: measured, open: estimated)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize="small")
         fig.tight_layout()
         written["per_million"] = _save(fig, out / "per_million_tokens.png")
+
+    timed = [r for r in rows if r.latency is not None or (r.measured is not None and r.measured.tpot_p50_ms)]
+    if timed:
+        fig, ax = plt.subplots(figsize=(8, 0.8 + 0.5 * len(timed)))
+        for y, row in enumerate(timed):
+            if row.latency is not None:  # hatched and labelled: an estimate
+                bars = [(row.latency.single.tpot_ms, "batch 1", 0.2), (row.latency.batched.tpot_ms,
+                                                                       f"batch {row.latency.batched.batch}", -0.2)]
+                for value, label, offset in bars:
+                    ax.barh(y + offset, value, height=0.38, color="white", edgecolor="tab:orange", hatch="//")
+                    ax.text(value, y + offset, f" ~{value:.3g} ms est. ({label})", va="center", fontsize="small")
+            elif row.measured is not None and row.measured.tpot_p50_ms:
+                ax.barh(y, row.measured.tpot_p50_ms, height=0.5, color="tab:blue")
+                ax.text(row.measured.tpot_p50_ms, y, f" {row.measured.tpot_p50_ms:.3g} ms measured (p50)",
+                        va="center", fontsize="small")
+        ax.set_yticks(range(len(timed)), [r.estimate.stack for r in timed])
+        ax.set_xscale("log")
+        ax.set_xlabel("time per output token, ms (log)")
+        ax.set_title("Time per output token (solid: measured; hatched: estimate)")
+        ax.margins(x=0.6)
+        fig.tight_layout()
+        written["tpot"] = _save(fig, out / "tpot.png")
 
     if sidebyside is not None:
         results = sidebyside["results"]
@@ -267,26 +348,33 @@ def _html(rows: Sequence[Row], sidebyside: dict[str, Any] | None, plots: dict[st
     def cell(value: str) -> str:
         return f"<td>{html.escape(value)}</td>"
 
-    body = ["<tr><th>stack</th><th>GPU</th><th>idle $/h</th><th>peak $/h</th><th>replica $/h</th>"
-            "<th>measured tok/s</th><th>TTFT p50 / p99 ms</th><th>$ per 1M output tokens</th></tr>"]
+    body = ["<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
     for row in rows:
-        e, m = row.estimate, row.measured
-        body.append("<tr>" + "".join(cell(v) for v in (
-            e.stack, e.gpu or "-", _money(e.idle_per_hour if e.lines else None),
-            _money(e.peak_per_hour if e.lines else None), _money(e.replica_per_hour, 3),
-            "-" if m is None else f"{m.output_throughput:,.1f} ({row.replicas} replicas)",
-            "-" if m is None else f"{_ms(m.ttft_p50_ms)} / {_ms(m.ttft_p99_ms)}",
-            _money(row.per_million_tokens, 3))) + "</tr>")
+        body.append("<tr>" + "".join(cell(v) for v in _cells(row)) + "</tr>")
+    latency = []
+    for row in rows:
+        if row.measured is not None:
+            latency.append(f"<li>{html.escape(row.estimate.stack)}: measured ({html.escape(row.measured.source)})</li>")
+        elif row.latency is not None:
+            lat = row.latency
+            latency.append(f"<li>{html.escape(row.estimate.stack)}: estimate: {html.escape(lat.model)} "
+                           f"({lat.parameters:,} parameters, {lat.dtype}) on {html.escape(lat.gpu_type)} "
+                           f"({lat.bandwidth_gbps:,} GB/s)</li>")
+        else:
+            latency.append(f"<li>{html.escape(row.estimate.stack)}: no latency figure: "
+                           f"{html.escape(row.no_latency or 'nothing measured')}</li>")
     details = []
     for row in rows:
         e = row.estimate
         if not e.lines:
             continue
         items = "".join(f"<tr>{cell(line.item)}{cell(f'{line.per_hour:.4f}')}{cell(str(line.idle))}"
-                        f"{cell(str(line.peak))}</tr>" for line in e.lines)
+                        f"{cell(str(line.peak))}<td><a href=\"{html.escape(line.source)}\">"
+                        f"{html.escape(line.source)}</a></td>{cell(line.as_of)}</tr>" for line in e.lines)
         unpriced = "".join(f"<li>not priced: {html.escape(u)}</li>" for u in e.unpriced)
-        details.append(f"<h3>{html.escape(e.stack)}</h3><table><tr><th>item</th><th>$/h each</th><th>idle</th>"
-                       f"<th>peak</th></tr>{items}</table><ul>{unpriced}</ul>")
+        details.append(f"<h3>{html.escape(e.stack)} ({html.escape(str(e.region))})</h3><table><tr><th>item</th>"
+                       f"<th>$/h each</th><th>idle</th><th>peak</th><th>price source</th><th>as of</th></tr>{items}"
+                       f"</table><ul>{unpriced}</ul>")
     serving = ""
     if sidebyside is not None:
         ratios = sidebyside.get("ratios", {})
@@ -304,11 +392,17 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
 <h1>servestack: clouds side by side</h1>
 <p>Generated {html.escape(generated)}. Estimated from each stack's offline plan at on-demand (or spot) list
-prices of the clouds' reference regions; disks, storage, data transfer and per-GB charges are left out.
-$ per 1M output tokens: one replica's hourly price over its share of the measured output tokens per hour.</p>
+prices of each stack's own region (machines; fixed fees at the cloud's reference region); disks, storage,
+data transfer and per-GB charges are left out. $ per 1M output tokens: one replica's hourly price over its
+share of the output tokens per hour, measured or estimated.</p>
 <table>{''.join(body)}</table>
+<p>{html.escape(ESTIMATE_NOTE)}: step time = (weight bytes + batch x {CONTEXT_TOKENS} tokens x cache bytes per
+token) / (datasheet bandwidth x {EFFICIENCY}); batch 1 and the stack's serving.maxBatchSize. A stack with a
+measurement shows only its measurement.</p>
+<ul>{''.join(latency)}</ul>
 {_img(plots.get('cost'), 'cost per hour')}
 {_img(plots.get('per_million'), 'dollars per million tokens')}
+{_img(plots.get('tpot'), 'time per output token')}
 {serving}
 <h2>What each stack pays for</h2>{''.join(details)}
 </body></html>
@@ -348,10 +442,8 @@ def register(commands: Any, out_dir: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        sidebyside = None if args.sidebyside is None else load_sidebyside(args.sidebyside)
         rows = compare(args.plans, args.bench, args.measured)
-        sidebyside = None
-        if args.sidebyside is not None:
-            sidebyside = load_sidebyside(args.sidebyside)
     except CompareError as error:
         terminal.errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT

@@ -2,8 +2,9 @@
 
 What is priced is what the plan would create: the node pools (read as the gpu-budget policy reads them),
 the managed control plane, NAT, the serving load balancer (the gateway's, or the serving Service's) and the
-public IPv4 addresses AWS and Azure charge for, each at its hourly list price in the cloud's reference region.
-Three figures per stack:
+public IPv4 addresses AWS and Azure charge for. Machines are priced in the stack's own region (an unknown
+region leaves them unpriced, saying so, never priced elsewhere); the fixed fees at the cloud's reference
+region's list price. Every line names its price's source and as-of date. Three figures per stack:
 
 - idle: every pool at its minimum, with room for the serving Deployment's minimum replicas;
 - peak: every pool at its maximum;
@@ -31,6 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from infra import catalog
+from infra.config import REGION_KEYS
 from reading import values as v
 from reading.load_balancers import GATEWAY, gateway_service, internal_load_balancer
 from reading.pools import AKS_CLUSTER, pools
@@ -61,6 +63,8 @@ class Line:
     per_hour: float
     idle: int
     peak: int
+    source: str = ""  # where the price was read, and when
+    as_of: str = ""
 
     @property
     def idle_per_hour(self) -> float:
@@ -80,6 +84,8 @@ class Estimate:
     gpu: str | None = None  # e.g. "nvidia-l4 x1 on g6.xlarge, spot"
     unpriced: tuple[str, ...] = field(default_factory=tuple)  # what the catalog cannot price
     min_replicas: int = 1  # of the serving Deployment (its autoscaler's minimum)
+    region: str | None = None
+    gpu_machine: catalog.GpuMachine | None = None  # of the serving pool
 
     @property
     def idle_per_hour(self) -> float:
@@ -99,13 +105,14 @@ class Estimate:
         return {
             "stack": self.stack,
             "cloud": self.cloud,
+            "region": self.region,
             "gpu": self.gpu,
             "idle_per_hour": round(self.idle_per_hour, 4),
             "peak_per_hour": round(self.peak_per_hour, 4),
             "replica_per_hour": None if self.replica_per_hour is None else round(self.replica_per_hour, 4),
             "min_replicas": self.min_replicas,
-            "lines": [{"item": line.item, "per_hour": line.per_hour, "idle": line.idle, "peak": line.peak}
-                      for line in self.lines],
+            "lines": [{"item": line.item, "per_hour": line.per_hour, "idle": line.idle, "peak": line.peak,
+                       "source": line.source, "as_of": line.as_of} for line in self.lines],
             "unpriced": list(self.unpriced),
         }
 
@@ -154,12 +161,18 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
     gpus_per_replica, min_replicas = _serving_shape(resources)
     if cloud not in catalog.PRICED_CLOUDS:  # the local stack: a cluster that exists and is paid elsewhere
         return Estimate(str(plan["stack"]), cloud, (), None, min_replicas=min_replicas)
+    region = str(config.get(REGION_KEYS[cloud]) or "")
     lines: list[Line] = []
     unpriced: list[str] = []
     floor_left = min_replicas  # serving replicas the GPU pools must hold even when idle
     replica_per_hour: float | None = None
     gpu: str | None = None
+    serving_machine: catalog.GpuMachine | None = None
     nodes_idle = nodes_peak = 0
+
+    def fee(item: str, name: str, idle: int = 1, peak: int = 1) -> None:
+        price = catalog.fee(cloud, name)
+        lines.append(Line(item, price.usd_per_hour, idle, peak, price.source, price.as_of))
 
     try:
         found = pools(resources)
@@ -173,8 +186,18 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
         idle, peak = int(pool.min_nodes), int(pool.max_nodes)
         gpu_machine = _gpu_machine(pool.cloud, machine_type)
         spot = pool.spot is True
+        try:
+            if gpu_machine is not None:
+                price = gpu_machine.price(region, spot)
+            elif (cpu := catalog.cpu_price(pool.cloud, region, machine_type)) is not None:
+                price = cpu
+            else:
+                unpriced.append(f"node pool {pool.label}: no price for {machine_type} on {pool.cloud}")
+                continue
+        except catalog.Unpriced as error:
+            unpriced.append(f"node pool {pool.label}: {error}")
+            continue
         if gpu_machine is not None:
-            price = gpu_machine.price_per_hour(spot)
             per_node = gpu_machine.gpus // gpus_per_replica if gpus_per_replica else 1  # replicas per node
             if per_node == 0:
                 unpriced.append(f"serving replicas: {gpus_per_replica} GPUs each, but {machine_type} has "
@@ -185,45 +208,41 @@ def estimate(plan: Mapping[str, Any]) -> Estimate:
             floor_left = max(0, floor_left - held * per_node)
             idle = max(idle, held)
             if replica_per_hour is None:  # the first GPU pool serves; a second one only adds capacity
-                replica_per_hour = price / per_node
+                replica_per_hour = price.usd_per_hour / per_node
+                serving_machine = gpu_machine
             gpu = gpu or f"{gpu_machine.gpu_type} x{gpu_machine.gpus} on {machine_type}" + (", spot" if spot else "")
             item = f"GPU nodes {pool.label}: {machine_type}" + (" spot" if spot else "")
         else:
-            cpu = catalog.cpu_price(pool.cloud, machine_type)
-            if cpu is None:
-                unpriced.append(f"node pool {pool.label}: no price for {machine_type} on {pool.cloud}")
-                continue
-            price = cpu
             item = f"nodes {pool.label}: {machine_type}"
         nodes_idle += idle
         nodes_peak += peak
-        lines.append(Line(item, price, idle, peak))
+        lines.append(Line(item, price.usd_per_hour, idle, peak, price.source, price.as_of))
 
     for r in resources:
         if r.type in (EKS_CLUSTER, GKE_CLUSTER):
-            lines.append(Line(f"control plane {r.name}", catalog.CONTROL_PLANE_PER_HOUR[cloud], 1, 1))
+            fee(f"control plane {r.name}", "control_plane")
         elif r.type == AKS_CLUSTER:
             tier = str(v.dig(r.props, "sku", "tier") or "Free").lower()
-            if tier in catalog.AKS_TIER_PER_HOUR:
-                lines.append(Line(f"control plane {r.name} ({tier} tier)", catalog.AKS_TIER_PER_HOUR[tier], 1, 1))
-            else:
+            try:
+                fee(f"control plane {r.name} ({tier} tier)", f"aks_{tier}")
+            except catalog.Unpriced:
                 unpriced.append(f"control plane {r.name}: unknown AKS tier {tier!r}")
         elif r.type in (AWS_NAT, AZURE_NAT):
-            lines.append(Line(f"NAT gateway {r.name}", catalog.NAT_GATEWAY_PER_HOUR[cloud], 1, 1))
+            fee(f"NAT gateway {r.name}", "nat_gateway")
         elif r.type in (SERVICE, GATEWAY) and (balanced := _load_balancer(r, resources)) is not None:
-            lines.append(Line(f"load balancer {r.name}", catalog.LOAD_BALANCER_PER_HOUR[cloud], 1, 1))
+            fee(f"load balancer {r.name}", "load_balancer")
             addresses = _load_balancer_addresses(cloud, *balanced, resources)
             if addresses:
-                lines.append(Line(f"public IPv4 of load balancer {r.name}", catalog.PUBLIC_IPV4_PER_HOUR[cloud],
-                                  addresses, addresses))
+                fee(f"public IPv4 of load balancer {r.name}", "public_ipv4", addresses, addresses)
         elif r.type in (AWS_EIP, AZURE_PUBLIC_IP):
-            lines.append(Line(f"public IPv4 {r.name}", catalog.PUBLIC_IPV4_PER_HOUR[cloud], 1, 1))
+            fee(f"public IPv4 {r.name}", "public_ipv4")
     for r in resources:
         if r.type == GCP_NAT:  # charged per VM behind it, up to a cap
-            lines.append(Line(f"Cloud NAT {r.name} (per VM)", catalog.GCP_NAT_PER_VM_HOUR,
-                              min(nodes_idle, catalog.GCP_NAT_MAX_VMS), min(nodes_peak, catalog.GCP_NAT_MAX_VMS)))
+            fee(f"Cloud NAT {r.name} (per VM)", "nat_per_vm", min(nodes_idle, catalog.GCP_NAT_MAX_VMS),
+                min(nodes_peak, catalog.GCP_NAT_MAX_VMS))
 
-    return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced), min_replicas)
+    return Estimate(str(plan["stack"]), cloud, tuple(lines), replica_per_hour, gpu, tuple(unpriced), min_replicas,
+                    region, serving_machine)
 
 
 def _load_balancer(maker: Resource, resources: Sequence[Resource]) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -244,7 +263,7 @@ def _load_balancer_addresses(cloud: str, annotations: dict[str, Any], spec: dict
     """The public addresses a load balancer holds: an internet-facing NLB one in each public subnet (tagged for
     load balancers), an Azure one for its frontend; none when internal."""
     internal = internal_load_balancer(annotations, spec)
-    if internal or cloud not in catalog.PUBLIC_IPV4_PER_HOUR:
+    if internal or cloud == "gcp":  # GCP's forwarding rule includes its address
         return 0
     if cloud == "aws":
         return sum(1 for r in resources if r.type == AWS_SUBNET
@@ -266,16 +285,17 @@ def print_estimate(console: Console, estimate: Estimate) -> None:
     if not estimate.lines:
         console.print(f"{estimate.stack}: nothing to price (a {estimate.cloud} stack runs on a cluster that exists)")
         return
-    table = Table(title=f"estimated cost of {estimate.stack} ({estimate.cloud}), US$ per hour, list prices",
+    table = Table(title=f"estimated cost of {estimate.stack} ({estimate.cloud} {estimate.region}), US$ per hour, "
+                        "list prices",
                   title_justify="left", caption="idle: every pool at its minimum, the serving minimum replicas up; "
                   "peak: every pool at its maximum", caption_justify="left")
-    for column in ("item", "$/h each", "idle", "$/h idle", "peak", "$/h peak"):
+    for column in ("item", "$/h each", "idle", "$/h idle", "peak", "$/h peak", "price as of"):
         table.add_column(column, justify="left" if column == "item" else "right")
     for line in estimate.lines:
         table.add_row(escape(line.item), f"{line.per_hour:.4f}", str(line.idle), f"{line.idle_per_hour:.3f}",
-                      str(line.peak), f"{line.peak_per_hour:.3f}")
+                      str(line.peak), f"{line.peak_per_hour:.3f}", line.as_of)
     table.add_row("[bold]total", "", "", f"[bold]{estimate.idle_per_hour:.3f}", "",
-                  f"[bold]{estimate.peak_per_hour:.3f}")
+                  f"[bold]{estimate.peak_per_hour:.3f}", "")
     console.print(table)
     if estimate.replica_per_hour is not None:
         console.print(f"one serving replica ({estimate.gpu}): ${estimate.replica_per_hour:.3f}/h")

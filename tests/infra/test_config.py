@@ -468,3 +468,57 @@ def test_spot_stacks_drain_within_the_preemption_notice_by_default(cloud: str, g
               if v is not None}
     assert parse_config(f"{cloud}-dev", values, TODAY).serving.drain_seconds == drain
 
+
+
+# --- the model must fit its GPU ------------------------------------------------------------------------
+
+# meta-llama/Llama-3.1-8B's config.json (the fields that size it): 8,030,261,248 parameters.
+LLAMA_31_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+               "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+               "max_position_embeddings": 131072, "tie_word_embeddings": False, "attention_bias": False,
+               "mlp_bias": False, "torch_dtype": "bfloat16"}
+
+
+def test_a_batch_too_big_for_the_gpu_is_refused_naming_both_sizes_and_the_fields() -> None:
+    # smollm2 (134,515,008 parameters, 30 layers, 3 KV heads of 64, 8192 tokens) on a T4 (16 GB = 14.90 GiB):
+    #   weights 134,515,008 x 2 B (bf16)                    =    269,030,016 B = 0.25 GiB
+    #   cache per sequence 2 x 30 x 3 x 64 x 2 B x 8192     =    188,743,680 B
+    #   128 sequences                                       = 24,159,191,040 B = 22.50 GiB
+    #   (weights + cache) x 1.1                             = 26,871,043,162 B = 25.03 GiB
+    #   sequences that fit: (16e9 / 1.1 - 269,030,016) / 188,743,680 = 75.6 -> 75
+    values = {**VALID_AWS, "servestack:cloud": "azure", "azure-native:location": "eastus",
+              "servestack:environment": "dev", "servestack:gpu": {"type": "nvidia-t4", "minNodes": 1, "maxNodes": 8},
+              "servestack:model": {**MODEL, "name": "smollm2", "source": "image"},
+              "servestack:serving": {"maxBatchSize": 128}, "servestack:gateway": {"tls": "none"}}
+    del values["aws:region"]
+    with pytest.raises(ConfigError) as raised:
+        parse_config("azure-dev", values, TODAY)
+    assert ("servestack:model.name: smollm2 needs 25.03 GiB on one GPU (weights 0.25 GiB in bfloat16, key-value "
+            "cache 22.50 GiB for servestack:serving.maxBatchSize 128 sequences of 8192 tokens, plus 10% headroom), "
+            "but servestack:gpu.type nvidia-t4 has 14.90 GiB; lower maxBatchSize to at most 75 or choose a larger "
+            "GPU") in raised.value.problems
+    values["servestack:serving"] = {"maxBatchSize": 75}
+    assert parse_config("azure-dev", values, TODAY).serving.max_batch_size == 75  # fits
+
+
+def test_a_model_too_big_for_the_gpu_at_any_batch_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    import json
+
+    from infra import modelsize
+
+    (tmp_path / "llama-3.1-8b.json").write_text(json.dumps(LLAMA_31_8B))
+    monkeypatch.setattr(modelsize, "MODELS_DIR", tmp_path)
+    assert modelsize.known("llama-3.1-8b").parameters == 8_030_261_248  # type: ignore[union-attr]
+    # One sequence of 131,072 tokens: 2 x 32 x 8 x 128 x 2 B x 131,072 = 16 GiB of cache, 14.96 GiB of weights.
+    values = {**VALID_AWS, "servestack:model": {**MODEL, "name": "llama-3.1-8b"},
+              "servestack:serving": {"maxBatchSize": 1}}
+    with pytest.raises(ConfigError) as raised:
+        parse_config("aws-prod", values, TODAY)
+    assert raised.value.problems == [
+        "servestack:model.name: llama-3.1-8b needs 34.05 GiB on one GPU (weights 14.96 GiB in bfloat16, key-value "
+        "cache 16.00 GiB for servestack:serving.maxBatchSize 1 sequences of 131072 tokens, plus 10% headroom), but "
+        "servestack:gpu.type nvidia-l4 has 22.35 GiB; choose a larger GPU"]
+    # On an 80 GB A100 (74.51 GiB) it fits.
+    gcp = {**VALID_GCP, "servestack:model": values["servestack:model"], "servestack:serving": {"maxBatchSize": 1},
+           "servestack:gpu": {"type": "nvidia-a100-80gb", "minNodes": 1, "maxNodes": 8}}
+    assert parse_config("gcp-prod", gcp, TODAY).gpu.machine_type == "a2-ultragpu-1g"

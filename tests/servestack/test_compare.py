@@ -71,14 +71,19 @@ def test_a_measured_stack_gets_its_cost_per_million_tokens_and_the_report_its_pl
     assert aws["measured"]["output_throughput"] == pytest.approx(2000.0)
     assert aws["measured"]["ttft_p50_ms"] == pytest.approx(125.0)  # of 50, 100, 150, 200 ms
     assert aws["per_million_tokens"] == pytest.approx(0.33 / (2000 * 3600) * 1e6)  # $0.0458
-    assert stacks["gcp-dev"]["measured"] is None and stacks["gcp-dev"]["per_million_tokens"] is None
+    assert aws["measured"]["kind"] == "measured" and aws["estimate"] is None  # never both
+    # gcp-dev nobody measured: its figures are an estimate, and say so
+    assert stacks["gcp-dev"]["measured"] is None and stacks["gcp-dev"]["estimate"]["kind"] == "estimate"
+    assert stacks["gcp-dev"]["per_million_tokens_kind"] == "estimate"
+    # the local stack: our server on this machine, from the side-by-side run
+    assert stacks["local"]["measured"]["output_throughput"] == 370.0 and stacks["local"]["estimate"] is None
     assert stacks["local"]["idle_per_hour"] == 0 and stacks["local"]["replica_per_hour"] is None
     assert "$0.046" in result.stdout  # the terminal table
 
-    for png in ("cost.png", "per_million_tokens.png", "sidebyside.png"):
+    for png in ("cost.png", "per_million_tokens.png", "tpot.png", "sidebyside.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     report = (out / "report.html").read_text()
-    assert report.count("data:image/png;base64,") == 3
+    assert report.count("data:image/png;base64,") == 4
     for text in ("aws-dev", "gcp-dev", "nvidia-l4 x1 on g6.xlarge, spot", "$0.046", "NAT gateway aws-network-nat-0",
                  "server &gt;= 8x baseline: met"):
         assert text in report
@@ -89,7 +94,7 @@ def test_without_measurements_the_report_still_prices_every_stack(plans: Path, t
     result = compare("--plans", str(plans), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["comparison.json", "cost.png", "per_million_tokens.png",
-                                                    "report.html"]
+                                                    "report.html", "tpot.png"]
 
 
 def test_an_endpoint_measured_with_several_replicas_is_shared_among_them(plans: Path, tmp_path: Path) -> None:
