@@ -3,9 +3,13 @@ Kubernetes groups the cloud puts on-call's identities in (Platform.access_groups
 
 - `servestack-viewer` reads what a page needs: pods and their logs, events, the Deployments and their
   ReplicaSets, Services, the autoscalers (KEDA ScaledObjects and the HPAs they or servestack make).
-- `servestack-operator` can also restart a rollout (patch the Deployment), scale it, evict and delete pods.
+- `servestack-operator` can also evict and delete pods: a restart, one pod at a time within the disruption
+  budget, while the Deployment recreates them.
 
-Neither grants anything on secrets (the API keys, the limits store's password) nor pods/exec, pods/attach or
+It grants no write on Deployments or autoscalers: whoever may patch a pod template (even for `kubectl rollout
+restart`) can mount any Secret of the namespace, or run another image as the serving identity, and whoever may
+patch a ScaledObject can point KEDA's trigger (and any credentials it reads) elsewhere; a scale by hand is
+undone by the autoscaler within one sync anyway. So neither Role grants anything on secrets (the API keys, the limits store's password) nor pods/exec, pods/attach or
 pods/portforward: on-call never runs commands in a serving pod nor reaches around the gateway to it. The
 clouds map their identities (EKS access entries' Kubernetes groups, GKE Google Groups for RBAC, AKS Entra ID
 groups) in infra/clouds/.
@@ -35,9 +39,6 @@ VIEWER_RULES: list[dict[str, Any]] = [
 ]
 OPERATOR_RULES: list[dict[str, Any]] = [
     *VIEWER_RULES,
-    # `kubectl rollout restart` patches the pod template's annotation; `kubectl scale` the scale subresource.
-    {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["patch"]},
-    {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch", "update"]},
     # `kubectl drain`-style eviction honours the disruption budget; delete is the last resort for a stuck pod.
     {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
