@@ -9,8 +9,9 @@ Kubernetes groups the cloud puts on-call's identities in (Platform.access_groups
 It grants no write on Deployments or autoscalers: whoever may patch a pod template (even for `kubectl rollout
 restart`) can mount any Secret of the namespace, or run another image as the serving identity, and whoever may
 patch a ScaledObject can point KEDA's trigger (and any credentials it reads) elsewhere; a scale by hand is
-undone by the autoscaler within one sync anyway. So neither Role grants anything on secrets (the API keys, the limits store's password) nor pods/exec, pods/attach or
-pods/portforward: on-call never runs commands in a serving pod nor reaches around the gateway to it. The
+undone by the autoscaler within one sync anyway. So neither Role grants anything on secrets (the API keys,
+the limits store's password) nor pods/exec, pods/attach or pods/portforward: on-call never runs commands in
+a serving pod nor reaches around the gateway to it. The
 clouds map their identities (EKS access entries' Kubernetes groups, GKE Google Groups for RBAC, AKS Entra ID
 groups) in infra/clouds/.
 """
