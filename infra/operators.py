@@ -11,9 +11,8 @@ restart`) can mount any Secret of the namespace, or run another image as the ser
 patch a ScaledObject can point KEDA's trigger (and any credentials it reads) elsewhere; a scale by hand is
 undone by the autoscaler within one sync anyway. So neither Role grants anything on secrets (the API keys,
 the limits store's password) nor pods/exec, pods/attach or pods/portforward: on-call never runs commands in
-a serving pod nor reaches around the gateway to it. The
-clouds map their identities (EKS access entries' Kubernetes groups, GKE Google Groups for RBAC, AKS Entra ID
-groups) in infra/clouds/.
+a serving pod nor reaches around the gateway to it. The clouds map their identities (EKS access entries'
+Kubernetes groups, GKE Google Groups for RBAC, AKS Entra ID groups) in infra/clouds/.
 """
 
 from __future__ import annotations
