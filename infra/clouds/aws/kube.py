@@ -31,6 +31,9 @@ LOAD_BALANCER_CONTROLLER_CHART = ("https://aws.github.io/eks-charts", "aws-load-
 # exporter, all of which the stack's own Prometheus already covers.
 FLUENT_BIT_CHART = ("https://aws.github.io/eks-charts", "aws-for-fluent-bit", "0.2.0")
 FLUENT_BIT_SA = "aws-for-fluent-bit"
+# One stream per namespace, pod and container (Fluent Bit record accessor syntax).
+LOG_STREAM_TEMPLATE = "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']"
+LOG_STREAM_FALLBACK_PREFIX = "fallback-"
 CONTAINER_LOG_RETENTION_DAYS = 30
 CLUSTER_AUTOSCALER_SA = "cluster-autoscaler"
 LOAD_BALANCER_CONTROLLER_SA = "aws-load-balancer-controller"
@@ -154,8 +157,11 @@ def container_logs(name: str, cluster_name: pulumi.Input[str], oidc: aws.iam.Ope
         "serviceAccount": {"create": True, "name": FLUENT_BIT_SA,
                            "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
         "cloudWatchLogs": {"enabled": True, "region": region, "logGroupName": group.name,
-                           "logStreamPrefix": "", "logStreamTemplate":
-                               "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']",
+                           "logStreamTemplate": LOG_STREAM_TEMPLATE,
+                           # The chart writes log_stream_prefix only when it is non-empty, and Fluent Bit's
+                           # cloudwatch_logs refuses to start with neither it nor log_stream_name: the stream
+                           # of a record the template cannot resolve (prefix + tag).
+                           "logStreamPrefix": LOG_STREAM_FALLBACK_PREFIX,
                            # The group is the stack's (its retention, its deletion); the role may not create one.
                            "autoCreateGroup": False},
         "cloudWatch": {"enabled": False},

@@ -875,6 +875,13 @@ def test_container_logs_go_to_a_log_group_of_the_cluster_which_fluent_bit_alone_
     assert re.fullmatch(r"arn:aws:iam::123456789012:role/aws-fluent-bit-role-[0-9a-f]{7}",
                         values["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"])
     assert values["tolerations"] == [{"operator": "Exists"}]
+    logs = values["cloudWatchLogs"]
+    assert logs["logStreamTemplate"] == \
+        "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']"
+    # Chart 0.2.0 writes log_stream_name and log_stream_prefix only when they are non-empty (`{{- if ... }}`), and
+    # Fluent Bit's cloudwatch_logs refuses to start without one of them, the template notwithstanding.
+    written = [key for key in ("logStreamName", "logStreamPrefix") if logs.get(key)]
+    assert written == ["logStreamPrefix"] and logs["logStreamPrefix"] == "fallback-"
     assert one(prod, ROLE_POLICY, "aws-fluent-bit-policy")["urn"] in release["dependencies"]
     # Without monitoring, no log pipeline of the stack's.
     dev = stack_plan("aws-dev")
