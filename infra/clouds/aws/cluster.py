@@ -200,12 +200,14 @@ class EksCluster(pulumi.ComponentResource):
         # A Deployment too (Degraded without nodes); it listens on 10251, which the node group admits.
         self.metrics_server = self._addon(name, "metrics-server", versions, depends_on=[self.system_nodes])
         # EBS volumes (Prometheus' disk): the controller creates, attaches and deletes them as its IRSA role, which
-        # must keep its policy until the last volume is deleted; a Deployment too, so after the nodes.
+        # must keep its policy until the last volume is deleted; a Deployment too, so after the nodes. The V2
+        # managed policy (2026-04, AWS's recommendation) acts only on volumes and snapshots the driver tagged as it
+        # made them, not every EBS volume of the account: the stack imports none.
         ebs_role = iam.irsa_role(f"{name}-ebs-csi-role", self.oidc_provider, "kube-system", EBS_CSI_CONTROLLER_SA,
                                  child)
         ebs_policy = aws.iam.RolePolicyAttachment(
             f"{name}-ebs-csi-policy", role=ebs_role.name,
-            policy_arn=iam.managed_policy(args.partition, "service-role/AmazonEBSCSIDriverPolicy"), opts=child)
+            policy_arn=iam.managed_policy(args.partition, "service-role/AmazonEBSCSIDriverPolicyV2"), opts=child)
         self.ebs_csi_driver = self._addon(name, "aws-ebs-csi-driver", versions, service_account_role_arn=ebs_role.arn,
                                           depends_on=[ebs_policy, self.system_nodes])
 

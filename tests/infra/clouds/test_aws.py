@@ -325,7 +325,7 @@ def test_the_ebs_csi_driver_provisions_volumes_as_its_own_role(plan: dict[str, A
         "sts.amazonaws.com", "system:serviceaccount:kube-system:ebs-csi-controller-sa"]
     attached = [a for a in resources(plan, ATTACHMENT) if role["urn"] in a["dependencies"]]
     assert [a["inputs"]["policyArn"] for a in attached] == [
-        "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicy"]
+        "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicyV2"]
     assert not [p for p in resources(plan, ROLE_POLICY) if role["urn"] in p["dependencies"]]
     # The policy before the controller starts (and after it stops), the nodes before its pods.
     assert attached[0]["urn"] in addon["dependencies"]
