@@ -96,7 +96,10 @@ class Monitoring(pulumi.ComponentResource):
                 # GPUs: privileged pods, which the serving namespace's restricted level refuses.
                 labels={"pod-security.kubernetes.io/enforce": "privileged",
                         "pod-security.kubernetes.io/warn": "restricted"}),
-            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=list(platform.ready))),
+            # Deleting the namespace deletes Prometheus' claim (the StatefulSet leaves it behind), whose disk the
+            # CSI driver then deletes: the driver and the class outlive the namespace.
+            opts=pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(
+                depends_on=[*platform.ready, *platform.storage_ready])),
         )
         ns = namespace.metadata.name
         in_ns = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[namespace]))
@@ -121,7 +124,9 @@ class Monitoring(pulumi.ComponentResource):
             values=kube_prometheus_stack_values(config, platform),
             # Prometheus' volume and first rollout, on nodes the autoscaler may still be adding.
             timeout=HELM_MINUTES * 60,
-            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(depends_on=[namespace, admin])),
+            # Prometheus' volume needs its class and driver (also through the namespace; named here for the reader).
+            opts=pulumi.ResourceOptions.merge(in_ns, pulumi.ResourceOptions(
+                depends_on=[namespace, admin, *platform.storage_ready])),
         )
         after_stack = pulumi.ResourceOptions.merge(child, pulumi.ResourceOptions(depends_on=[stack]))
 
@@ -177,6 +182,21 @@ def _placement(platform: Platform) -> dict[str, Any]:
             "tolerations": [_toleration(t) for t in platform.system_tolerations]}
 
 
+def retention_size(storage_gb: int) -> str:
+    """85% of the volume (Prometheus' GB are GiB), leaving room for the write-ahead log and compaction."""
+    return f"{storage_gb * 85 // 100}GB"
+
+
+def _volume_claim(config: MonitoringConfig, platform: Platform) -> dict[str, Any]:
+    """The claim template of Prometheus' volume. The StatefulSet keeps the claim it made: a larger storageGb
+    reaches a new claim only, and an existing disk grows by patching its claim (docs/aws.md)."""
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"],
+                            "resources": {"requests": {"storage": f"{config.storage_gb}Gi"}}}
+    if platform.storage_class is not None:
+        spec["storageClassName"] = platform.storage_class
+    return spec
+
+
 def kube_prometheus_stack_values(config: MonitoringConfig, platform: Platform) -> dict[str, Any]:
     placement = _placement(platform)
     # Selects objects labelled `release: RELEASE` (SCRAPE_LABELS), in every namespace ({}).
@@ -190,10 +210,10 @@ def kube_prometheus_stack_values(config: MonitoringConfig, platform: Platform) -
             **placement,
             **selection,
             "retention": f"{config.retention_days}d",
-            # The cluster's default storage class (a cloud disk): history survives a restart or a node change.
-            "storageSpec": {"volumeClaimTemplate": {"spec": {
-                "accessModes": ["ReadWriteOnce"],
-                "resources": {"requests": {"storage": f"{config.storage_gb}Gi"}}}}},
+            # Prometheus stops writing on a full disk; past this size it drops its oldest blocks first.
+            "retentionSize": retention_size(config.storage_gb),
+            # A cloud disk, of the platform's class: history survives a restart or a node change.
+            "storageSpec": {"volumeClaimTemplate": {"spec": _volume_claim(config, platform)}},
             "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "4Gi"}},
         }},
         # Receivers (e-mail, Slack, PagerDuty) are the operator's: an AlertmanagerConfig, or

@@ -103,6 +103,10 @@ class Platform:
     internal_cidrs: Sequence[str] = ()
     # Resources the Kubernetes objects must wait for (node pools, add-ons, access entries).
     ready: Sequence[pulumi.Resource] = ()
+    # The StorageClass the stack's volumes (Prometheus') name, None for the cluster's default class, and what must
+    # exist before a volume is claimed and until the last one is deleted (the CSI driver, the class).
+    storage_class: str | None = None
+    storage_ready: Sequence[pulumi.Resource] = ()
     cluster: pulumi.Resource | None = None
     cluster_name: pulumi.Input[str] | None = None
     # A kubeconfig for operators (a secret): the one the Kubernetes provider uses.

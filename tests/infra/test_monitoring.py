@@ -19,6 +19,7 @@ from infra.monitoring import (
     DCGM_EXPORTER_VERSION,
     KUBE_PROMETHEUS_STACK_VERSION,
     PROMETHEUS_COMMUNITY_REPOSITORY,
+    retention_size,
 )
 from servestack.offline.plan import SECRET, STACKS_DIR, plan_in_subprocess
 from servestack.offline.schemas import validate_plan
@@ -84,7 +85,12 @@ def test_prod_stacks_install_a_pinned_kube_prometheus_stack_on_the_system_nodes(
     assert values["prometheus-node-exporter"]["tolerations"] == [{"operator": "Exists"}]
     spec = values["prometheus"]["prometheusSpec"]
     assert spec["retention"] == "15d"
-    assert spec["storageSpec"]["volumeClaimTemplate"]["spec"]["resources"]["requests"]["storage"] == "50Gi"
+    claim = spec["storageSpec"]["volumeClaimTemplate"]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "50Gi"
+    # AWS names the stack's gp3 class (EKS has no default class); GKE and AKS have a default disk class.
+    assert claim.get("storageClassName") == {"aws": "servestack-gp3"}.get(stack.split("-")[0])
+    # A full disk stops Prometheus' writes: it drops old blocks past 85% of it.
+    assert spec["retentionSize"] == "42GB"
     grafana = values["grafana"]
     assert grafana["service"] == {"type": "ClusterIP"} and grafana["ingress"] == {"enabled": False}
     assert grafana["admin"] == {"existingSecret": "servestack-grafana-admin", "userKey": "admin-user",
@@ -241,6 +247,10 @@ def test_the_alert_rules_take_the_slo_from_the_config(local_monitoring: dict[str
     assert rule["spec"] != alert_rules(ttft_slo_seconds=0.75)
     values = _release(local_monitoring, "kube-prometheus-stack")["values"]
     assert values["prometheus"]["prometheusSpec"]["retention"] == "3d"
+    spec = values["prometheus"]["prometheusSpec"]
+    assert spec["retentionSize"] == "17GB"
+    # An existing cluster: its default class.
+    assert "storageClassName" not in spec["storageSpec"]["volumeClaimTemplate"]["spec"]
     # local has no system pool: no selector, no toleration.
     assert values["grafana"]["nodeSelector"] == {} and values["grafana"]["tolerations"] == []
     # CPU only: no GPU exporter.
@@ -261,6 +271,26 @@ def test_the_monitoring_objects_are_schema_valid(local_monitoring: dict[str, Any
         kinds = {r.kind for r in results}
         assert {"PodMonitor", "PrometheusRule", "ConfigMap", "Namespace"} <= kinds
         assert [f"{r.kind}/{r.name}: {r.error}" for r in results if r.error or r.skipped] == []
+
+
+@pytest.mark.parametrize("storage_gb", [10, 50, 10_000])
+def test_the_storage_values_fit_the_prometheus_crd_and_the_claim_schema(
+        storage_gb: int, stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    # The chart copies retentionSize into the Prometheus object, and the Operator the claim template's spec into the
+    # StatefulSet's claims.
+    spec = _release(stack_plan("aws-prod"), "kube-prometheus-stack")["values"]["prometheus"]["prometheusSpec"]
+    prometheus = {"apiVersion": "monitoring.coreos.com/v1", "kind": "Prometheus",
+                  "metadata": {"name": "servestack-prometheus", "namespace": "monitoring"},
+                  "spec": {"retentionSize": retention_size(storage_gb)}}
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": {"name": "prometheus-servestack-prometheus-db", "namespace": "monitoring"},
+             "spec": spec["storageSpec"]["volumeClaimTemplate"]["spec"]}
+    plan = {"resources": [{"urn": f"urn:{o['kind']}", "type": f"kubernetes:{o['apiVersion']}:{o['kind']}",
+                           "custom": True, "inputs": o} for o in (prometheus, claim)]}
+    results = validate_plan(plan, "1.35")
+    assert sorted((r.kind, r.error, r.skipped) for r in results) == [
+        ("PersistentVolumeClaim", None, False), ("Prometheus", None, False)]
+    assert retention_size(storage_gb) == f"{storage_gb * 85 // 100}GB"
 
 
 def _problems(values: dict[str, Any]) -> list[str]:

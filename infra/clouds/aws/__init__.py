@@ -10,6 +10,7 @@ Design choices (docs/aws.md explains them for users):
   the only rule admitting clients is ours and visible in the plan. Its target groups let connections to a
   terminating target finish (`_drain_annotations`).
 - The gateway's certificate: ACME DNS-01 in the stack's Route 53 hosted zone, as an IRSA role (`dns.py`).
+- Volumes: the EBS CSI driver add-on and an encrypted gp3 StorageClass, which Prometheus names.
 """
 
 from __future__ import annotations
@@ -35,7 +36,14 @@ from infra.clouds.aws.cluster import (
     gpu_taints,
 )
 from infra.clouds.aws.iam import bucket_reader_policy, irsa_role, partition_of
-from infra.clouds.aws.kube import cluster_autoscaler, container_logs, kubeconfig_output, load_balancer_controller
+from infra.clouds.aws.kube import (
+    STORAGE_CLASS,
+    cluster_autoscaler,
+    container_logs,
+    kubeconfig_output,
+    load_balancer_controller,
+    storage_class,
+)
 from infra.clouds.aws.network import Network, NetworkArgs
 from infra.clouds.aws.storage import ModelBucket, Registry
 from infra.commands import aws_cli
@@ -124,6 +132,7 @@ class GpuCluster(pulumi.ComponentResource):
         lb_controller = load_balancer_controller(
             f"{name}", eks.cluster, eks.oidc_provider, network.vpc.id, region, partition,
             replicas=2 if config.is_prod else 1, opts=child, provider=provider, depends_on=node_ready)
+        gp3 = storage_class(name, child, provider, eks.ebs_csi_driver)
         if config.monitoring.enabled:
             # Named after the cluster's name with its random suffix: a new life of the stack never meets the old group.
             container_logs(name, cluster_name, eks.oidc_provider, region, child, provider, node_ready)
@@ -176,6 +185,8 @@ class GpuCluster(pulumi.ComponentResource):
                    read_models),
             cluster=eks.cluster,
             cluster_name=eks.cluster.name,
+            storage_class=STORAGE_CLASS,
+            storage_ready=(eks.ebs_csi_driver, gp3),
             kubeconfig=provider_kubeconfig,
             image_upload=image_upload,
             model_upload=model_upload,

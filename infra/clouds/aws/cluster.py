@@ -1,8 +1,8 @@
 """The EKS cluster, its identity plumbing and its node groups.
 
 Order matters on EKS and is spelled out here: the cluster is created without its self-managed add-ons,
-then vpc-cni and kube-proxy (nodes stay NotReady without a CNI), then the node groups, then CoreDNS and
-metrics-server (which report Degraded until they have nodes to run on).
+then vpc-cni and kube-proxy (nodes stay NotReady without a CNI), then the node groups, then CoreDNS,
+metrics-server and the EBS CSI driver (which report Degraded until they have nodes to run on).
 """
 
 from __future__ import annotations
@@ -26,17 +26,22 @@ SYSTEM_POOL_LABEL_VALUE = "system"
 # The label the cluster autoscaler's AWS provider reads to tell GPU nodes apart.
 ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # EKS add-on builds, pinned per Kubernetes minor, from the EKS user guide's version tables (vpc-cni,
-# kube-proxy, CoreDNS) and the community add-on listing (metrics-server, which the serving HPA's CPU
-# target needs: EKS has no metrics API by default). A pin is decided here, not by whatever EKS flags as
+# kube-proxy, CoreDNS), the community add-on listing (metrics-server, which the serving HPA's CPU
+# target needs: EKS has no metrics API by default) and `describe-addon-versions` (aws-ebs-csi-driver: EKS
+# provisions no volume without it, Prometheus' included; v1.66.0-eksbuild.1 was the default build for 1.36
+# in 2026-09, and the driver's builds are published for every supported minor). A pin is decided here, not
+# by whatever EKS flags as
 # default on the day of `pulumi up`, so that no `up` rolls the CNI out unreviewed. Newer builds:
 #   aws eks describe-addon-versions --kubernetes-version 1.35 --addon-name vpc-cni
 # A minor without pins is refused by the config check (infra/clouds/aws/__init__.py).
 ADDON_VERSIONS: dict[str, dict[str, str]] = {
     "1.34": {"vpc-cni": "v1.21.1-eksbuild.7", "kube-proxy": "v1.34.6-eksbuild.2", "coredns": "v1.13.2-eksbuild.7",
-             "metrics-server": "v0.8.1-eksbuild.5"},
+             "metrics-server": "v0.8.1-eksbuild.5", "aws-ebs-csi-driver": "v1.66.0-eksbuild.1"},
     "1.35": {"vpc-cni": "v1.21.1-eksbuild.7", "kube-proxy": "v1.35.3-eksbuild.2", "coredns": "v1.14.2-eksbuild.4",
-             "metrics-server": "v0.8.1-eksbuild.5"},
+             "metrics-server": "v0.8.1-eksbuild.5", "aws-ebs-csi-driver": "v1.66.0-eksbuild.1"},
 }
+# The EBS CSI controller's service account, as the add-on names it: its IRSA role trusts exactly this one.
+EBS_CSI_CONTROLLER_SA = "ebs-csi-controller-sa"
 # Bottlerocket keeps the OS on its own small volume and containers on the second one.
 DATA_DEVICE = {"BOTTLEROCKET_x86_64_NVIDIA": "/dev/xvdb", "BOTTLEROCKET_x86_64": "/dev/xvdb",
                "AL2023_x86_64_NVIDIA": "/dev/xvda", "AL2023_x86_64_STANDARD": "/dev/xvda"}
@@ -88,6 +93,7 @@ class EksCluster(pulumi.ComponentResource):
     gpu_nodes: aws.eks.NodeGroup
     coredns: aws.eks.Addon
     metrics_server: aws.eks.Addon
+    ebs_csi_driver: aws.eks.Addon
     access: list[pulumi.Resource]
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
@@ -193,6 +199,17 @@ class EksCluster(pulumi.ComponentResource):
         self.coredns = self._addon(name, "coredns", versions, depends_on=[self.system_nodes])
         # A Deployment too (Degraded without nodes); it listens on 10251, which the node group admits.
         self.metrics_server = self._addon(name, "metrics-server", versions, depends_on=[self.system_nodes])
+        # EBS volumes (Prometheus' disk): the controller creates, attaches and deletes them as its IRSA role, which
+        # must keep its policy until the last volume is deleted; a Deployment too, so after the nodes. The V2
+        # managed policy (2026-04, AWS's recommendation) acts only on volumes and snapshots the driver tagged as it
+        # made them, not every EBS volume of the account: the stack imports none.
+        ebs_role = iam.irsa_role(f"{name}-ebs-csi-role", self.oidc_provider, "kube-system", EBS_CSI_CONTROLLER_SA,
+                                 child)
+        ebs_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-ebs-csi-policy", role=ebs_role.name,
+            policy_arn=iam.managed_policy(args.partition, "service-role/AmazonEBSCSIDriverPolicyV2"), opts=child)
+        self.ebs_csi_driver = self._addon(name, "aws-ebs-csi-driver", versions, service_account_role_arn=ebs_role.arn,
+                                          depends_on=[ebs_policy, self.system_nodes])
 
         self.register_outputs({"clusterName": self.cluster.name, "endpoint": self.cluster.endpoint,
                                "oidcProviderArn": self.oidc_provider.arn})

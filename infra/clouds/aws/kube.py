@@ -4,7 +4,8 @@ The kubeconfig authenticates with `aws eks get-token` (the operator's AWS creden
 access entry). The cluster autoscaler scales the managed node groups, the GPU group from zero; the AWS
 Load Balancer Controller provisions the serving Network Load Balancer with the security group the
 network component owns; with servestack:monitoring, AWS for Fluent Bit sends every container's stdout to
-CloudWatch Logs. All are Helm releases with pinned chart versions and IRSA roles.
+CloudWatch Logs. All are Helm releases with pinned chart versions and IRSA roles. The gp3 StorageClass is what
+the stack's volumes are made of, by the EBS CSI driver add-on (cluster.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,14 @@ LOAD_BALANCER_CONTROLLER_CHART = ("https://aws.github.io/eks-charts", "aws-load-
 # exporter, all of which the stack's own Prometheus already covers.
 FLUENT_BIT_CHART = ("https://aws.github.io/eks-charts", "aws-for-fluent-bit", "0.2.0")
 FLUENT_BIT_SA = "aws-for-fluent-bit"
+# One stream per namespace, pod and container (Fluent Bit record accessor syntax).
+LOG_STREAM_TEMPLATE = "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']"
+LOG_STREAM_FALLBACK_PREFIX = "fallback-"
 CONTAINER_LOG_RETENTION_DAYS = 30
 CLUSTER_AUTOSCALER_SA = "cluster-autoscaler"
+# The class the stack's volumes (Prometheus') name: EKS clusters since 1.30 have no default class.
+STORAGE_CLASS = "servestack-gp3"
+EBS_CSI_PROVISIONER = "ebs.csi.aws.com"
 LOAD_BALANCER_CONTROLLER_SA = "aws-load-balancer-controller"
 
 
@@ -138,6 +145,23 @@ def load_balancer_controller(name: str, cluster: aws.eks.Cluster, oidc: aws.iam.
                                                                        depends_on=[*depends_on, policy])))
 
 
+def storage_class(name: str, opts: pulumi.ResourceOptions, provider: k8s.Provider,
+                  ebs_csi_driver: pulumi.Resource) -> k8s.storage.v1.StorageClass:
+    """Encrypted gp3 EBS volumes (the account's default EBS key), made in the zone of the first pod that mounts
+    one, growable in place, and deleted with their claim. It depends on the driver, so that on destroy
+    everything using the class goes first, while the driver is still there to delete the volumes."""
+    return k8s.storage.v1.StorageClass(
+        f"{name}-gp3",
+        metadata=k8s.meta.v1.ObjectMetaArgs(name=STORAGE_CLASS),
+        provisioner=EBS_CSI_PROVISIONER,
+        parameters={"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"},
+        volume_binding_mode="WaitForFirstConsumer",
+        allow_volume_expansion=True,
+        reclaim_policy="Delete",
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(provider=provider,
+                                                                       depends_on=[ebs_csi_driver])))
+
+
 def container_logs(name: str, cluster_name: pulumi.Input[str], oidc: aws.iam.OpenIdConnectProvider, region: str,
                    opts: pulumi.ResourceOptions, provider: k8s.Provider,
                    depends_on: Sequence[pulumi.Resource]) -> k8s.helm.v3.Release:
@@ -154,8 +178,11 @@ def container_logs(name: str, cluster_name: pulumi.Input[str], oidc: aws.iam.Ope
         "serviceAccount": {"create": True, "name": FLUENT_BIT_SA,
                            "annotations": {"eks.amazonaws.com/role-arn": role.arn}},
         "cloudWatchLogs": {"enabled": True, "region": region, "logGroupName": group.name,
-                           "logStreamPrefix": "", "logStreamTemplate":
-                               "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']",
+                           "logStreamTemplate": LOG_STREAM_TEMPLATE,
+                           # The chart writes log_stream_prefix only when it is non-empty, and Fluent Bit's
+                           # cloudwatch_logs refuses to start with neither it nor log_stream_name: the stream
+                           # of a record the template cannot resolve (prefix + tag).
+                           "logStreamPrefix": LOG_STREAM_FALLBACK_PREFIX,
                            # The group is the stack's (its retention, its deletion); the role may not create one.
                            "autoCreateGroup": False},
         "cloudWatch": {"enabled": False},

@@ -187,9 +187,11 @@ def _record(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, An
 # `aws eks describe-addon-versions` answers); an Addon asking for any other build is refused, as EKS does.
 EKS_ADDON_BUILDS: dict[str, dict[str, tuple[str, ...]]] = {
     "1.34": {"vpc-cni": ("v1.21.1-eksbuild.7",), "kube-proxy": ("v1.34.6-eksbuild.2",),
-             "coredns": ("v1.13.2-eksbuild.7",), "metrics-server": ("v0.8.1-eksbuild.5",)},
+             "coredns": ("v1.13.2-eksbuild.7",), "metrics-server": ("v0.8.1-eksbuild.5",),
+             "aws-ebs-csi-driver": ("v1.65.0-eksbuild.1", "v1.66.0-eksbuild.1")},
     "1.35": {"vpc-cni": ("v1.21.1-eksbuild.7",), "kube-proxy": ("v1.35.3-eksbuild.2",),
-             "coredns": ("v1.14.2-eksbuild.4",), "metrics-server": ("v0.8.1-eksbuild.5",)},
+             "coredns": ("v1.14.2-eksbuild.4",), "metrics-server": ("v0.8.1-eksbuild.5",),
+             "aws-ebs-csi-driver": ("v1.65.0-eksbuild.1", "v1.66.0-eksbuild.1")},
 }
 
 

@@ -288,13 +288,14 @@ def test_cluster_encrypts_secrets_logs_and_uses_access_entries(plan: dict[str, A
 
 def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]) -> None:
     addons = {r["inputs"]["addonName"]: r for r in resources(plan, "aws:eks/addon:Addon")}
-    assert set(addons) == {"vpc-cni", "kube-proxy", "coredns", "metrics-server"}
+    assert set(addons) == {"vpc-cni", "kube-proxy", "coredns", "metrics-server", "aws-ebs-csi-driver"}
     assert all(a["inputs"]["addonVersion"].startswith("v") and "eksbuild" in a["inputs"]["addonVersion"]
                for a in addons.values())
     # Every add-on is pinned to a build EKS publishes for 1.35 (no build decided on the day of `up`).
     assert addons["kube-proxy"]["inputs"]["addonVersion"] == "v1.35.3-eksbuild.2"
     assert addons["coredns"]["inputs"]["addonVersion"] == "v1.14.2-eksbuild.4"
     assert addons["vpc-cni"]["inputs"]["addonVersion"] == "v1.21.1-eksbuild.7"
+    assert addons["aws-ebs-csi-driver"]["inputs"]["addonVersion"] == "v1.66.0-eksbuild.1"
     for name, addon in addons.items():
         assert addon["inputs"]["addonVersion"] in EKS_ADDON_BUILDS["1.35"][name]
     assert json.loads(addons["vpc-cni"]["inputs"]["configurationValues"]) == {"enableNetworkPolicy": "true"}
@@ -307,6 +308,60 @@ def test_core_addons_are_pinned_and_coredns_waits_for_nodes(plan: dict[str, Any]
     for name in ("aws-eks-system-nodes", "aws-eks-gpu-nodes"):
         deps = one(plan, NODE_GROUP, name)["dependencies"]
         assert addons["vpc-cni"]["urn"] in deps and addons["kube-proxy"]["urn"] in deps
+
+
+def test_the_ebs_csi_driver_provisions_volumes_as_its_own_role(plan: dict[str, Any]) -> None:
+    # EKS provisions no volume without the driver (and clusters made on 1.30+ have no default class).
+    addon = one(plan, "aws:eks/addon:Addon", "aws-eks-aws-ebs-csi-driver")
+    role = one(plan, ROLE, "aws-eks-ebs-csi-role")
+    assert addon["inputs"]["addonName"] == "aws-ebs-csi-driver"
+    assert addon["inputs"]["addonVersion"] in EKS_ADDON_BUILDS["1.35"]["aws-ebs-csi-driver"]
+    assert re.fullmatch(r"arn:aws:iam::123456789012:role/aws-eks-ebs-csi-role-[0-9a-f]{7}",
+                        addon["inputs"]["serviceAccountRoleArn"])
+    (statement,) = _trust(plan, "aws-eks-ebs-csi-role")["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"]["Federated"].startswith("arn:aws:iam::123456789012:oidc-provider/oidc.eks.")
+    assert sorted(statement["Condition"]["StringEquals"].values()) == [
+        "sts.amazonaws.com", "system:serviceaccount:kube-system:ebs-csi-controller-sa"]
+    attached = [a for a in resources(plan, ATTACHMENT) if role["urn"] in a["dependencies"]]
+    assert [a["inputs"]["policyArn"] for a in attached] == [
+        "arn:aws:iam::aws:policy/service-role/AmazonEBSCSIDriverPolicyV2"]
+    assert not [p for p in resources(plan, ROLE_POLICY) if role["urn"] in p["dependencies"]]
+    # The policy before the controller starts (and after it stops), the nodes before its pods.
+    assert attached[0]["urn"] in addon["dependencies"]
+    assert one(plan, NODE_GROUP, "aws-eks-system-nodes")["urn"] in addon["dependencies"]
+
+
+def test_volumes_are_encrypted_gp3_made_where_their_pod_runs_and_deleted_with_their_claim(
+        plan: dict[str, Any]) -> None:
+    storage_class = one(plan, "kubernetes:storage.k8s.io/v1:StorageClass", "aws-gp3")
+    spec = storage_class["inputs"]
+    assert spec["metadata"] == {"name": "servestack-gp3"}
+    assert spec["provisioner"] == "ebs.csi.aws.com"
+    assert spec["parameters"] == {"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"}
+    # In the zone of the pod's node (an EBS volume attaches only in its own zone), growable, gone with its claim.
+    assert spec["volumeBindingMode"] == "WaitForFirstConsumer"
+    assert spec["allowVolumeExpansion"] is True and spec["reclaimPolicy"] == "Delete"
+    # Not the default class: the stack's volumes name it.
+    assert "annotations" not in spec["metadata"]
+    # On destroy the driver outlives the class, and with it every volume of the class.
+    assert one(plan, "aws:eks/addon:Addon", "aws-eks-aws-ebs-csi-driver")["urn"] in storage_class["dependencies"]
+
+
+def test_prometheus_gets_its_disk_from_the_gp3_class_which_outlives_its_claim(prod: dict[str, Any]) -> None:
+    release = one(prod, HELM, "servestack-monitoring-kube-prometheus-stack")
+    spec = release["inputs"]["values"]["prometheus"]["prometheusSpec"]
+    assert spec["storageSpec"]["volumeClaimTemplate"]["spec"] == {
+        "storageClassName": "servestack-gp3", "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": "50Gi"}}}
+    assert spec["retentionSize"] == "42GB"
+    # Created after the driver and the class, deleted (with the namespace and its claim) before them.
+    for name, token in (("aws-eks-aws-ebs-csi-driver", "aws:eks/addon:Addon"),
+                        ("aws-gp3", "kubernetes:storage.k8s.io/v1:StorageClass")):
+        assert one(prod, token, name)["urn"] in release["dependencies"], name
+    namespace = one(prod, "kubernetes:core/v1:Namespace", "servestack-monitoring-namespace")
+    assert namespace["urn"] in release["dependencies"]
+    assert one(prod, "aws:eks/addon:Addon", "aws-eks-aws-ebs-csi-driver")["urn"] in namespace["dependencies"]
 
 
 # --- node groups -----------------------------------------------------------------------------------
@@ -491,7 +546,8 @@ def test_load_balancer_controller_may_tag_the_listeners_it_creates(plan: dict[st
 def test_controllers_trust_only_their_own_service_accounts(plan: dict[str, Any]) -> None:
     for role, account in (("aws-cluster-autoscaler-role", "cluster-autoscaler"),
                           ("aws-lb-controller-role", "aws-load-balancer-controller"),
-                          ("aws-eks-vpc-cni-role", "aws-node")):
+                          ("aws-eks-vpc-cni-role", "aws-node"),
+                          ("aws-eks-ebs-csi-role", "ebs-csi-controller-sa")):
         (condition,) = [s["Condition"]["StringEquals"] for s in _trust(plan, role)["Statement"]]
         subjects = [v for k, v in condition.items() if k.endswith(":sub")]
         assert subjects == [f"system:serviceaccount:kube-system:{account}"]
@@ -875,6 +931,13 @@ def test_container_logs_go_to_a_log_group_of_the_cluster_which_fluent_bit_alone_
     assert re.fullmatch(r"arn:aws:iam::123456789012:role/aws-fluent-bit-role-[0-9a-f]{7}",
                         values["serviceAccount"]["annotations"]["eks.amazonaws.com/role-arn"])
     assert values["tolerations"] == [{"operator": "Exists"}]
+    logs = values["cloudWatchLogs"]
+    assert logs["logStreamTemplate"] == \
+        "$kubernetes['namespace_name'].$kubernetes['pod_name'].$kubernetes['container_name']"
+    # Chart 0.2.0 writes log_stream_name and log_stream_prefix only when they are non-empty (`{{- if ... }}`), and
+    # Fluent Bit's cloudwatch_logs refuses to start without one of them, the template notwithstanding.
+    written = [key for key in ("logStreamName", "logStreamPrefix") if logs.get(key)]
+    assert written == ["logStreamPrefix"] and logs["logStreamPrefix"] == "fallback-"
     assert one(prod, ROLE_POLICY, "aws-fluent-bit-policy")["urn"] in release["dependencies"]
     # Without monitoring, no log pipeline of the stack's.
     dev = stack_plan("aws-dev")
