@@ -58,6 +58,8 @@ SCALE_DOWN_PERIOD_SECONDS = 120
 # How long turning monitoring off waits for KEDA to let go of a track's HPA (seconds, and between checks).
 RELEASE_WAIT_SECONDS = 300
 RELEASE_CHECK_SECONDS = 2
+# What a Deployment's pod names add to the Deployment's: `-<ReplicaSet hash>-<suffix>`, both alphanumeric.
+POD_SUFFIX = "-[a-z0-9]+-[a-z0-9]+"
 # Deployment names are DNS labels: they need no escaping inside a PromQL regular expression.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -73,7 +75,7 @@ def scaling_queries(namespace: str, deployment: str, max_batch_size: int) -> dic
             raise ValueError(f"{what} {value!r} is not a Kubernetes name (lower-case DNS label)")
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size {max_batch_size} must be at least 1")
-    pods = f'namespace="{namespace}",pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"'
+    pods = f'namespace="{namespace}",pod=~"{deployment}{POD_SUFFIX}"'
     return {
         "waiting": f"sum(servestack_num_requests_waiting{{{pods}}})",
         "batch-fill": f"sum(servestack_num_requests_running{{{pods}}}) / {max_batch_size}",
