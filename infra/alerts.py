@@ -5,9 +5,9 @@ tests/infra/alerts/*.yaml).
 They read the server's own metrics (serving/metrics.py, with the `namespace` and `pod` labels the Prometheus
 Operator attaches to what a PodMonitor scrapes), kube-state-metrics (as kube-prometheus-stack installs it) and
 NVIDIA's DCGM exporter. Every alert has a `severity` label (`critical`: act now; `warning`: within working
-hours), a summary, a description with the figures, and a `runbook` annotation: where to look first. servestack
-configures no receivers: the stack's Alertmanager holds the alerts, and whoever runs it routes them (a pager
-for `critical`) in its configuration.
+hours), a summary, a description with the figures, and a `runbook` annotation: where to look first. No
+receivers are configured: the alerts show in Alertmanager and Grafana until the operator routes them (a pager
+for `critical`) with an AlertmanagerConfig or the chart's alertmanager.config (infra/monitoring.py).
 
 | alert | fires when |
 |---|---|
