@@ -4,26 +4,30 @@ tests/infra/alerts/*.yaml).
 
 They read the server's own metrics (serving/metrics.py, with the `namespace` and `pod` labels the Prometheus
 Operator attaches to what a PodMonitor scrapes), kube-state-metrics (as kube-prometheus-stack installs it) and
-NVIDIA's DCGM exporter. Every alert has a `severity` label (`critical` pages, `warning` waits for working
-hours), a summary, a description with the figures, and a `runbook` annotation: where to look first.
+NVIDIA's DCGM exporter. Every alert has a `severity` label (`critical`: act now; `warning`: within working
+hours), a summary, a description with the figures, and a `runbook` annotation: where to look first. No
+receivers are configured: the alerts show in Alertmanager and Grafana until the operator routes them (a pager
+for `critical`) with an AlertmanagerConfig or the chart's alertmanager.config (infra/monitoring.py).
 
 | alert | fires when |
 |---|---|
 | ServestackNoReadyPods | a Deployment of the namespace wants replicas and has none available, 5 min |
 | ServestackHighErrorRatio | over 5% of the API's answers are 5xx, 5 min |
 | ServestackTimeToFirstTokenOverSlo | p95 time to first token over the SLO, 10 min |
-| ServestackQueueGrowingAtMaxReplicas | the autoscaler is at its maximum and requests waiting keep growing, 10 min |
+| ServestackQueueGrowingAtMaxReplicas | a track's autoscaler at its maximum and that track's queue growing, 10 min |
 | ServestackPodPending | a pod Pending for 15 min (no GPU node: stockout, quota, taints) |
 | ServestackRolloutStuck | a Deployment's new generation not observed or not rolled out on every replica, 30 min |
 | ServestackContainerRestarting | a container restarted more than twice in 15 min |
 | ServestackContainerOOMKilled | a container restarted after being OOMKilled |
-| ServestackGpuXidError | a GPU reported an XID error (driver or hardware fault) |
+| ServestackGpuXidError | a GPU reported a new XID error (driver or hardware fault), for 5 min |
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from infra.autoscaling import POD_SUFFIX
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
@@ -49,6 +53,18 @@ def alert_rules(ttft_slo_seconds: float, *, namespace: str = "servestack") -> di
         raise ValueError(f"namespace {namespace!r} is not a Kubernetes namespace name (lower-case DNS label)")
     ns = f'namespace="{namespace}"'
     kubectl = f"kubectl -n {namespace}"
+    # Each serving HPA (KEDA's or the CPU one) is named after its Deployment (infra/autoscaling.py), and each
+    # server pod after its Deployment too: both give a `deployment` label to join a track's series on.
+    at_max = (f"max by (namespace, deployment) (label_replace(kube_horizontalpodautoscaler_status_current_replicas"
+              f"{{{ns}}} >= kube_horizontalpodautoscaler_spec_max_replicas{{{ns}}}, "
+              f'"deployment", "$1", "horizontalpodautoscaler", "(.+)"))')
+
+    waiting = f"servestack_num_requests_waiting{{{ns}}}"
+
+    def by_track(vector: str) -> str:
+        return (f'sum by (namespace, deployment) (label_replace({vector}, "deployment", "$1", "pod", '
+                f'"(.+){POD_SUFFIX}"))')
+
     serving = [
         _alert("ServestackNoReadyPods",
                f"kube_deployment_status_replicas_available{{{ns}}} == 0 "
@@ -78,16 +94,16 @@ def alert_rules(ttft_slo_seconds: float, *, namespace: str = "servestack") -> di
                "The dashboard's waiting and batch-size panels: a long queue wants more replicas (is the autoscaler "
                "at its maximum?); a full batch with no queue wants a smaller max batch or a faster GPU."),
         _alert("ServestackQueueGrowingAtMaxReplicas",
-               f"(max by (namespace) (kube_horizontalpodautoscaler_status_current_replicas{{{ns}}} "
-               f">= kube_horizontalpodautoscaler_spec_max_replicas{{{ns}}}) "
-               f"and on (namespace) sum by (namespace) (servestack_num_requests_waiting{{{ns}}}) > 0) "
-               f"and on (namespace) sum by (namespace) (deriv(servestack_num_requests_waiting{{{ns}}}[10m])) > 0",
+               # Per track: a canary at its own maximum (often 1) says nothing about the stable queue.
+               f"({at_max} and on (namespace, deployment) {by_track(waiting)} > 0) "
+               f"and on (namespace, deployment) {by_track(f'deriv({waiting}[10m])')} > 0",
                "10m", "warning",
-               "Requests keep queueing with the autoscaler at its maximum",
-               "The autoscaler of {{ $labels.namespace }} is at its maximum replicas and requests waiting for a "
-               "batch slot have kept growing for 10 minutes: the load is beyond the stack's capacity.",
-               "Raise servestack:serving maxReplicas (and the GPU pool's maxNodes, and the quota behind it), or "
-               "shed load: clients' limits per minute (servestack:serving apiKeys)."),
+               "Requests keep queueing for {{ $labels.deployment }} with its autoscaler at its maximum",
+               "The autoscaler of {{ $labels.namespace }}/{{ $labels.deployment }} is at its maximum replicas and "
+               "that track's requests waiting for a batch slot have kept growing for 10 minutes: the load is "
+               "beyond its capacity.",
+               "Raise servestack:serving maxReplicas (the canary's: its weight) and the GPU pool's maxNodes, and "
+               "the quota behind it, or shed load: clients' limits per minute (servestack:serving apiKeys)."),
         _alert("ServestackPodPending",
                f'max by (namespace, pod) (kube_pod_status_phase{{{ns},phase="Pending"}}) == 1',
                "15m", "warning",
@@ -126,7 +142,10 @@ def alert_rules(ttft_slo_seconds: float, *, namespace: str = "servestack") -> di
     ]
     gpu = [
         _alert("ServestackGpuXidError",
-               "max by (Hostname, gpu, UUID) (max_over_time(DCGM_FI_DEV_XID_ERRORS[5m])) > 0",
+               # The gauge holds the last XID until the exporter restarts: alert on a change to a non-zero
+               # value, or on a series that starts non-zero (an XID before the exporter's first scrape).
+               "max by (Hostname, gpu, UUID) ((DCGM_FI_DEV_XID_ERRORS > 0 and changes(DCGM_FI_DEV_XID_ERRORS[5m]) > 0) "
+               "or (DCGM_FI_DEV_XID_ERRORS > 0 unless DCGM_FI_DEV_XID_ERRORS offset 5m))",
                "0m", "critical",
                "GPU {{ $labels.gpu }} on {{ $labels.Hostname }} reported XID error {{ $value }}",
                "The NVIDIA driver reported XID {{ $value }} on GPU {{ $labels.gpu }} ({{ $labels.UUID }}) of "

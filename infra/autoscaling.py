@@ -15,6 +15,15 @@ target per pod), so each query returns the track's total, and the HPA divides.
   `serving.minReplicas` is at least 1 (README, "Autoscaling").
 
 Without the monitoring stack there is no Prometheus to ask: the HPA scales on CPU (infra/serving.py).
+
+Both autoscalers are an HPA named after the Deployment, so turning monitoring on or off on a live stack swaps
+one for the other in one `up`:
+- on: the ScaledObject takes the CPU HPA over (TRANSFER_HPA); the CPU HPA's resource is `retain_on_delete`, so
+  Pulumi then forgets it instead of deleting what is now KEDA's HPA (KEDA would recreate it, and Pulumi's
+  delete might wait on the new one). What Pulumi forgets otherwise (a removed canary, destroy) goes with its
+  Deployment: the CPU HPA names the Deployment its owner, and Kubernetes' garbage collector deletes it.
+- off: Pulumi creates the new CPU HPA before deleting the ScaledObject, and KEDA's HPA holds the name. The CPU
+  HPA waits for `keda_released`, which deletes the ScaledObject and waits until KEDA's HPA is gone with it.
 """
 
 from __future__ import annotations
@@ -26,7 +35,9 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
+from pulumi_command import local
 
+from infra import commands
 from infra.platform import Platform
 
 KEDA_VERSION = "2.20.2"  # the chart's version, and KEDA's
@@ -44,6 +55,11 @@ SCALE_DOWN_WINDOW_SECONDS = 600
 SCALE_UP_PODS_PER_MINUTE = 2
 SCALE_DOWN_PODS = 1
 SCALE_DOWN_PERIOD_SECONDS = 120
+# How long turning monitoring off waits for KEDA to let go of a track's HPA (seconds, and between checks).
+RELEASE_WAIT_SECONDS = 300
+RELEASE_CHECK_SECONDS = 2
+# What a Deployment's pod names add to the Deployment's: `-<ReplicaSet hash>-<suffix>`, both alphanumeric.
+POD_SUFFIX = "-[a-z0-9]+-[a-z0-9]+"
 # Deployment names are DNS labels: they need no escaping inside a PromQL regular expression.
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -59,7 +75,7 @@ def scaling_queries(namespace: str, deployment: str, max_batch_size: int) -> dic
             raise ValueError(f"{what} {value!r} is not a Kubernetes name (lower-case DNS label)")
     if max_batch_size < 1:
         raise ValueError(f"max_batch_size {max_batch_size} must be at least 1")
-    pods = f'namespace="{namespace}",pod=~"{deployment}-[a-z0-9]+-[a-z0-9]+"'
+    pods = f'namespace="{namespace}",pod=~"{deployment}{POD_SUFFIX}"'
     return {
         "waiting": f"sum(servestack_num_requests_waiting{{{pods}}})",
         "batch-fill": f"sum(servestack_num_requests_running{{{pods}}}) / {max_batch_size}",
@@ -105,7 +121,7 @@ def scaled_object_spec(namespace: str, deployment: str, min_replicas: int, max_r
 
 
 # KEDA's webhook refuses a ScaledObject whose Deployment an HPA already scales, unless told to take that HPA
-# over: turning monitoring on then works in one `up`, before Pulumi deletes the old HPA (KEDA recreates it).
+# over (by its name, horizontalPodAutoscalerConfig.name): turning monitoring on then works in one `up`.
 TRANSFER_HPA = {"scaledobject.keda.sh/transfer-hpa-ownership": "true"}
 
 
@@ -130,6 +146,43 @@ def scaled_object(resource_name: str, namespace: pulumi.Input[str], namespace_na
                                 scaling.prometheus_url),
         opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=list(scaling.ready))),
     )
+
+
+def release_script(kubectl: str, namespace: str, deployment: str,
+                   timeout_seconds: int = RELEASE_WAIT_SECONDS) -> str:
+    """Delete the track's ScaledObject, if any, and wait until KEDA's HPA of the same name is gone with it (its
+    owner): nothing to do where KEDA was never installed, or no ScaledObject is left."""
+    for what, value in (("namespace", namespace), ("deployment", deployment)):
+        if not _DNS_LABEL.match(value):
+            raise ValueError(f"{what} {value!r} is not a Kubernetes name (lower-case DNS label)")
+    scaled_object = f"{kubectl} -n {namespace} get scaledobject {deployment} --ignore-not-found -o name"
+    gone = commands.bounded_wait(
+        f'test -z "$({kubectl} -n {namespace} get hpa {deployment} --ignore-not-found -o name)"',
+        waiting=f"waiting for KEDA's HPA {namespace}/{deployment} to go with its ScaledObject",
+        failed=f"KEDA's HPA {namespace}/{deployment} is still there after {timeout_seconds} s; delete it "
+               f"(kubectl -n {namespace} delete hpa {deployment}), then run `pulumi up` again",
+        timeout_seconds=timeout_seconds, interval_seconds=RELEASE_CHECK_SECONDS)
+    return "\n".join([
+        "set -eu",
+        f'crd=$({kubectl} get crd scaledobjects.keda.sh --ignore-not-found -o name)',
+        'if [ -z "$crd" ]; then exit 0; fi',
+        f'found=$({scaled_object})',
+        'if [ -z "$found" ]; then exit 0; fi',
+        f"echo 'monitoring is off: deleting the ScaledObject {namespace}/{deployment}; an HPA on CPU follows'",
+        f"{kubectl} -n {namespace} delete scaledobject {deployment} --ignore-not-found --wait "
+        f"--timeout={timeout_seconds}s",
+        gone,
+    ])
+
+
+def keda_released(resource_name: str, platform: Platform, namespace: str, deployment: str,
+                  opts: pulumi.ResourceOptions) -> local.Command:
+    """A command run once when the track's CPU HPA is created: `release_script`, with the stack's kubeconfig."""
+    text = "KUBECONFIG_TEXT" if platform.kubeconfig is not None else None
+    script = commands.with_kubectl(text, platform.kubectl,
+                                   lambda kubectl: release_script(kubectl, namespace, deployment))
+    environment = {"KUBECONFIG_TEXT": platform.kubeconfig} if platform.kubeconfig is not None else None
+    return local.Command(resource_name, create=script, environment=environment, opts=opts)
 
 
 class Keda(pulumi.ComponentResource):

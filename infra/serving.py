@@ -20,7 +20,7 @@ import pulumi_random as random
 from pulumi_command import local
 
 from infra import commands, drain
-from infra.autoscaling import SCALE_DOWN_WINDOW_SECONDS, QueueScaling, scaled_object
+from infra.autoscaling import SCALE_DOWN_WINDOW_SECONDS, QueueScaling, keda_released, scaled_object
 from infra.config import DEFAULT_IMAGE_REPOSITORY, AccessConfig, GpuConfig, ModelConfig, ServingConfig
 from infra.gateway import ENVOY_GATEWAY_NAMESPACE, GATEWAY_NAME, Backend
 from infra.monitoring import Scraper
@@ -580,11 +580,18 @@ def _autoscaler(resource_name: str, track: Track, args: ServingArgs, deployment:
                       serving.max_batch_size, labels, args.queue_scaling,
                       pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[deployment])))
         return
+    # Turning monitoring off: KEDA's HPA, of the same name, must be gone first (infra/autoscaling.py).
+    released = keda_released(f"{resource_name}-keda-released", args.platform, serving.namespace, track.name, opts)
     # CPU alone: a Pods metric would need an adapter serving the custom metrics API, and an HPA missing one
     # of its metrics never scales down.
     k8s.autoscaling.v2.HorizontalPodAutoscaler(
         resource_name,
-        metadata=k8s.meta.v1.ObjectMetaArgs(name=track.name, namespace=ns, labels=labels),
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=track.name, namespace=ns, labels=labels,
+            # Kubernetes deletes it with its Deployment: Pulumi only forgets it (retain_on_delete below).
+            owner_references=[k8s.meta.v1.OwnerReferenceArgs(
+                api_version="apps/v1", kind="Deployment", name=deployment.metadata.name,
+                uid=deployment.metadata.uid)]),
         spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
             scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
                 api_version="apps/v1", kind="Deployment", name=deployment.metadata.name),
@@ -601,7 +608,9 @@ def _autoscaler(resource_name: str, track: Track, args: ServingArgs, deployment:
                 scale_down=k8s.autoscaling.v2.HPAScalingRulesArgs(
                     stabilization_window_seconds=SCALE_DOWN_WINDOW_SECONDS)),
         ),
-        opts=opts,
+        # Turning monitoring on, KEDA takes this HPA over under its name: deleting it would delete KEDA's.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[released],
+                                                                       retain_on_delete=True)),
     )
 
 

@@ -153,6 +153,9 @@ class _RecordingMonitor(mocks.MockMonitor):
                 "ignoreChanges": list(request.ignoreChanges),
                 "customTimeouts": _timeouts(request.customTimeouts),
             })
+            if request.retainOnDelete:
+                # Deleting it from the program (or destroying the stack) only forgets it: the object stays.
+                self.records[-1]["retainOnDelete"] = True
             renamed = [alias.spec.name for alias in request.aliases if alias.spec.name]
             if renamed:
                 # The names this resource had before: the engine keeps such a rename as an update, not a

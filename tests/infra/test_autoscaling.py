@@ -1,14 +1,18 @@
 """Scaling on the queue: the PromQL KEDA asks, the ScaledObject of each track (stable, canary) in a plan with the
-monitoring stack, KEDA's pinned chart, and the CPU-only HPA without it."""
+monitoring stack, KEDA's pinned chart, the CPU-only HPA without it, and turning monitoring on and off on a live
+stack (the command that lets KEDA's HPA go, run against a stand-in kubectl)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import socket
+import stat
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -18,7 +22,13 @@ from typing import Any
 import pytest
 from prometheus_client import start_http_server
 
-from infra.autoscaling import KEDA_REPOSITORY, KEDA_VERSION, scaled_object_spec, scaling_queries
+from infra.autoscaling import (
+    KEDA_REPOSITORY,
+    KEDA_VERSION,
+    release_script,
+    scaled_object_spec,
+    scaling_queries,
+)
 from infra.monitoring import PROMETHEUS, PROMETHEUS_PORT
 from servestack.check import check_plan
 from servestack.offline.plan import plan_in_subprocess
@@ -31,6 +41,8 @@ PROMETHEUS_URL = f"http://{PROMETHEUS}.monitoring.svc:{PROMETHEUS_PORT}"
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 HELM = "kubernetes:helm.sh/v3:Release"
+COMMAND = "command:local:Command"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 STABLE_PODS = 'namespace="servestack",pod=~"servestack-[a-z0-9]+-[a-z0-9]+"'
 CANARY_PODS = 'namespace="servestack",pod=~"servestack-canary-[a-z0-9]+-[a-z0-9]+"'
 
@@ -46,6 +58,12 @@ def _stacks(tmp: Path) -> Path:
     stack_variant(tmp, "local", "local-queue-canary", **{
         "servestack:serving": {**serving, "canary": {"revision": "r2", "weight": 10}},
         "servestack:monitoring": monitoring,
+        "servestack:model": model,
+        "servestack:gateway": {"enabled": True, "tls": "secret", "hostname": "llm.example.test"},
+        "servestack:tlsCertificate": "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",
+        "servestack:tlsPrivateKey": "-----BEGIN PRIVATE KEY-----\nMIIEtest\n-----END PRIVATE KEY-----\n"})
+    stack_variant(tmp, "local", "local-cpu-canary", **{
+        "servestack:serving": {**serving, "canary": {"revision": "r2", "weight": 10}},
         "servestack:model": model,
         "servestack:gateway": {"enabled": True, "tls": "secret", "hostname": "llm.example.test"},
         "servestack:tlsCertificate": "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n",
@@ -66,6 +84,11 @@ def plan(stacks: Path) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def canary_plan(stacks: Path) -> dict[str, Any]:
     return plan_in_subprocess("local-queue-canary", stacks_dir=stacks)
+
+
+@pytest.fixture(scope="module")
+def cpu_canary_plan(stacks: Path) -> dict[str, Any]:
+    return plan_in_subprocess("local-cpu-canary", stacks_dir=stacks)
 
 
 # --- the queries -------------------------------------------------------------------------------------
@@ -285,3 +308,137 @@ def test_the_prod_stacks_scale_on_the_queue_with_keda_on_the_system_nodes(stack:
     assert resources(plan, HPA) == []
     (scaled,) = resources(plan, SCALED_OBJECT)
     assert scaled["inputs"]["spec"]["triggers"][0]["metadata"]["serverAddress"] == PROMETHEUS_URL
+
+
+# --- turning monitoring on and off on a live stack ----------------------------------------------------
+
+# The local stack's kubectl (stacks/Pulumi.local.yaml: the kind cluster's context).
+LOCAL_KUBECTL = "kubectl --context kind-servestack"
+
+
+def test_the_cpu_hpa_waits_for_kedas_hpa_to_go_and_is_only_forgotten(cpu_canary_plan: dict[str, Any]) -> None:
+    """Monitoring off: per track, a command lets KEDA's HPA go before the CPU HPA of the same name is created;
+    the CPU HPA is retained on delete (turning monitoring on, KEDA has taken it over) and owned by its
+    Deployment, so that Kubernetes deletes it with the Deployment (a removed canary, destroy)."""
+    assert resources(cpu_canary_plan, SCALED_OBJECT) == []
+    deployments = {r["inputs"]["metadata"]["name"]: r for r in resources(cpu_canary_plan, DEPLOYMENT)}
+    released = {r["name"]: r for r in resources(cpu_canary_plan, COMMAND) if r["name"].endswith("-keda-released")}
+    assert set(released) == {"servestack-autoscaler-keda-released", "servestack-autoscaler-canary-keda-released"}
+    hpas = {r["inputs"]["metadata"]["name"]: r for r in resources(cpu_canary_plan, HPA)}
+    assert set(hpas) == {"servestack", "servestack-canary"}
+    for track, command in (("servestack", "servestack-autoscaler-keda-released"),
+                           ("servestack-canary", "servestack-autoscaler-canary-keda-released")):
+        hpa, deployment = hpas[track], deployments[track]
+        assert released[command]["inputs"] == {"create": release_script(LOCAL_KUBECTL, "servestack", track)}
+        assert released[command]["urn"] in hpa["dependencies"]
+        assert hpa.get("retainOnDelete") is True
+        (owner,) = hpa["inputs"]["metadata"]["ownerReferences"]
+        assert {k: owner[k] for k in ("apiVersion", "kind", "name")} == {
+            "apiVersion": "apps/v1", "kind": "Deployment", "name": track}
+        assert re.fullmatch(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", owner["uid"])
+        assert deployment["urn"] in hpa["propertyDependencies"]["metadata"]
+    # The namespace is deleted by destroy (not retained), and everything left in it with it.
+    (namespace,) = resources(cpu_canary_plan, "kubernetes:core/v1:Namespace")
+    assert "retainOnDelete" not in namespace
+
+
+def test_with_keda_no_command_waits_and_nothing_is_retained(canary_plan: dict[str, Any]) -> None:
+    """Monitoring on: the ScaledObjects take the HPAs over; the command is gone with the CPU HPA (it has no
+    delete step), to run again when monitoring is next turned off."""
+    assert [r["name"] for r in resources(canary_plan, COMMAND) if "keda" in r["name"]] == []
+    assert [r["name"] for r in resources(canary_plan, SCALED_OBJECT) if r.get("retainOnDelete")] == []
+
+
+def test_the_policy_pack_passes_without_keda(cpu_canary_plan: dict[str, Any]) -> None:
+    assert [(v.policy, v.message) for v in check_plan(cpu_canary_plan)] == []
+
+
+# A stand-in kubectl: a cluster whose state (is KEDA's CRD there, the ScaledObject, the HPA) lives in a JSON
+# file; KEDA's HPA goes with its ScaledObject as the garbage collector deletes it, a moment later (one more
+# look); every call is logged.
+FAKE_KUBECTL = """#!{python}
+import json, sys
+state_file, log_file = {state!r}, {log!r}
+args = sys.argv[1:]
+with open(log_file, "a") as log:
+    log.write(" ".join(args) + "\\n")
+state = json.load(open(state_file))
+verb, kind, name = args[2], args[3], args[4]
+if args[:2] == ["get", "crd"]:
+    print("customresourcedefinition.apiextensions.k8s.io/scaledobjects.keda.sh" if state["crd"] else "")
+    sys.exit(0)
+if not state["crd"] and kind == "scaledobject":
+    sys.exit("error: the server has no resource type scaledobject")
+if verb == "get" and kind == "scaledobject":
+    print("scaledobject.keda.sh/" + name if state["scaledobject"] else "")
+elif verb == "delete" and kind == "scaledobject":
+    state["scaledobject"] = False
+    state["hpa_owner_deleted"] = True
+elif verb == "get" and kind == "hpa":
+    if state["hpa"] and state.get("hpa_owner_deleted") and not state.get("hpa_stays"):
+        state["hpa_looks"] = state.get("hpa_looks", 0) + 1
+        if state["hpa_looks"] > 1:
+            state["hpa"] = False
+    print("horizontalpodautoscaler.autoscaling/" + name if state["hpa"] else "")
+else:
+    sys.exit("unexpected call: " + " ".join(args))
+json.dump(state, open(state_file, "w"))
+"""
+
+
+def _cluster(tmp: Path, **state: bool) -> tuple[Path, Path]:
+    state_file, log = tmp / "state.json", tmp / "calls.log"
+    state_file.write_text(json.dumps(state))
+    log.write_text("")
+    kubectl = tmp / "kubectl"
+    kubectl.write_text(FAKE_KUBECTL.format(python=sys.executable, state=str(state_file), log=str(log)))
+    kubectl.chmod(kubectl.stat().st_mode | stat.S_IXUSR)
+    return state_file, log
+
+
+def _release(tmp: Path, timeout_seconds: int = 60) -> subprocess.CompletedProcess[str]:
+    script = release_script("kubectl", "servestack", "servestack", timeout_seconds=timeout_seconds)
+    return subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=90, check=False,
+                          env={**os.environ, "PATH": f"{tmp}:{os.environ['PATH']}"})
+
+
+GET_CRD = "get crd scaledobjects.keda.sh --ignore-not-found -o name"
+GET_SCALED_OBJECT = "-n servestack get scaledobject servestack --ignore-not-found -o name"
+GET_HPA = "-n servestack get hpa servestack --ignore-not-found -o name"
+
+
+def test_turning_monitoring_off_deletes_the_scaled_object_and_waits_for_kedas_hpa(tmp_path: Path) -> None:
+    state_file, log = _cluster(tmp_path, crd=True, scaledobject=True, hpa=True)
+    result = _release(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == [
+        GET_CRD, GET_SCALED_OBJECT,
+        "-n servestack delete scaledobject servestack --ignore-not-found --wait --timeout=60s",
+        GET_HPA, GET_HPA]
+    assert json.loads(state_file.read_text())["hpa"] is False  # the name is free for the CPU HPA
+    assert "deleting the ScaledObject servestack/servestack" in result.stdout
+
+
+@pytest.mark.parametrize(("state", "calls"), [
+    ({"crd": False, "scaledobject": False, "hpa": False}, [GET_CRD]),  # KEDA never installed
+    ({"crd": True, "scaledobject": False, "hpa": True}, [GET_CRD, GET_SCALED_OBJECT]),  # the CPU HPA is there
+])
+def test_without_a_scaled_object_nothing_is_deleted(tmp_path: Path, state: dict[str, bool], calls: list[str]) -> None:
+    state_file, log = _cluster(tmp_path, **state)
+    result = _release(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text().splitlines() == calls
+    assert json.loads(state_file.read_text()) == state
+
+
+def test_a_hpa_that_stays_ends_the_wait_with_what_to_do(tmp_path: Path) -> None:
+    _cluster(tmp_path, crd=True, scaledobject=True, hpa=True, hpa_stays=True)
+    result = _release(tmp_path, timeout_seconds=3)
+    assert result.returncode == 1
+    assert ("KEDA's HPA servestack/servestack is still there after 3 s; delete it "
+            "(kubectl -n servestack delete hpa servestack), then run `pulumi up` again") in result.stderr
+
+
+def test_the_release_script_refuses_names_that_are_not_kubernetes_names() -> None:
+    with pytest.raises(ValueError, match=re.escape("deployment 'servestack; rm -rf /'")):
+        release_script("kubectl", "servestack", "servestack; rm -rf /")

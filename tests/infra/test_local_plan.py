@@ -54,8 +54,10 @@ def test_resources_are_the_serving_contract_under_one_component(plan: dict[str, 
     component = one(plan, "servestack:kubernetes:ServingDeployment")
     assert component["custom"] is False
     kinds = sorted(r["type"] for r in plan["resources"] if r["parent"] == component["urn"])
-    # The server and the store of the clients' limits (maxReplicas 2: two servers count together).
+    # The server and the store of the clients' limits (maxReplicas 2: two servers count together); the
+    # command that frees the HPA's name from KEDA (infra/autoscaling.py, keda_released).
     assert kinds == [
+        "command:local:Command",
         "kubernetes:apps/v1:Deployment",
         "kubernetes:apps/v1:Deployment",
         "kubernetes:autoscaling/v2:HorizontalPodAutoscaler",

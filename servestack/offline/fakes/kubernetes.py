@@ -45,6 +45,15 @@ def _service(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, A
     return args.name, {"status": status}
 
 
+def _deployment(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
+    """A Deployment with the uid the API server gives every object (what an ownerReference names)."""
+    metadata = dict(args.inputs.get("metadata") or {})
+    digits = ctx.hex("uid", str(metadata.get("namespace") or "default"), str(metadata.get("name") or args.name),
+                     length=32)
+    uid = "-".join((digits[:8], digits[8:12], "4" + digits[13:16], "8" + digits[17:20], digits[20:]))
+    return args.name, {"metadata": {**metadata, "uid": uid}}
+
+
 def _envoy_proxy(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[str, Any]]:
     """An EnvoyProxy: remembered, for the Gateways whose infrastructure it describes."""
     name = str((args.inputs.get("metadata") or {}).get("name") or args.name)
@@ -82,6 +91,7 @@ def _random_string(args: MockResourceArgs, ctx: FakeContext) -> tuple[str, dict[
 RESOURCES: dict[str, ResourceFake] = {
     "random:index/randomString:RandomString": _random_string,
     "kubernetes:core/v1:Service": _service,
+    "kubernetes:apps/v1:Deployment": _deployment,
     "kubernetes:gateway.envoyproxy.io/v1alpha1:EnvoyProxy": _envoy_proxy,
     "kubernetes:gateway.networking.k8s.io/v1:Gateway": _gateway,
     "random:index/randomPassword:RandomPassword": _random_password,
