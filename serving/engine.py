@@ -286,9 +286,10 @@ def choose_device(require_cuda: bool = False) -> tuple[str, Any]:
 def freeze_heap() -> None:
     """Move every object alive now (the modules torch and transformers import, the model, the tokenizer) out
     of the garbage collector's sight. A process that has imported them holds a few hundred thousand objects,
-    and each full collection walks them all: measured here, 0.3-0.6 s with every stream of the process
-    stopped, once every few thousand requests. After loading, those objects live as long as the process;
-    frozen, a full collection walks only what requests create (as vLLM and SGLang do after start-up)."""
+    and each full collection walks them all: measured on a busy 2-core machine, 0.3-0.6 s with every stream
+    of the process stopped, the first of them among the first few hundred requests. After loading, those
+    objects live as long as the process; frozen, a full collection walks only what requests create (vLLM
+    and SGLang freeze their heap after start-up too)."""
     gc.collect()
     gc.freeze()
 
