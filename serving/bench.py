@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -284,6 +285,11 @@ async def _run_load(
 
     # aiohttp, as vLLM's serving benchmark uses: it parses a stream at about half the CPU cost of httpx, which
     # matters when the load generator shares the machine with the server it measures.
+    # What this process holds before the run (aiohttp, and in serving.sidebyside torch and transformers) is
+    # frozen out of the garbage collector: a full collection walking it paused this load generator for 0.25 s
+    # in the middle of a run, and every stream's latency with it.
+    gc.collect()
+    gc.freeze()
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import gc
 import itertools
 import logging
 import queue
@@ -280,6 +281,17 @@ def choose_device(require_cuda: bool = False) -> tuple[str, Any]:
         raise StartupError(f"SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable: {reasons} (torch "
                            f"{torch.__version__}, built for {build})")
     return "cpu", torch.float32
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (the modules torch and transformers import, the model, the tokenizer) out
+    of the garbage collector's sight. A process that has imported them holds a few hundred thousand objects,
+    and each full collection walks them all: measured on a busy 2-core machine, 0.3-0.6 s with every stream
+    of the process stopped, the first of them among the first few hundred requests. After loading, those
+    objects live as long as the process; frozen, a full collection walks only what requests create (vLLM
+    and SGLang freeze their heap after start-up too)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _prepacked_linear_class() -> type:
@@ -612,6 +624,7 @@ class TorchEngine(Engine):
             eos = self.tokenizer.eos_token_id
         self.eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
         self._buffer_layer = _buffer_layer_class()
+        freeze_heap()
         self._load_seconds = time.monotonic() - started
         self._loaded = True
         log.info("loaded %s on %s (%s) in %.1fs", self.model_path, device, dtype, self._load_seconds)

@@ -47,6 +47,7 @@ from serving.engine import (
     deliver,
     encode_chat,
     encode_prompt,
+    freeze_heap,
     max_token_chars,
     token_texts,
     vocab_size,
@@ -219,6 +220,7 @@ class EngineProcess(Engine):
             self.vocab_size = vocab_size(config)
             tokenizer = AutoTokenizer.from_pretrained(self.model_path)
             self.max_token_chars = max_token_chars(tokenizer)
+            freeze_heap()  # this process has imported transformers and torch: see freeze_heap
             self._tokenizer = tokenizer
         except Exception:
             log.exception("loading the tokenizer of %s failed", self.model_path)

@@ -5,6 +5,7 @@ arithmetic, error counting and time bound are checked against real HTTP streams.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import socket
@@ -242,6 +243,12 @@ def test_run_load_rejects_bad_arguments_naming_them(name: str, value: Any, messa
 
 
 # --- against the stub server ------------------------------------------------------------------------
+
+
+def test_the_load_generator_freezes_its_heap_before_measuring(stub: Stub) -> None:
+    gc.unfreeze()
+    _load(stub, requests=1, concurrency=1)
+    assert gc.get_freeze_count() > 0  # its own garbage collection never pauses the streams it measures
 
 
 def test_streamed_requests_are_measured_from_the_wire(stub: Stub) -> None:

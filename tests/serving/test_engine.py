@@ -4,6 +4,7 @@ cancellation, and failures that stay with their request."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -327,3 +328,11 @@ def test_no_cuda_when_cuda_is_required_is_a_startup_error() -> None:
     assert choose_device() == ("cpu", torch.float32)
     with pytest.raises(StartupError, match=r"SERVESTACK_REQUIRE_CUDA is set but CUDA is not usable: .*torch 2"):
         choose_device(require_cuda=True)
+
+
+def test_loading_freezes_the_heap_out_of_the_collectors_sight(tiny_model: Path) -> None:
+    gc.unfreeze()
+    engine = TorchEngine(tiny_model, model_name="tiny", max_batch_size=1, threads=1)
+    engine.load()
+    # torch, transformers, the model and the tokenizer: a full collection no longer walks them
+    assert gc.get_freeze_count() > 10_000

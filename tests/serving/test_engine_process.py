@@ -5,6 +5,7 @@ here are the process boundaries: what crosses the wire, and what happens when ei
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import shutil
 import signal
@@ -96,6 +97,16 @@ async def test_logprobs_kv_usage_and_one_requests_failure_cross_the_wire(engine:
     assert not engine.dead
     long.cancel()
     await until(lambda: engine.num_running == 0 and engine.kv_cache_usage == 0, "the long request stayed")
+
+
+async def test_the_app_side_freezes_its_heap_once_its_tokenizer_is_loaded(tiny_model: Path) -> None:
+    gc.unfreeze()
+    engine = EngineProcess(tiny_model, model_name="tiny", max_batch_size=1, threads=1)
+    await started(engine)
+    try:
+        assert gc.get_freeze_count() > 10_000  # see serving.engine.freeze_heap
+    finally:
+        await engine.stop()
 
 
 async def test_a_cancel_reaches_the_engine_process_and_frees_the_slot(engine: EngineProcess) -> None:
