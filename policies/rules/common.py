@@ -11,7 +11,7 @@ reported; with the policy's `failClosed` setting it is reported as a violation i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,9 @@ from pulumi_policy import (
 )
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError
 
+from reading import values as v
 from reading.resources import Resource
-from reading.values import Unknown, plain
+from reading.values import BadValue, Statement, Unknown, plain
 
 
 class CannotVerify(UnknownValueError):
@@ -227,3 +228,30 @@ class Rule:
 
         validate.__name__ = self.name.replace("-", "_")
         return validate
+
+
+def document_statements(raw: Any, what: str, judge: Judge) -> Iterator[Statement]:
+    """The known statements of an IAM policy document; what cannot be read goes to the judge as unknown."""
+    try:
+        statements = v.policy_document(raw, what)
+    except BadValue as e:
+        judge.unknown(str(e))
+        return
+    for s in statements:
+        if isinstance(s, Unknown):
+            judge.unknown_value(s, what)
+        else:
+            yield s
+
+
+def judge_open_to_anyone(raw: Any, what: str, judge: Judge, consequence: str) -> None:
+    """A violation for each statement of a resource policy that lets Principal "*" in with no condition that
+    limits the caller; `consequence` says what that means for this resource and what to do."""
+    for s in document_statements(raw, what, judge):
+        opened = v.open_to_anyone(s)
+        if isinstance(opened, Unknown):
+            judge.unknown_value(opened, f"{what} {s.where}")
+        elif opened:
+            actions = ", ".join(map(str, s.action)) if isinstance(s.action, tuple) else "every action but NotAction"
+            judge.violation(f"{what} {s.where} allows {actions} to Principal \"*\" with no condition that limits "
+                            f"the caller's organisation, account or network: {consequence}")

@@ -28,10 +28,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules.common import Judge, Rule
+from policies.rules.common import Judge, Rule, document_statements
 from reading import values as v
 from reading.resources import Resource
-from reading.values import BadValue, Principal, Statement, Unknown
+from reading.values import Principal, Statement, Unknown
 
 # --- AWS -------------------------------------------------------------------------------------------
 
@@ -82,19 +82,6 @@ GITHUB_ISSUER = "token.actions.githubusercontent.com"
 PRINCIPAL_TYPES = {"aws": "AWS", "service": "Service", "federated": "Federated", "canonicaluser": "CanonicalUser"}
 
 
-def _document_statements(raw: Any, what: str, judge: Judge) -> Iterator[Statement]:
-    try:
-        statements = v.policy_document(raw, what)
-    except BadValue as e:
-        judge.unknown(str(e))
-        return
-    for s in statements:
-        if isinstance(s, Unknown):
-            judge.unknown_value(s, what)
-        else:
-            yield s
-
-
 def _first(values: Any, test: Any) -> tuple[str | None, Unknown | None]:
     """The first known value that passes `test`, and the first unknown one."""
     unknown = None
@@ -143,7 +130,7 @@ ADMIN_FIX = ("Grant the actions the workload calls (s3:GetObject, not s3:*) on t
 
 
 def _judge_identity_policy(raw: Any, what: str, judge: Judge) -> None:
-    for s in _document_statements(raw, what, judge):
+    for s in document_statements(raw, what, judge):
         allow = s.allows
         if allow is False:
             continue
@@ -331,7 +318,7 @@ def _trust_problems(s: Statement, trusted: set[str]) -> Iterator[str | Unknown]:
 
 def check_trust(resource: Resource, config: dict[str, Any], judge: Judge) -> None:
     trusted = {str(a).strip() for a in config.get("trustedAccounts") or []}
-    for s in _document_statements(resource.props.get("assumeRolePolicy"), "assumeRolePolicy", judge):
+    for s in document_statements(resource.props.get("assumeRolePolicy"), "assumeRolePolicy", judge):
         allow, assumes = s.allows, _assumes(s)
         if allow is False or assumes is False:
             continue

@@ -22,10 +22,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules.common import Judge, Rule
+from policies.rules.common import Judge, Rule, judge_open_to_anyone
 from reading import values as v
 from reading.resources import Resource
-from reading.values import BadValue, Unknown
+from reading.values import Unknown
 
 ECR_REPOSITORY = "aws:ecr/repository:Repository"
 ECR_TEMPLATE = "aws:ecr/repositoryCreationTemplate:RepositoryCreationTemplate"
@@ -44,23 +44,8 @@ SCANNING = frozenset({"scan_on_push", "continuous_scan"})
 
 
 def _policy(raw: Any, what: str, judge: Judge) -> None:
-    try:
-        statements = v.policy_document(raw, what)
-    except BadValue as e:
-        judge.unknown(str(e))
-        return
-    for s in statements:
-        if isinstance(s, Unknown):
-            judge.unknown_value(s, what)
-            continue
-        opened = v.open_to_anyone(s)
-        if isinstance(opened, Unknown):
-            judge.unknown_value(opened, f"{what} {s.where}")
-        elif opened:
-            actions = ", ".join(map(str, s.action)) if isinstance(s.action, tuple) else "every action but NotAction"
-            judge.violation(f"{what} {s.where} allows {actions} to Principal \"*\" with no condition that limits the "
-                            "caller's organisation, account or network: anybody can use the images. Name the "
-                            "accounts or roles that pull, or add aws:PrincipalOrgID.")
+    judge_open_to_anyone(raw, what, judge, "anybody can use the images. Name the accounts or roles that pull, "
+                                           "or add aws:PrincipalOrgID.")
 
 
 def _flag(value: Any, what: str, judge: Judge) -> bool:

@@ -16,10 +16,10 @@ from typing import Any
 
 from pulumi_policy import EnforcementLevel, Severity
 
-from policies.rules.common import Judge, Rule
+from policies.rules.common import Judge, Rule, judge_open_to_anyone
 from reading import values as v
 from reading.resources import Resource
-from reading.values import BadValue, Unknown
+from reading.values import Unknown
 
 S3_ACLS = frozenset({"aws:s3/bucketAcl:BucketAcl", "aws:s3/bucketAclV2:BucketAclV2"})
 S3_OBJECTS = frozenset({"aws:s3/bucketObject:BucketObject", "aws:s3/bucketObjectv2:BucketObjectv2",
@@ -105,23 +105,8 @@ def _public_access_block(props: dict[str, Any], where: str, judge: Judge, defaul
 
 
 def _s3_policy(raw: Any, what: str, judge: Judge) -> None:
-    try:
-        statements = v.policy_document(raw, what)
-    except BadValue as e:
-        judge.unknown(str(e))
-        return
-    for s in statements:
-        if isinstance(s, Unknown):
-            judge.unknown_value(s, what)
-            continue
-        opened = v.open_to_anyone(s)
-        if isinstance(opened, Unknown):
-            judge.unknown_value(opened, f"{what} {s.where}")
-        elif opened:
-            actions = ", ".join(map(str, s.action)) if isinstance(s.action, tuple) else "every action but NotAction"
-            judge.violation(f"{what} {s.where} allows {actions} to Principal \"*\" with no condition that limits "
-                            "the caller's organisation, account or network: anybody on the internet can use it. "
-                            "Name the principals, or add aws:PrincipalOrgID / aws:SourceVpce.")
+    judge_open_to_anyone(raw, what, judge, "anybody on the internet can use it. Name the principals, or add "
+                                           "aws:PrincipalOrgID / aws:SourceVpce.")
 
 
 def _gcs_entities(entities: Any, where: str, judge: Judge) -> None:
