@@ -357,15 +357,23 @@ class _Reader:
     def flag(self, name: str, default: bool) -> bool:
         return self._typed(name, default, bool, "true or false", _parse_bool)
 
-    def cidrs(self, name: str) -> tuple[str, ...]:
+    def listed(self, name: str) -> Any:
+        """A list-valued key as given: None when missing; a string is JSON (as `pulumi config set` stores a
+        list given on the command line) or else one item."""
         raw = self._raw(name)
         if raw is _MISSING or raw is None:
-            return ()
+            return None
         if isinstance(raw, str):
             try:
-                raw = json.loads(raw)
+                return json.loads(raw)
             except ValueError:
-                raw = [raw]
+                return [raw]
+        return raw
+
+    def cidrs(self, name: str) -> tuple[str, ...]:
+        raw = self.listed(name)
+        if raw is None:
+            return ()
         if not isinstance(raw, list):
             self.problem(name, f"{raw!r} is not a list of CIDR blocks")
             return ()
@@ -626,14 +634,9 @@ _ACCESS_GROUPS = {
 
 
 def _access_groups(r: _Reader, name: str, cloud: str | None) -> tuple[str, ...]:
-    raw = r._raw(name)
-    if raw is _MISSING or raw is None:
+    raw = r.listed(name)
+    if raw is None:
         return ()
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = [raw]
     pattern, what = _ACCESS_GROUPS.get(cloud or "local", _ACCESS_GROUPS["local"])
     if not isinstance(raw, list):
         r.problem(name, f"{raw!r} is not a list; each item is {what}")
@@ -1132,14 +1135,9 @@ _GCP_ZONE = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")
 
 def _gcp_zones(r: _Reader, region: Any) -> tuple[str, ...]:
     """Zone names, each in the stack's region; whether the GPU is offered there is checked by the gcp module."""
-    raw = r._raw("zones")
-    if raw is _MISSING or raw is None:
+    raw = r.listed("zones")
+    if raw is None:
         return ()
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError:
-            raw = [raw]
     if not isinstance(raw, list) or not raw:
         r.problem("zones", f"{raw!r} is not a non-empty list of zones such as [\"us-central1-a\"]")
         return ()
