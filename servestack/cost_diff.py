@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from servestack.cost import Line
 from servestack.pr_comment import MARKER, MAX_BODY
 
 HOURS_PER_MONTH = 730
@@ -32,14 +33,6 @@ ERROR_CHARS = 400  # of a failed plan's message, in the comment
 
 class CostDiffError(Exception):
     pass
-
-
-@dataclass(frozen=True)
-class Line:
-    item: str
-    per_hour: float
-    idle: int
-    peak: int
 
 
 @dataclass(frozen=True)
