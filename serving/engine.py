@@ -500,6 +500,9 @@ class TorchEngine(Engine):
         self._window = _Window()
         self._kbufs: list[Any] = []
         self._vbufs: list[Any] = []
+        # The running rows' padding and their decode mask over the whole buffer; made again only when the
+        # rows or the buffer change, so that a step takes a longer view of the mask instead of building one.
+        self._decode_inputs: tuple[Any, Any] | None = None
         self.tokenizer: Any = None
         self.model: Any = None
 
@@ -595,13 +598,13 @@ class TorchEngine(Engine):
     def load(self) -> None:
         """Load model and tokenizer (also usable without the loop, e.g. by the benchmark)."""
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         started = time.monotonic()
         device, dtype = choose_device(self.require_cuda)
         self.device = torch.device(device)
         self.dtype = dtype
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.tokenizer = load_tokenizer(self.model_path)
         # device_map: each weight goes straight to the device as it is read, never the whole model in host memory.
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype, attn_implementation="sdpa",
                                                      device_map=device)
@@ -794,13 +797,15 @@ class TorchEngine(Engine):
         length = self._window.length
         if length + 1 > self._kbufs[0].shape[2]:
             self._grow(length + 1)
-        pads = torch.tensor([s.pad for s in seqs])
+        if self._decode_inputs is None:
+            pads = torch.tensor([s.pad for s in seqs])
+            self._decode_inputs = pads.to(self.device), self._mask(pads, query=1, keys=self._kbufs[0].shape[2])
+        pads, masks = self._decode_inputs
         ids = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
-        positions = (length - pads)[:, None].to(self.device)
         out = self.model(
             input_ids=ids,
-            position_ids=positions,
-            attention_mask=self._mask(pads, query=1, keys=length + 1),
+            position_ids=(length - pads)[:, None],
+            attention_mask=masks[..., : length + 1],
             cache=self._cache,
             use_cache=True,
         )
@@ -849,6 +854,7 @@ class TorchEngine(Engine):
                 bufs[i] = new
         for layer, k, v in zip(self._layers, self._kbufs, self._vbufs, strict=True):
             layer.kbuf, layer.vbuf = k, v
+        self._decode_inputs = None
 
     def _merge(self, seqs: list[_Seq], pads: list[int], cache: Any, width: int) -> None:
         """Append the newcomers' rows (their prefill cache, `width` columns) to the batch buffer."""
@@ -873,6 +879,7 @@ class TorchEngine(Engine):
         for s, pad in zip(seqs, pads, strict=True):
             s.pad = offset + pad
         self._running.extend(seqs)
+        self._decode_inputs = None
         self._window.rows = n + len(seqs)
         self._window.length = target
 
@@ -890,6 +897,7 @@ class TorchEngine(Engine):
             for buf in (*self._kbufs, *self._vbufs):
                 buf[new, :, :length] = buf[old, :, :length]
         self._running = [self._running[i] for i in keep]
+        self._decode_inputs = None
         self._window.rows = len(self._running)
         if not self._running:
             self._window.length = 0
@@ -957,6 +965,18 @@ class TorchEngine(Engine):
             prompt_logprobs, s.prompt_logprobs = s.prompt_logprobs, None
         logprobs = None if params.logprobs is None else (_token_logprobs(logits[row], token, params.logprobs),)
         return Output(delta, 1, reason, queue_seconds, logprobs, prompt_logprobs)
+
+
+def load_tokenizer(model_path: str | Path) -> Any:
+    """The model's tokenizer, its state settled. transformers turns off on the first encode a truncation or
+    padding that the tokenizer's file sets, and that change raises "Already borrowed" in another thread that
+    encodes at the moment; after this first encode, encoding and decoding only read the state, from any thread
+    (the app tokenizes short texts on its event loop and long ones on a thread)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.encode("")
+    return tokenizer
 
 
 def encode_prompt(tokenizer: Any, text: str) -> list[int]:
