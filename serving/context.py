@@ -4,10 +4,10 @@
 their limits. It says whether the server is alive and ready, identifies the client and holds it to its
 limits (serving.keys, serving.limits), admits a request or refuses it (draining, loading, engine dead, queue
 full),
-turns prompts and conversations into token ids on a thread of its own (a tokenizer holds the CPU for as
-long as the text is long, and never on the event loop, where every stream and probe waits), checks them
-against the limits (characters before tokenizing, tokens after), and builds each choice's sampling
-parameters from the request, defaults applied.
+turns prompts and conversations into token ids (see `tokenizer_work`: a long text on a thread of its own,
+never on the event loop, where every stream and probe waits), checks them against the limits (characters
+before tokenizing, tokens after), and builds each choice's sampling parameters from the request, defaults
+applied.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 from serving import manifest
 from serving import protocol as p
@@ -43,6 +43,13 @@ COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 GREEDY_BELOW = 1e-5  # a temperature below this is greedy, as in vLLM (dividing logits by it would overflow)
 
 T = TypeVar("T")
+A = TypeVar("A")
+
+# Tokenizer work on at most this many characters (or token ids) runs on the event loop, longer work on the
+# tokenizer thread. Measured on this project's 2-core machine: 1,024 characters take 0.3 ms to tokenize,
+# while under load at concurrency 16 the hand-off to the thread and back took 1.3-1.8 ms (both threads wait
+# for the interpreter lock). That delay holds each new request out of the batch, and cost 5% of throughput.
+INLINE_TOKENIZER_WORK = 1024
 
 
 class Prompt(NamedTuple):
@@ -99,8 +106,9 @@ class ServingContext:
             kv_cache_usage=lambda: engine.kv_cache_usage,
         )
         self.reserved = 0  # choices admitted and not yet submitted (their prompts are being tokenized)
-        # One thread: the tokenizer is not safe to share between threads, and one is enough to keep it off
-        # the event loop (the Rust tokenizer does not hold the interpreter lock while it works).
+        # One thread is enough to keep long texts off the event loop (the Rust tokenizer does not hold the
+        # interpreter lock while it works). Short ones are tokenized on the loop meanwhile: the engine settles
+        # the tokenizer's state when it loads it, so that encoding and decoding only read it after that.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self.keys = ApiKeys(settings.api_keys_file, settings.key)
         store = settings.limits_store_url.get_secret_value() if settings.limits_store_url else None
@@ -133,9 +141,12 @@ class ServingContext:
             self._charges.add(task)
             task.add_done_callback(self._charges.discard)
 
-    async def in_thread(self, function: Callable[..., T], *args: Any) -> T:
-        """Run tokenizer work off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, function, *args)
+    async def tokenizer_work(self, function: Callable[[A], T], argument: A, size: int) -> T:
+        """`function(argument)`, where `size` (characters or token ids) says how long it may take: on the event
+        loop up to INLINE_TOKENIZER_WORK, on the tokenizer thread beyond."""
+        if size <= INLINE_TOKENIZER_WORK:
+            return function(argument)
+        return await asyncio.get_running_loop().run_in_executor(self._worker, function, argument)
 
     # -- health --
 
@@ -242,9 +253,10 @@ class ServingContext:
         result = []
         for prompt in prompts:
             if isinstance(prompt, str):
-                ids, text = await self.in_thread(self.engine.encode_prompt, prompt), prompt
+                ids, text = await self.tokenizer_work(self.engine.encode_prompt, prompt, len(prompt)), prompt
             else:
-                ids, text = prompt, await self.in_thread(self.engine.decode, prompt) if req.echo else ""
+                text = await self.tokenizer_work(self.engine.decode, prompt, len(prompt)) if req.echo else ""
+                ids = prompt
             self._check_tokens(len(ids), "prompt")
             result.append(Prompt(ids, text))
         return result
@@ -257,10 +269,11 @@ class ServingContext:
                                  f"{vocab - 1}", param="prompt")
 
     async def chat_prompt(self, req: p.ChatCompletionRequest) -> Prompt:
-        self._check_characters(sum(len(m.text) for m in req.messages), "messages")
+        chars = sum(len(m.text) for m in req.messages)
+        self._check_characters(chars, "messages")
         messages = [m.for_template() for m in req.messages]
         try:
-            ids = await self.in_thread(self.engine.encode_chat, messages)
+            ids = await self.tokenizer_work(self.engine.encode_chat, messages, chars)
         except Exception as exc:  # the model's chat template refuses this conversation
             raise BadRequest(f"messages: the chat template rejected them: {shorten(str(exc))}",
                              param="messages") from exc

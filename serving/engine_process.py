@@ -48,6 +48,7 @@ from serving.engine import (
     encode_chat,
     encode_prompt,
     freeze_heap,
+    load_tokenizer,
     max_token_chars,
     token_texts,
     vocab_size,
@@ -212,13 +213,13 @@ class EngineProcess(Engine):
             return False
 
     def _load_tokenizer(self) -> None:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
         try:
             config = AutoConfig.from_pretrained(self.model_path)
             self.max_model_len = context_length(config)
             self.vocab_size = vocab_size(config)
-            tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+            tokenizer = load_tokenizer(self.model_path)
             self.max_token_chars = max_token_chars(tokenizer)
             freeze_heap()  # this process has imported transformers and torch: see freeze_heap
             self._tokenizer = tokenizer

@@ -6,7 +6,7 @@ choices; a request of one choice is iterated directly), enforces the request tim
 left when the client goes away or the time is up, and records each choice's metrics. `respond` answers with
 one JSON body, or with an SSE stream that ends in `data: [DONE]` (an error after the stream started is its
 last event before that), through the shape of its endpoint (`CompletionShape`, `ChatShape`): choice
-indexes, the echoed prompt, log-probabilities (their token texts decoded on the tokenizer's thread), usage.
+indexes, the echoed prompt, log-probabilities (their token texts decoded as `tokenizer_work`), usage.
 Work asked for by nobody is not done: without `logprobs` no token text is decoded, and with one choice no
 task merges deltas.
 """
@@ -198,7 +198,7 @@ class Generation:
 
 class _Shape:
     """How one endpoint's bodies and chunks look. A chunk is made without awaiting anything; when it carries
-    log-probabilities, their token texts are decoded (off the event loop) before, from `entries`."""
+    log-probabilities, their token texts are decoded before, from `entries`."""
 
     def __init__(self, ctx: ServingContext, gen: Generation, rid: str, with_logprobs: bool) -> None:
         self.ctx = ctx
@@ -221,10 +221,11 @@ class _Shape:
         raise NotImplementedError
 
     async def texts(self, entries: Sequence[_Entry | TokenLogprobs]) -> dict[int, str]:
-        """The text of every token named in `entries` (chosen and alternatives), decoded off the event loop."""
+        """The text of every token named in `entries` (chosen and alternatives)."""
         ids = {entry[0] for entry in entries} | {i for entry in entries for i, _ in entry[2] or ()}
         ordered = sorted(ids)
-        return dict(zip(ordered, await self.ctx.in_thread(self.ctx.engine.token_texts, ordered), strict=True))
+        texts = await self.ctx.tokenizer_work(self.ctx.engine.token_texts, ordered, len(ordered))
+        return dict(zip(ordered, texts, strict=True))
 
 
 class CompletionShape(_Shape):

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from serving.app import build_app
-from serving.context import Lifecycle
+from serving.context import INLINE_TOKENIZER_WORK, Lifecycle
 from serving.engine import SamplingParams
 from serving.settings import Settings
 from tests.serving.fakes import SCRIPT, FakeEngine
@@ -532,14 +532,21 @@ class SpyEngine(FakeEngine):
         return super().encode_chat(messages)
 
 
-async def test_tokenizing_happens_off_the_event_loop(make_client: Client) -> None:
+async def test_long_texts_are_tokenized_off_the_event_loop_and_short_ones_on_it(make_client: Client) -> None:
     engine = SpyEngine()
+    engine.max_model_len = INLINE_TOKENIZER_WORK  # room for the long text's characters
+    long = "w" * (INLINE_TOKENIZER_WORK + 1)  # one word: one token of the fake engine
     async with make_client(engine) as client:
-        await client.post("/v1/completions", json={"prompt": "a b"})
-        await client.post("/v1/chat/completions", json=CHAT)
-    assert len(engine.tokenized_on) == 2
-    assert threading.main_thread().name not in engine.tokenized_on
-    assert all(name.startswith("tokenize") for name in engine.tokenized_on)
+        loop_thread = threading.current_thread().name  # the test client runs the app on the test's loop
+        for prompt in ("a b", long):
+            assert (await client.post("/v1/completions", json={"prompt": prompt})).status_code == 200
+        for content in ("hi", long):
+            chat = {"messages": [{"role": "user", "content": content}]}
+            assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
+    assert len(engine.tokenized_on) == 4
+    short_prompt, long_prompt, short_chat, long_chat = engine.tokenized_on
+    assert short_prompt == short_chat == loop_thread
+    assert long_prompt.startswith("tokenize") and long_chat.startswith("tokenize")
 
 
 @pytest.mark.parametrize(("path", "body"), [
