@@ -266,18 +266,6 @@ def test_the_policy_pack_passes_with_keda(plan: dict[str, Any], canary_plan: dic
     assert [(v.policy, v.message) for v in check_plan(canary_plan)] == []
 
 
-def test_no_network_policy_keeps_keda_from_prometheus(plan: dict[str, Any]) -> None:
-    """KEDA's operator asks Prometheus, not the pods: a policy on Prometheus's namespace must admit KEDA's."""
-    namespace = "monitoring"
-    for policy in resources(plan, "kubernetes:networking.k8s.io/v1:NetworkPolicy"):
-        spec, metadata = policy["inputs"]["spec"], policy["inputs"]["metadata"]
-        if metadata.get("namespace") != namespace or "Ingress" not in spec.get("policyTypes", ["Ingress"]):
-            continue
-        peers = [peer for rule in spec.get("ingress", []) for peer in rule.get("from", [{}])]
-        assert any(peer == {} or peer.get("namespaceSelector", {}).get("matchLabels") ==
-                   {"kubernetes.io/metadata.name": "keda"} for peer in peers), metadata["name"]
-
-
 # --- without the monitoring stack --------------------------------------------------------------------
 
 
