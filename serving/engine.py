@@ -798,8 +798,8 @@ class TorchEngine(Engine):
         if length + 1 > self._kbufs[0].shape[2]:
             self._grow(length + 1)
         if self._decode_inputs is None:
-            pads = torch.tensor([s.pad for s in seqs])
-            self._decode_inputs = pads.to(self.device), self._mask(pads, query=1, keys=self._kbufs[0].shape[2])
+            pads = torch.tensor([s.pad for s in seqs], device=self.device)
+            self._decode_inputs = pads, self._mask(pads, query=1, keys=self._kbufs[0].shape[2])
         pads, masks = self._decode_inputs
         ids = torch.tensor([[s.generated[-1]] for s in seqs], device=self.device)
         out = self.model(
@@ -815,15 +815,17 @@ class TorchEngine(Engine):
         self._emit(list(seqs), out.logits[:, -1, :])
 
     def _mask(self, pads: Any, *, query: int, keys: int) -> Any:
-        """Additive 4D mask [rows, 1, query, keys]: row i sees neither its padding nor the future."""
+        """Additive 4D mask [rows, 1, query, keys], made on the engine's device: row i sees neither its padding
+        nor the future."""
         import torch
 
-        cols = torch.arange(keys)[None, None, :]
-        rows = torch.arange(keys - query, keys)[None, :, None]
-        hidden = (cols < pads[:, None, None]) | (cols > rows)
-        mask = torch.zeros(hidden.shape, dtype=self.dtype)
+        device = self.device
+        cols = torch.arange(keys, device=device)[None, None, :]
+        rows = torch.arange(keys - query, keys, device=device)[None, :, None]
+        hidden = (cols < pads.to(device)[:, None, None]) | (cols > rows)
+        mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device)
         mask.masked_fill_(hidden, torch.finfo(self.dtype).min)
-        return mask[:, None].to(self.device)
+        return mask[:, None]
 
     # -- the batch buffer --
 

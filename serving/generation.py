@@ -24,7 +24,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from serving import protocol as p
-from serving.context import Prompt, ServingContext
+from serving.context import TOKEN_TEXT_COST, Prompt, ServingContext
 from serving.engine import Output, RequestHandle, SamplingParams, TokenLogprobs
 from serving.errors import RequestTimeout, ServingError
 from serving.keys import Client
@@ -224,7 +224,7 @@ class _Shape:
         """The text of every token named in `entries` (chosen and alternatives)."""
         ids = {entry[0] for entry in entries} | {i for entry in entries for i, _ in entry[2] or ()}
         ordered = sorted(ids)
-        texts = await self.ctx.tokenizer_work(self.ctx.engine.token_texts, ordered, len(ordered))
+        texts = await self.ctx.tokenizer_work(self.ctx.engine.token_texts, ordered, TOKEN_TEXT_COST * len(ordered))
         return dict(zip(ordered, texts, strict=True))
 
 

@@ -241,6 +241,13 @@ class ChatMessage(_Wire):
             return self.content
         return "".join(part.text or "" for part in self.content)
 
+    @property
+    def template_size(self) -> int:
+        """How many characters a chat template gets from this message, with some for the template's own text
+        around it: what tokenizing it may cost."""
+        calls = sum(len(c.id) + len(c.function.name) + len(c.function.arguments) for c in self.tool_calls or ())
+        return 32 + len(self.text) + len(self.name or "") + len(self.tool_call_id or "") + calls
+
     def for_template(self) -> dict[str, Any]:
         """The message as chat templates take it (tool-call arguments as objects, as Hugging Face's are)."""
         message: dict[str, Any] = {"role": self.role, "content": self.text}

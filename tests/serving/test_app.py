@@ -532,21 +532,40 @@ class SpyEngine(FakeEngine):
         return super().encode_chat(messages)
 
 
-async def test_long_texts_are_tokenized_off_the_event_loop_and_short_ones_on_it(make_client: Client) -> None:
+def _chat(content: str, arguments: str = "{}") -> dict[str, Any]:
+    return {"messages": [
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+        {"role": "user", "content": content}]}
+
+
+# A message costs 32 characters more than its own (the template's text around it); the tool call here adds
+# c1, f and its arguments.
+_CHAT_OWN = 2 * 32 + len("c1f")
+
+
+@pytest.mark.parametrize(("path", "short", "long"), [
+    ("/v1/completions", {"prompt": "w" * INLINE_TOKENIZER_WORK}, {"prompt": "w" * (INLINE_TOKENIZER_WORK + 1)}),
+    # a request's prompts count together
+    ("/v1/completions", {"prompt": ["w" * 512, "w" * 512]}, {"prompt": ["w" * 512, "w" * 513]}),
+    ("/v1/chat/completions", _chat("w" * (INLINE_TOKENIZER_WORK - _CHAT_OWN - 2)),
+     _chat("w" * (INLINE_TOKENIZER_WORK - _CHAT_OWN - 1))),
+    # what a template renders besides the messages' text counts too: here, a tool call's arguments
+    ("/v1/chat/completions", _chat("hi"), _chat("hi", arguments='{"w": "' + "w" * INLINE_TOKENIZER_WORK + '"}')),
+])
+async def test_long_texts_are_tokenized_off_the_event_loop_and_short_ones_on_it(
+    make_client: Client, path: str, short: dict[str, Any], long: dict[str, Any]
+) -> None:
     engine = SpyEngine()
-    engine.max_model_len = INLINE_TOKENIZER_WORK  # room for the long text's characters
-    long = "w" * (INLINE_TOKENIZER_WORK + 1)  # one word: one token of the fake engine
+    engine.max_model_len = INLINE_TOKENIZER_WORK  # room for the long texts' characters (one token per word)
     async with make_client(engine) as client:
         loop_thread = threading.current_thread().name  # the test client runs the app on the test's loop
-        for prompt in ("a b", long):
-            assert (await client.post("/v1/completions", json={"prompt": prompt})).status_code == 200
-        for content in ("hi", long):
-            chat = {"messages": [{"role": "user", "content": content}]}
-            assert (await client.post("/v1/chat/completions", json=chat)).status_code == 200
-    assert len(engine.tokenized_on) == 4
-    short_prompt, long_prompt, short_chat, long_chat = engine.tokenized_on
-    assert short_prompt == short_chat == loop_thread
-    assert long_prompt.startswith("tokenize") and long_chat.startswith("tokenize")
+        for body in (short, long):
+            r = await client.post(path, json=body)
+            assert r.status_code == 200, r.text
+    short_on, long_on = sorted(set(engine.tokenized_on), key=engine.tokenized_on.index)
+    assert short_on == loop_thread
+    assert long_on.startswith("tokenize")
 
 
 @pytest.mark.parametrize(("path", "body"), [

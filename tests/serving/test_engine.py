@@ -22,6 +22,7 @@ from serving.engine import (
     _TextTracker,
     choose_device,
     encode_chat,
+    load_tokenizer,
     prepack_linears,
 )
 from serving.errors import ServingError
@@ -84,6 +85,35 @@ async def test_greedy_output_is_exact_across_joins_shifts_and_trims(engine: Torc
     together = [("".join(outputs) + rest[0], tokens + rest[1], rest[2]), *await asyncio.gather(*tasks)]
     assert together == alone
     assert max(engine.steps) > 1  # type: ignore[attr-defined]
+
+
+async def test_greedy_output_is_exact_as_the_buffer_grows_and_a_cancelled_row_makes_room(engine: TorchEngine) -> None:
+    """The decode mask is kept from step to step: it must be made again when the buffer grows (the first
+    one has 512 columns) and when rows leave and join, also when one leaves as another joins."""
+    long_run = (engine.encode_prompt("Hello"), 600)
+    joiner = (engine.encode_prompt("Kubernetes schedules pods onto nodes"), 40)
+    late = (engine.encode_prompt("The quick brown fox"), 10)
+
+    def params(n: int) -> SamplingParams:
+        return SamplingParams(max_tokens=n, temperature=0, ignore_eos=True)
+
+    alone = [await collect(engine.submit(ids, params(n))) for ids, n in (long_run, joiner, late)]
+
+    first = engine.submit(long_run[0], params(long_run[1]))
+    text, tokens = "", 0
+    async for out in first:
+        text, tokens = text + out.text, tokens + out.new_tokens
+        if tokens >= 470:  # the joiner's 40 tokens take the batch past the 512 columns
+            break
+    second = asyncio.ensure_future(collect(engine.submit(*joiner[:1], params(joiner[1]))))
+    doomed = engine.submit(engine.encode_prompt("x"), params(1000))
+    async for _ in doomed:
+        break
+    doomed.cancel()
+    third = asyncio.ensure_future(collect(engine.submit(late[0], params(late[1]))))  # takes the freed slot
+    rest = await collect(first)
+    assert [(text + rest[0], tokens + rest[1], rest[2]), await second, await third] == alone
+    assert engine._kbufs[0].shape[2] > 512  # the buffer did grow
 
 
 async def test_top_k_1_equals_greedy_and_seeds_repeat(engine: TorchEngine) -> None:
@@ -318,6 +348,20 @@ async def test_logprobs_are_the_models_own_and_cost_nothing_when_not_asked(engin
     assert entries[0][1] == pytest.approx(float(expected[-1, entries[0][0]]), abs=1e-3)
     assert [entry[1] for entry in scored[1:] if entry is not None] == pytest.approx(
         [float(expected[j, ids[j + 1]]) for j in range(len(ids) - 1)], abs=1e-3)
+
+
+def test_a_loaded_tokenizer_is_settled_so_that_threads_only_read_it(tiny_model: Path, tmp_path: Path) -> None:
+    """transformers turns off a truncation or padding the tokenizer's file sets on the first encode; done in
+    load_tokenizer, no later encode (on the event loop and the tokenizer thread at once) changes it."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.backend_tokenizer.enable_truncation(max_length=8)
+    tokenizer.backend_tokenizer.enable_padding(length=16)
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).backend_tokenizer.truncation is not None
+    settled = load_tokenizer(tmp_path)
+    assert settled.backend_tokenizer.truncation is None and settled.backend_tokenizer.padding is None
 
 
 def test_no_cuda_when_cuda_is_required_is_a_startup_error() -> None:
