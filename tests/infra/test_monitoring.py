@@ -152,6 +152,18 @@ def test_the_network_policy_admits_the_charts_prometheus_pods_to_the_metrics_por
     assert "gmp-system" not in json.dumps(policy)
 
 
+@pytest.mark.parametrize("stack", ["aws-prod", "gcp-prod", "azure-prod"])
+def test_the_monitoring_namespace_has_no_network_policy(
+        stack: str, stack_plan: Callable[[str], dict[str, Any]]) -> None:
+    """As the README says; one added there must admit the API server, KEDA and the stack's own traffic (README,
+    Observability), and this test is where it must be thought through."""
+    plan = stack_plan(stack)
+    policies = [r["inputs"]["metadata"] for r in resources(plan, "kubernetes:networking.k8s.io/v1:NetworkPolicy")]
+    assert policies and all(metadata.get("namespace") != "monitoring" for metadata in policies)
+    values = _release(plan, "kube-prometheus-stack")["values"]
+    assert "networkPolicy" not in values["prometheus"] and "networkPolicy" not in values["grafana"]
+
+
 @pytest.mark.parametrize("stack", ["aws-prod", "azure-prod"])
 def test_the_dcgm_exporter_runs_on_the_gpu_nodes_where_the_cloud_runs_none(
         stack: str, stack_plan: Callable[[str], dict[str, Any]]) -> None:
