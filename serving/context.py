@@ -3,11 +3,10 @@
 `ServingContext` holds what one app shares: settings, engine, metrics, lifecycle, the clients' API keys and
 their limits. It says whether the server is alive and ready, identifies the client and holds it to its
 limits (serving.keys, serving.limits), admits a request or refuses it (draining, loading, engine dead, queue
-full),
-turns prompts and conversations into token ids (see `tokenizer_work`: a long text on a thread of its own,
-never on the event loop, where every stream and probe waits), checks them against the limits (characters
-before tokenizing, tokens after), and builds each choice's sampling parameters from the request, defaults
-applied.
+full), turns prompts and conversations into token ids (see `tokenizer_work`: a long text on a thread of its
+own, never on the event loop, where every stream and probe waits), checks them against the limits
+(characters before tokenizing, tokens after), and builds each choice's sampling parameters from the
+request, defaults applied.
 """
 
 from __future__ import annotations
