@@ -9,10 +9,9 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 from infra import catalog
 from servestack.catalog_refresh import stack_regions
 from servestack.cost import estimate
+from tests.servestack.conftest import serve_http
 
 REPO = Path(__file__).resolve().parents[2]
 RECORDED = Path(__file__).parent / "recorded"
@@ -104,12 +104,8 @@ class Recorded(BaseHTTPRequestHandler):
 @pytest.fixture
 def price_apis() -> Iterator[str]:
     Recorded.asked = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorded)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    thread.join()
+    with serve_http(Recorded) as url:
+        yield url
 
 
 def refresh(base: str, out: Path, *extra: str, key: str | None = "test-key") -> subprocess.CompletedProcess[str]:

@@ -4,9 +4,8 @@ as GitHub's REST API does (pull request, paged issue comments, create 201, edit 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -14,6 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from servestack.pr_comment import MARKER, MAX_BODY, CommentError, GitHub, NotThisHead, main, read_artifact, upsert
+from tests.servestack.conftest import serve_http
 
 REPO = "octo/servestack"
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -85,12 +85,8 @@ def github() -> Iterator[tuple[FakeGitHub, str]]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield fake, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve_http(Handler) as url:
+        yield fake, url
 
 
 def artifact(tmp_path: Path, number: bytes = b"7\n", body: bytes = f"{MARKER}\n| a | b |\n".encode()) -> Path:

@@ -8,10 +8,9 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from servestack.compare import compare
 from servestack.verify import WORKLOAD, VerifyError, target_from_outputs
 from serving.bench import LoadResult, RequestResult
 from serving.models import build_tiny
-from tests.servestack.conftest import Pulumi
+from tests.servestack.conftest import Pulumi, serve_http
 from tests.serving.conftest import free_port, wait_ready
 
 API_KEY = "sk-verify-test"
@@ -136,12 +135,8 @@ class _Unavailable(BaseHTTPRequestHandler):
 @pytest.fixture
 def unavailable() -> Iterator[str]:
     """A port that accepts and answers 503, as a load balancer does before the pods are ready."""
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Unavailable)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_http(_Unavailable) as url:
+        yield url
 
 
 @pytest.mark.parametrize("kind", ["answers 503", "nothing listening"])
