@@ -144,7 +144,7 @@ def _plan_all(out_dir: Path, stacks_dir: Path = STACKS_DIR) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from servestack.check import check_all
-    from servestack.compare import CompareError, compare, load_sidebyside, print_rows, write_report
+    from servestack.compare import CompareError, compare, load_sidebyside, price_plans, print_rows, write_report
     from servestack.cost import print_estimate
 
     plans = OUT_DIR / "plans"
@@ -154,12 +154,12 @@ def _run(args: argparse.Namespace) -> int:
     checked = check_all(plans, OUT_DIR / "check", console)
     console.rule("[bold]cost estimates")
     try:
-        rows = compare(plans)
+        priced = price_plans(plans)  # each plan priced once: the comparison below takes these
     except CompareError as error:
         errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT
-    for row in rows:
-        print_estimate(console, row.estimate)
+    for _, cost in priced:
+        print_estimate(console, cost)
     served, sidebyside = 0, None
     if not args.skip_serving:
         # The serving image's server with its bundled model on this machine, against the naive baseline.
@@ -175,8 +175,8 @@ def _run(args: argparse.Namespace) -> int:
                 errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
                 served = 1
     console.rule("[bold]comparison")
-    try:  # again: with what verify (or the benchmark above) measured
-        rows = compare(plans, measured_dir=OUT_DIR / "verify")
+    try:  # with what verify (or the benchmark above) measured
+        rows = compare(priced, measured_dir=OUT_DIR / "verify")
     except CompareError as error:
         errors.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False)
         return EXIT_BAD_INPUT

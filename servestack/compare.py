@@ -137,8 +137,8 @@ def measured_results(measured_dir: Path | None, stacks: Sequence[str]) -> list[s
             if (measured_dir / f"{stack}.json").is_file()]
 
 
-def compare(plans_dir: Path, bench: Sequence[str] = (), measured_dir: Path | None = None) -> list[Row]:
-    """Every planned stack priced; measured where verify (MEASURED_DIR) or `bench` says, estimated elsewhere."""
+def price_plans(plans_dir: Path) -> list[tuple[dict[str, Any], Estimate]]:
+    """Every planned stack with its cost estimate."""
     paths = sorted(plans_dir.glob("*.json"))
     if not paths:
         raise CompareError(f"--plans {plans_dir}: no plan files; run `servestack plan` first")
@@ -149,6 +149,14 @@ def compare(plans_dir: Path, bench: Sequence[str] = (), measured_dir: Path | Non
             planned.append((plan, estimate(plan)))
         except (OSError, ValueError) as error:  # PlanShapeError and JSONDecodeError are ValueErrors
             raise CompareError(f"{path}: {error}") from error
+    return planned
+
+
+def compare(plans: Path | list[tuple[dict[str, Any], Estimate]], bench: Sequence[str] = (),
+            measured_dir: Path | None = None) -> list[Row]:
+    """Every planned stack (a directory of plans, or `price_plans` of one) priced; measured where verify
+    (MEASURED_DIR) or `bench` says, estimated elsewhere."""
+    planned = price_plans(plans) if isinstance(plans, Path) else plans
     stacks = [e.stack for _, e in planned]
     # What verify measured, unless --bench gives that stack's figures (later values win).
     measured = parse_bench_args([*measured_results(measured_dir, stacks), *bench], stacks)
