@@ -77,10 +77,6 @@ def _price(entry: dict[str, Any], region: str) -> Price:
     return Price(float(entry["usd_per_hour"]), str(entry["source"]), str(entry["as_of"]), region)
 
 
-def priced_regions(cloud: str) -> list[str]:
-    return sorted(_prices()["machines"].get(cloud, {}))
-
-
 def machine_price(cloud: str, region: str, machine_type: str, spot: bool = False) -> Price:
     """The hourly price of one machine of this type in this region, or Unpriced saying what is known."""
     regions = _prices()["machines"].get(cloud, {})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,7 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 GIB = 2**30
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-# serving/engine.py (choose_device) loads every model in bfloat16 on a CUDA GPU, whatever dtype its config
-# names; the config's dtype is what the files hold.
+# serving/engine.py (choose_device) loads every model in bfloat16 on a CUDA GPU, whatever dtype its files hold.
 GPU_DTYPE = "bfloat16"
 # Room left on the GPU beyond weights and cache: the CUDA context, activations, the allocator's slack.
 FIT_HEADROOM = 0.10
@@ -44,7 +44,6 @@ class ModelShape:
     kv_heads: int
     head_dim: int
     max_model_len: int  # max_position_embeddings: the longest sequence the server admits (engine.context_length)
-    config_dtype: str  # what the files hold
 
     def weight_bytes(self, dtype: str = GPU_DTYPE) -> int:
         return self.parameters * DTYPE_BYTES[dtype]
@@ -79,9 +78,6 @@ def shape(name: str, config: Mapping[str, Any]) -> ModelShape:
     kv_heads = _field(config, "num_key_value_heads", name) if "num_key_value_heads" in config else heads
     head_dim = _field(config, "head_dim", name) if config.get("head_dim") else hidden // heads
     intermediate = _field(config, "intermediate_size", name)
-    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")  # transformers 5 writes "dtype"
-    if dtype not in DTYPE_BYTES:
-        raise ModelSizeError(f"model {name}: config.json dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}")
 
     q, kv = heads * head_dim, kv_heads * head_dim
     # q, k and v carry biases in Qwen2 always, in the others when attention_bias is set; only Llama's o_proj
@@ -94,15 +90,19 @@ def shape(name: str, config: Mapping[str, Any]) -> ModelShape:
     embeddings = vocab * hidden * (1 if config.get("tie_word_embeddings", False) else 2)  # lm_head tied or not
     parameters = embeddings + layers * per_layer + hidden  # the final norm
     max_len = _field(config, "max_position_embeddings", name)
-    return ModelShape(name, str(model_type), parameters, layers, kv_heads, head_dim, max_len, dtype)
+    return ModelShape(name, str(model_type), parameters, layers, kv_heads, head_dim, max_len)
 
 
 def known(name: str) -> ModelShape | None:
     """The shape of a model whose config.json is in infra/models/, or None when servestack has none."""
-    path = MODELS_DIR / f"{name}.json"
+    return _shape_in(MODELS_DIR / f"{name}.json")
+
+
+@cache  # parse_config and the latency estimate both ask, for every stack
+def _shape_in(path: Path) -> ModelShape | None:
     if not path.is_file():
         return None
-    return shape(name, json.loads(path.read_text()))
+    return shape(path.stem, json.loads(path.read_text()))
 
 
 def known_names() -> list[str]:
