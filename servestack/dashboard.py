@@ -24,7 +24,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import httpx
+
+from serving.sidebyside import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "infra" / "dashboards" / "servestack.json"
@@ -84,12 +85,6 @@ def metric_names(expr: str) -> set[str]:
 
 def needs_cluster(expr: str) -> bool:
     return any(CLUSTER_ONLY.match(name) for name in metric_names(expr))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LocalPrometheus:

@@ -131,7 +131,7 @@ def _serve_baseline(model_path: Path, model_name: str, port: int) -> None:
 # --- running servers --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "results": {},
     }
 
-    port = _free_port()
+    port = free_port()
     with console.status(f"(a) baseline: model.generate behind a lock, {name} ..."), _server(
         [sys.executable, "-m", "serving.sidebyside", "--serve-baseline", str(model_path), "--port", str(port)],
         {}, f"http://127.0.0.1:{port}/health", logs / "baseline.log",
@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         report["results"]["baseline"] = _load(f"http://127.0.0.1:{port}", name, args)
     console.log("baseline done")
 
-    port = _free_port()
+    port = free_port()
     env = {"MODEL_PATH": str(model_path), "SERVESTACK_HOST": "127.0.0.1", "SERVESTACK_PORT": str(port),
            "SERVESTACK_MAX_BATCH_SIZE": str(args.concurrency), "SERVESTACK_MAX_QUEUE": str(4 * args.concurrency),
            "SERVESTACK_MAX_TOKENS": str(max(args.output_len, 16)), "SERVESTACK_LOG_LEVEL": "warning"}

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from servestack.offline.plan import plan_in_subprocess
 from servestack.offline.schemas import validate_custom_resources, validate_plan
 from serving.metrics import Metrics
 from tests.infra.plans import inputs, one, resources, stack_variant
+from tests.serving.conftest import free_port
 
 # The stack's Prometheus (kube-prometheus-stack in the monitoring namespace), which KEDA asks.
 PROMETHEUS_URL = f"http://{PROMETHEUS}.monitoring.svc:{PROMETHEUS_PORT}"
@@ -117,13 +117,6 @@ def test_the_pod_selector_tells_the_tracks_apart() -> None:
     assert not canary.fullmatch("servestack-7d9f8b6c5d-x2x4q")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus (apt-get install prometheus)")
 def test_a_real_prometheus_answers_each_track_with_its_own_pods(tmp_path: Path) -> None:
     """Three pods' real metrics, labelled as the Prometheus Operator labels them, scraped by a real Prometheus:
@@ -134,13 +127,13 @@ def test_a_real_prometheus_answers_each_track_with_its_own_pods(tmp_path: Path) 
     for pod, (running, waiting) in pods.items():
         metrics = Metrics("tiny", "r1", running=lambda r=running: float(r), waiting=lambda w=waiting: float(w),
                           load_seconds=lambda: 1.0, kv_cache_usage=lambda: 0.0)
-        port = _free_port()
+        port = free_port()
         servers.append(start_http_server(port, addr="127.0.0.1", registry=metrics.registry)[0])
         targets.append({"targets": [f"127.0.0.1:{port}"], "labels": {"namespace": "servestack", "pod": pod}})
     config = tmp_path / "prometheus.yml"
     config.write_text(json.dumps({"global": {"scrape_interval": "1s"},
                                   "scrape_configs": [{"job_name": "servestack", "static_configs": targets}]}))
-    web = _free_port()
+    web = free_port()
     prometheus = subprocess.Popen(
         ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
          f"--web.listen-address=127.0.0.1:{web}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
